@@ -1,0 +1,329 @@
+"""Generate the Triton model repository from `contract` and the converted artifacts.
+
+    python -m model_repository.build --out artifacts/demo --target cpu|gpu
+
+- cpu: the embedded server in nvidia-pytriton (Python backend only). Tokenizer, encoder
+  and ranker are Python-backend models; encoder and ranker run ONNX Runtime inside.
+- gpu: NVIDIA's Triton container. The encoder is a native `tensorrt_plan` model when an
+  engine was built (conversion/tensorrt.py), else `onnxruntime_onnx`; the tokenizer and
+  ranker stay Python-backend models.
+
+Both are written from the same tensor specs, so the ensemble wiring cannot drift between
+them. Each model gets dynamic batching, warm-up requests and a numbered version folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+import contract
+from model_repository import models as model_sources
+from model_repository.ops import CatalogIndex
+
+TARGETS = ("cpu", "gpu")
+
+
+@dataclass
+class ServingConfig:
+    """Scheduling knobs per target (tuned for a 2-core CPU host by default)."""
+
+    target: str = "cpu"
+    version: int = 1
+    max_batch_size: int = contract.MAX_BATCH_SIZE
+    max_queue_delay_us: int = 500
+    instances: dict[str, int] = field(
+        default_factory=lambda: {
+            contract.TOKENIZER_MODEL: 1,
+            contract.ENCODER_MODEL: 1,
+            contract.RANKER_MODEL: 1,
+        }
+    )
+    ort_threads: dict[str, int] = field(
+        default_factory=lambda: {contract.ENCODER_MODEL: 1, contract.RANKER_MODEL: 1}
+    )
+
+
+def _io(
+    config_list,
+    spec: contract.TensorSpec,
+    dims: tuple[int, ...] | None = None,
+    ragged: bool | None = None,
+) -> None:
+    t = config_list.add()
+    t.name = spec.name
+    t.data_type = mc.DataType.Value(spec.triton_dtype)
+    t.dims.extend(dims if dims is not None else spec.dims)
+    if isinstance(t, mc.ModelInput) and (ragged if ragged is not None else spec.ragged):
+        t.allow_ragged_batch = True
+
+
+def _base(
+    name: str,
+    serving: ServingConfig,
+    inputs,
+    outputs,
+    dims: dict[str, tuple[int, ...]],
+    ragged: bool = True,
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size)
+    for spec in inputs:
+        _io(config.input, spec, dims.get(spec.name), None if ragged else False)
+    for spec in outputs:
+        _io(config.output, spec, dims.get(spec.name))
+    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    config.version_policy.latest.num_versions = 1
+    group = config.instance_group.add()
+    group.kind = (
+        mc.ModelInstanceGroup.KIND_GPU
+        if serving.target == "gpu" and name == contract.ENCODER_MODEL
+        else mc.ModelInstanceGroup.KIND_CPU
+    )
+    group.count = serving.instances.get(name, 1)
+    return config
+
+
+def _warmup(config: mc.ModelConfig, samples: dict[str, tuple[contract.TensorSpec, tuple, str]]):
+    """One warm-up request of batch 1, read from files under <model>/warmup/."""
+    w = config.model_warmup.add()
+    w.name = "warmup"
+    w.batch_size = 1
+    for name, (spec, dims, file_name) in samples.items():
+        inp = w.inputs[name]
+        inp.data_type = mc.DataType.Value(spec.triton_dtype)
+        inp.dims.extend(dims)
+        inp.input_data_file = file_name
+
+
+def _write_warmup(model_dir: Path, files: dict[str, bytes]) -> None:
+    (model_dir / "warmup").mkdir(parents=True, exist_ok=True)
+    for name, payload in files.items():
+        (model_dir / "warmup" / name).write_bytes(payload)
+
+
+def _bytes_tensor(*items: bytes) -> bytes:
+    """Triton's raw BYTES layout: 4-byte little-endian length, then the bytes, per element."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _write_model(
+    repo: Path,
+    config: mc.ModelConfig,
+    version: int,
+    files: dict[str, Path],
+    python_source: str | None = None,
+) -> Path:
+    model_dir = repo / config.name
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    version_dir.mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    for target_name, source in files.items():
+        shutil.copyfile(source, version_dir / target_name)
+    if python_source:
+        src = Path(model_sources.__file__).parent / f"{python_source}.py"
+        shutil.copyfile(src, version_dir / "model.py")
+    return model_dir
+
+
+def embedding_dim(onnx_path: Path) -> int:
+    """Width of the encoder's output, read from the ONNX graph."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    out = next(o for o in graph.output if o.name == contract.ONNX_SENTENCE_EMBEDDING)
+    return int(out.type.tensor_type.shape.dim[1].dim_value)
+
+
+def ensemble_config(serving: ServingConfig, dim: int) -> mc.ModelConfig:
+    """The `search` ensemble: tokenizer → encoder → ranker."""
+    config = mc.ModelConfig(
+        name=contract.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=serving.max_batch_size
+    )
+    for spec in contract.ENSEMBLE_INPUTS:
+        _io(config.input, spec, ragged=False)
+    for spec in contract.ENSEMBLE_OUTPUTS:
+        _io(config.output, spec)
+
+    def step(model: str, inputs, outputs) -> None:
+        s = config.ensemble_scheduling.step.add()
+        s.model_name = model
+        s.model_version = -1
+        for spec in inputs:
+            s.input_map[spec.name] = spec.name
+        for spec in outputs:
+            s.output_map[spec.name] = spec.name
+
+    step(contract.TOKENIZER_MODEL, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS)
+    step(contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS)
+    step(contract.RANKER_MODEL, contract.RANKER_INPUTS, contract.RANKER_OUTPUTS)
+    return config
+
+
+def encoder_gpu_config(serving: ServingConfig, dim: int, engine: Path | None) -> mc.ModelConfig:
+    """Native GPU encoder: TensorRT plan if an engine exists, else ONNX Runtime."""
+    dims = {contract.QUERY_EMBEDDING.name: (dim,)}
+    config = _base(
+        contract.ENCODER_MODEL,
+        serving,
+        contract.ENCODER_INPUTS,
+        contract.ENCODER_OUTPUTS,
+        dims,
+        ragged=False,
+    )
+    if engine is not None:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = "model.plan"
+    else:
+        config.backend = "onnxruntime"
+        config.default_model_filename = "model.onnx"
+    return config
+
+
+def build(
+    paths: contract.ArtifactPaths, serving: ServingConfig, encoder_onnx: Path | None = None
+) -> Path:
+    """Write the repository for `serving.target` below `paths.repository(target)`."""
+    from conversion.convert import selected_encoder_path
+    from training.encoder import tokenizer_file
+
+    if serving.target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {serving.target!r}")
+    encoder_onnx = encoder_onnx or selected_encoder_path(paths)
+    for needed in (encoder_onnx, paths.ranker_onnx):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} missing: run `make convert` first")
+    repo = paths.repository(serving.target)
+    repo.mkdir(parents=True, exist_ok=True)
+    dim = embedding_dim(encoder_onnx)
+    emb_dims = {contract.QUERY_EMBEDDING.name: (dim,)}
+    v = serving.version
+
+    # tokenizer
+    cfg = _base(
+        contract.TOKENIZER_MODEL, serving, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS, {}
+    )
+    cfg.backend = "python"
+    cfg.parameters["tokenizer_file"].string_value = "tokenizer.json"
+    _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
+    model_dir = _write_model(
+        repo, cfg, v, {"tokenizer.json": tokenizer_file(paths.encoder)}, python_source="tokenizer"
+    )
+    _write_warmup(model_dir, {"query": _bytes_tensor(b"red leather sofa")})
+
+    # encoder
+    sample = np.array([101, 2417, 7731, 10682, 102, 0, 0, 0], dtype=np.int64)
+    if serving.target == "cpu":
+        cfg = _base(
+            contract.ENCODER_MODEL,
+            serving,
+            contract.ENCODER_INPUTS,
+            contract.ENCODER_OUTPUTS,
+            emb_dims,
+        )
+        cfg.backend = "python"
+        cfg.parameters["onnx_file"].string_value = "model.onnx"
+        cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.ENCODER_MODEL])
+        files = {"model.onnx": encoder_onnx}
+        source: str | None = "encoder"
+    else:
+        engine = paths.onnx / "encoder.plan"
+        cfg = encoder_gpu_config(serving, dim, engine if engine.exists() else None)
+        files = {cfg.default_model_filename: engine if engine.exists() else encoder_onnx}
+        source = None
+    _warmup(
+        cfg,
+        {
+            contract.INPUT_IDS.name: (contract.INPUT_IDS, (8,), "input_ids"),
+            contract.ATTENTION_MASK.name: (contract.ATTENTION_MASK, (8,), "mask"),
+        },
+    )
+    model_dir = _write_model(repo, cfg, v, files, python_source=source)
+    _write_warmup(
+        model_dir, {"input_ids": sample.tobytes(), "mask": (sample > 0).astype(np.int64).tobytes()}
+    )
+
+    # ranker
+    cfg = _base(
+        contract.RANKER_MODEL, serving, contract.RANKER_INPUTS, contract.RANKER_OUTPUTS, emb_dims
+    )
+    cfg.backend = "python"
+    cfg.parameters["onnx_file"].string_value = "ranker.onnx"
+    cfg.parameters["catalog_file"].string_value = "catalog.npz"
+    cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.RANKER_MODEL])
+    _warmup(
+        cfg,
+        {
+            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "query"),
+            contract.HISTORY.name: (contract.HISTORY, (1,), "history"),
+            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
+        },
+    )
+    catalog = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
+    catalog_file = paths.onnx / "catalog.npz"
+    CatalogIndex(
+        product_ids=catalog["product_id"].to_numpy(np.int64),
+        titles=catalog["title"].to_numpy(object),
+    ).save(catalog_file)
+    model_dir = _write_model(
+        repo,
+        cfg,
+        v,
+        {"ranker.onnx": paths.ranker_onnx, "catalog.npz": catalog_file},
+        python_source="ranker",
+    )
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    _write_warmup(
+        model_dir,
+        {
+            "query": query.tobytes(),
+            "history": np.array([-1], dtype=np.int64).tobytes(),
+            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
+        },
+    )
+
+    # ensemble (needs an empty version folder)
+    cfg = ensemble_config(serving, dim)
+    _write_model(repo, cfg, v, {})
+    (repo / "BUILD.json").write_text(
+        json.dumps(
+            {
+                "target": serving.target,
+                "version": v,
+                "encoder_onnx": str(encoder_onnx),
+                "embedding_dim": dim,
+            },
+            indent=2,
+        )
+    )
+    return repo
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python -m model_repository.build --out DIR --target cpu|gpu`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)
+    parser.add_argument("--target", choices=TARGETS, default="cpu")
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    args = parser.parse_args(argv)
+    serving = ServingConfig(
+        target=args.target, version=args.version, max_queue_delay_us=args.max_queue_delay_us
+    )
+    repo = build(contract.ArtifactPaths(args.out), serving)
+    print(f"wrote {serving.target} repository: {repo}")
+
+
+if __name__ == "__main__":
+    main()

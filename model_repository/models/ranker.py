@@ -1,0 +1,60 @@
+"""Triton model `ranker`: query embedding + history ids → top-k products over the catalog.
+
+One ONNX call scores the whole catalog for every request of the dynamic batch, so the
+memory-bound scan of the item table is paid once per batch, not once per request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import contract
+from conversion.runtime import cpu_session
+from model_repository.models.common import input_array, invalid, parameters, version_dir
+from model_repository.ops import CatalogIndex, InvalidInput, history_batch, top_k, validate_top_k
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = parameters(args)
+        folder = version_dir(args)
+        self.session = cpu_session(folder / params["onnx_file"], threads=int(params["threads"]))
+        self.catalog = CatalogIndex.load(folder / params["catalog_file"])
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        ks, queries, histories, slots = [], [], [], []
+        for i, request in enumerate(requests):
+            try:
+                ks.append(validate_top_k(input_array(request, contract.TOP_K.name).reshape(-1)[0]))
+            except (InvalidInput, IndexError) as exc:
+                responses[i] = invalid(str(exc) or f"{contract.TOP_K.name} is missing")
+                continue
+            queries.append(input_array(request, contract.QUERY_EMBEDDING.name).reshape(-1))
+            histories.append(self.catalog.rows_of(input_array(request, contract.HISTORY.name)))
+            slots.append(i)
+        if slots:
+            rows, mask = history_batch(histories)
+            (scores,) = self.session.run(
+                [contract.ONNX_RANKER_SCORES],
+                {
+                    contract.ONNX_RANKER_QUERY: np.stack(queries).astype(np.float32),
+                    contract.ONNX_RANKER_HISTORY_ROWS: rows,
+                    contract.ONNX_RANKER_HISTORY_MASK: mask,
+                },
+            )
+            for i, k, row_scores in zip(slots, ks, scores, strict=True):
+                best, best_scores = top_k(row_scores, k)
+                responses[i] = pb_utils.InferenceResponse(
+                    [
+                        pb_utils.Tensor(
+                            contract.PRODUCT_IDS.name, self.catalog.product_ids[best][None, :]
+                        ),
+                        pb_utils.Tensor(
+                            contract.SCORES.name, best_scores.astype(np.float32)[None, :]
+                        ),
+                        pb_utils.Tensor(contract.TITLES.name, self.catalog.titles[best][None, :]),
+                    ]
+                )
+        return responses

@@ -1,0 +1,146 @@
+"""The work behind the Triton Python-backend models, as plain importable functions.
+
+`models/*.py` only move tensors between Triton and these functions, so everything that can
+go wrong with a request (bad text, unknown ids, odd top-k) is decided and unit-tested here.
+
+Request rules (documented in the README):
+- QUERY must be valid UTF-8 with some non-whitespace text, else INVALID_ARGUMENT. Text
+  beyond MAX_QUERY_CHARS characters is dropped and tokens beyond MAX_QUERY_TOKENS are
+  truncated: a long query is served, never rejected.
+- HISTORY ids not in the catalog are ignored; only the MAX_HISTORY most recent (last) ids
+  are used. An empty history means cold start: text-only ranking.
+- TOP_K must be in 1..MAX_TOP_K, else INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import contract
+
+
+class InvalidInput(ValueError):
+    """A request the server must answer with INVALID_ARGUMENT (the message says why)."""
+
+
+def decode_query(raw: bytes | str | np.bytes_) -> str:
+    """Validated query text: UTF-8, trimmed, non-empty, at most MAX_QUERY_CHARS characters."""
+    if isinstance(raw, bytes | np.bytes_):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"{contract.QUERY.name} is not valid UTF-8 (byte 0x{bytes(raw)[exc.start]:02x} "
+                f"at offset {exc.start})"
+            ) from None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise InvalidInput(f"{contract.QUERY.name} must be a string, got {type(raw).__name__}")
+    text = " ".join(text[: contract.MAX_QUERY_CHARS * 2].split())[: contract.MAX_QUERY_CHARS]
+    if not text:
+        raise InvalidInput(f"{contract.QUERY.name} is empty or only whitespace")
+    return text
+
+
+def validate_top_k(value: int) -> int:
+    """TOP_K as an int in 1..MAX_TOP_K."""
+    k = int(value)
+    if not 1 <= k <= contract.MAX_TOP_K:
+        raise InvalidInput(
+            f"{contract.TOP_K.name} must be between 1 and {contract.MAX_TOP_K}, got {k}"
+        )
+    return k
+
+
+class QueryTokenizer:
+    """WordPiece tokenization with truncation and bucketed (not maximal) padding."""
+
+    def __init__(
+        self,
+        tokenizer_json: Path,
+        max_tokens: int = contract.MAX_QUERY_TOKENS,
+        bucket: int = contract.SEQUENCE_BUCKET,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(tokenizer_json))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_tokens)
+        self.bucket = bucket
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: (input_ids, attention_mask), int64, padded up to a multiple of `bucket`."""
+        out = []
+        for enc in self._tok.encode_batch(list(texts)):
+            n = len(enc.ids)
+            width = -(-n // self.bucket) * self.bucket
+            ids = np.zeros(width, dtype=np.int64)
+            mask = np.zeros(width, dtype=np.int64)
+            ids[:n] = enc.ids
+            mask[:n] = 1
+            out.append((ids, mask))
+        return out
+
+
+def pad_rows(rows: Sequence[np.ndarray], pad: float = 0, min_width: int = 1) -> np.ndarray:
+    """Stack 1-D arrays of different lengths into (B, max_len), right-padded with `pad`."""
+    width = max([min_width, *(len(r) for r in rows)])
+    out = np.full((len(rows), width), pad, dtype=rows[0].dtype if rows else np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@dataclass
+class CatalogIndex:
+    """Product ids ↔ catalog rows, and titles, for the ranker."""
+
+    product_ids: np.ndarray  # (N,) int64, row order of the item table
+    titles: np.ndarray  # (N,) object (bytes), same order
+
+    def __post_init__(self) -> None:
+        self._order = np.argsort(self.product_ids, kind="stable")
+        self._sorted = self.product_ids[self._order]
+
+    @classmethod
+    def load(cls, path: Path) -> CatalogIndex:
+        """From the `catalog.npz` written by the repository builder."""
+        with np.load(path, allow_pickle=False) as z:
+            titles = np.array([t.encode("utf-8") for t in z["titles"].tolist()], dtype=object)
+            return cls(product_ids=z["product_ids"].astype(np.int64), titles=titles)
+
+    def save(self, path: Path) -> None:
+        """Write ids and titles (as unicode, no pickles) for `load`."""
+        titles = np.array(
+            [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in self.titles]
+        )
+        np.savez(path, product_ids=self.product_ids, titles=titles)
+
+    def rows_of(self, history: np.ndarray) -> np.ndarray:
+        """Catalog rows of the last MAX_HISTORY known ids of `history`; unknown ids dropped."""
+        ids = np.asarray(history, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.searchsorted(self._sorted, ids)
+        pos = np.minimum(pos, len(self._sorted) - 1)
+        known = self._sorted[pos] == ids
+        return self._order[pos[known]][-contract.MAX_HISTORY :]
+
+
+def history_batch(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(history_rows (B, H) int64, history_mask (B, H) float32) for the ranker graph."""
+    mask = pad_rows([np.ones(len(r), dtype=np.float32) for r in rows], pad=0.0)
+    return pad_rows([r.astype(np.int64) for r in rows], pad=0), mask
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and scores of the k best entries of a 1-D score vector, best first."""
+    k = min(k, scores.shape[0])
+    part = np.argpartition(-scores, k - 1)[:k]
+    best = part[np.argsort(-scores[part], kind="stable")]
+    return best, scores[best]

@@ -1,0 +1,5 @@
+"""`python -m training`: run the training stage (see training/train.py)."""
+
+from training.train import main
+
+main()

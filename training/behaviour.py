@@ -1,0 +1,203 @@
+"""From behaviour logs to fusion-ranker training examples, and the training loop itself.
+
+Each impression in a session becomes one example: (query, the shopper's history *before*
+that session, shown product, position, clicked?). History is built in time order from
+earlier clicks and purchases only, so no example sees its own future.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import contract
+from training.fusion import ITEM_FEATURES, TRAINING_POSITIONS, FusionRanker
+from training.metrics import ndcg_at_k, roc_auc
+
+HISTORY_EVENTS = ("click", "purchase")
+
+
+@dataclass
+class Examples:
+    """Impression-level examples as aligned arrays (M rows)."""
+
+    query_rows: np.ndarray  # (M,) row into the query-embedding table
+    history_rows: np.ndarray  # (M, H) catalog rows, 0-padded
+    history_mask: np.ndarray  # (M, H) float32, 1 where a history item is present
+    item_rows: np.ndarray  # (M,) catalog row of the shown product
+    positions: np.ndarray  # (M,) shown position
+    clicked: np.ndarray  # (M,) float32 label
+    purchased: np.ndarray  # (M,) float32
+    session_ids: np.ndarray  # (M,)
+
+    def __len__(self) -> int:
+        return int(self.item_rows.shape[0])
+
+
+def item_features(
+    events: pd.DataFrame,
+    product_ids: np.ndarray,
+    prior_weight: float = 20.0,
+) -> np.ndarray:
+    """Standardised per-item features in ITEM_FEATURES order, shape (N, F).
+
+    CTR is smoothed towards the global CTR with `prior_weight` pseudo-impressions so that
+    a product shown twice and clicked once is not the best product in the shop.
+    """
+    counts = events.pivot_table(
+        index="product_id", columns="event_type", values="session_id", aggfunc="count", fill_value=0
+    )
+    impressions = counts.get("impression", pd.Series(dtype=float)).reindex(product_ids).fillna(0)
+    clicks = counts.get("click", pd.Series(dtype=float)).reindex(product_ids).fillna(0)
+    global_ctr = clicks.sum() / max(impressions.sum(), 1.0)
+    ctr = (clicks + prior_weight * global_ctr) / (impressions + prior_weight)
+    feats = np.stack([np.log1p(clicks.to_numpy()), ctr.to_numpy()], axis=1).astype(np.float32)
+    assert feats.shape[1] == len(ITEM_FEATURES)
+    std = feats.std(axis=0)
+    return (feats - feats.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def session_histories(
+    events: pd.DataFrame, row_of: dict[int, int], max_history: int = contract.MAX_HISTORY
+) -> dict[int, list[int]]:
+    """Catalog rows each session's shopper clicked or bought in *earlier* sessions."""
+    sessions = (
+        events.groupby("session_id")
+        .agg(user_id=("user_id", "first"), timestamp=("timestamp", "min"))
+        .sort_values(["user_id", "timestamp"])
+    )
+    acts = events[events["event_type"].isin(HISTORY_EVENTS)]
+    acts_by_session = acts.sort_values("timestamp").groupby("session_id")["product_id"].apply(list)
+    out: dict[int, list[int]] = {}
+    current_user, history = None, []
+    for sid, user in zip(sessions.index, sessions["user_id"], strict=True):
+        if user != current_user:
+            current_user, history = user, []
+        out[int(sid)] = history[-max_history:]
+        history = history + [row_of[p] for p in acts_by_session.get(sid, []) if p in row_of]
+    return out
+
+
+def build_examples(
+    events: pd.DataFrame,
+    split: str,
+    query_row_of: dict[int, int],
+    row_of: dict[int, int],
+    histories: dict[int, list[int]],
+    max_history: int = contract.MAX_HISTORY,
+) -> Examples:
+    """Impressions of `split` as examples, labelled by clicks/purchases in the same session."""
+    ev = events[events["split"] == split]
+    imp = ev[ev["event_type"] == "impression"]
+    imp = imp[imp["product_id"].isin(row_of) & imp["query_id"].isin(query_row_of)]
+    keys = ["session_id", "product_id"]
+    clicked = ev[ev["event_type"] == "click"][keys].drop_duplicates().assign(_c=1.0)
+    bought = ev[ev["event_type"] == "purchase"][keys].drop_duplicates().assign(_p=1.0)
+    imp = imp.merge(clicked, on=keys, how="left").merge(bought, on=keys, how="left")
+    m = len(imp)
+    hist_rows = np.zeros((m, max_history), dtype=np.int64)
+    hist_mask = np.zeros((m, max_history), dtype=np.float32)
+    for i, sid in enumerate(imp["session_id"].to_numpy()):
+        h = histories.get(int(sid), [])[-max_history:]
+        hist_rows[i, : len(h)] = h
+        hist_mask[i, : len(h)] = 1.0
+    return Examples(
+        query_rows=imp["query_id"].map(query_row_of).to_numpy(np.int64),
+        history_rows=hist_rows,
+        history_mask=hist_mask,
+        item_rows=imp["product_id"].map(row_of).to_numpy(np.int64),
+        positions=np.clip(imp["position"].to_numpy(np.int64), 0, TRAINING_POSITIONS - 1),
+        clicked=imp["_c"].fillna(0.0).to_numpy(np.float32),
+        purchased=imp["_p"].fillna(0.0).to_numpy(np.float32),
+        session_ids=imp["session_id"].to_numpy(np.int64),
+    )
+
+
+def _batch_scores(
+    ranker: FusionRanker,
+    q_emb: torch.Tensor,
+    ex: Examples,
+    idx: np.ndarray,
+) -> torch.Tensor:
+    q = q_emb[torch.from_numpy(ex.query_rows[idx])]
+    rows = torch.from_numpy(ex.history_rows[idx])
+    mask = torch.from_numpy(ex.history_mask[idx])
+    items = torch.from_numpy(ex.item_rows[idx]).unsqueeze(1)
+    return ranker.score_candidates(q, rows, mask, items).squeeze(1)
+
+
+def train_fusion(
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    examples: Examples,
+    epochs: int = 3,
+    batch_size: int = 1024,
+    lr: float = 0.02,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Binary cross-entropy on clicks, with a per-position bias; returns the loss curve."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    q_emb = torch.from_numpy(query_embeddings)
+    labels = torch.from_numpy(examples.clicked)
+    positions = torch.from_numpy(examples.positions)
+    optim = torch.optim.Adam(ranker.parameters(), lr=lr)
+    curve: list[dict[str, float]] = []
+    ranker.train()
+    steps = 0
+    for epoch in range(epochs):
+        order = rng.permutation(len(examples))
+        bar = tqdm(
+            range(0, len(order), batch_size), desc=f"fusion epoch {epoch + 1}/{epochs}", leave=False
+        )
+        for start in bar:
+            idx = order[start : start + batch_size]
+            logits = _batch_scores(ranker, q_emb, examples, idx)
+            logits = logits + ranker.position_bias[positions[idx]]
+            loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            steps += 1
+            if steps % 10 == 0:
+                curve.append({"step": float(steps), "loss": float(loss)})
+                bar.set_postfix(loss=f"{float(loss):.4f}", alpha=f"{float(ranker.alpha):.3f}")
+    ranker.eval()
+    return curve
+
+
+@torch.no_grad()
+def evaluate_sessions(
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    examples: Examples,
+) -> dict[str, float]:
+    """Click AUC over impressions and purchase-NDCG@10 over each session's shown items."""
+    if len(examples) == 0:
+        raise ValueError("no held-out impressions to evaluate on")
+    q_emb = torch.from_numpy(query_embeddings)
+    scores = torch.cat(
+        [
+            _batch_scores(ranker, q_emb, examples, np.arange(s, min(s + 4096, len(examples))))
+            for s in range(0, len(examples), 4096)
+        ]
+    ).numpy()
+    frame = pd.DataFrame(
+        {"sid": examples.session_ids, "score": scores, "bought": examples.purchased}
+    )
+    ndcgs = []
+    for _, g in frame[frame.groupby("sid")["bought"].transform("max") > 0].groupby("sid"):
+        ranked = g.sort_values("score", ascending=False)
+        grades = dict(enumerate(g["bought"].astype(int)))
+        ndcgs.append(ndcg_at_k(list(ranked.index.map(g.index.get_loc)), grades, 10))
+    return {
+        "click_auc": roc_auc(examples.clicked, scores),
+        "purchase_ndcg@10": float(np.mean(ndcgs)) if ndcgs else float("nan"),
+        "sessions_with_purchase": len(ndcgs),
+        "impressions": len(examples),
+    }

