@@ -1,0 +1,94 @@
+# shoprank: training/ → conversion/ → model_repository/ → client/ → loadtest/
+#
+#   make demo    everything end to end on the embedded defaults (venv, data, train,
+#                convert, Triton repository, server, a search, a load test, summary)
+#   make test    the test suite
+#
+# Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu),
+# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m training`).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= artifacts/demo
+SCALE ?= demo
+TARGET ?= cpu
+USERS ?= 8
+RUN_TIME ?= 30s
+TRAIN_ARGS ?=
+PIDFILE := $(OUT)/tritonserver.pid
+# This machine keeps the CPU build of torch 2.13.0 as a local wheel; use it when present.
+PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: help venv data train convert repo workload serve stop search loadtest demo summary test lint \
+        serve-gpu clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FIND) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install shoprank with its dependencies
+
+data: venv ## generate the synthetic shop (SCALE=tiny|demo|full)
+	$(PY) -m training.synthetic --scale $(SCALE) --out $(OUT)
+
+train: venv ## fine-tune the encoder, train the fusion ranker, write metrics.json
+	$(PY) -m training --out $(OUT) --scale $(SCALE) $(TRAIN_ARGS)
+
+convert: venv ## ONNX export, parity check, int8 quantization, conversion report
+	$(PY) -m conversion --out $(OUT)
+
+repo: venv ## generate the Triton model repository (TARGET=cpu|gpu)
+	$(PY) -m model_repository.build --out $(OUT) --target $(TARGET)
+
+serve: venv ## start the embedded Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002)
+	$(PY) -m model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log
+
+stop: ## stop the embedded Triton server
+	@if [ -x $(PY) ]; then $(PY) -m model_repository.server stop --pidfile $(PIDFILE); fi
+
+search: venv ## one search through the client CLI
+	$(PY) -m client search "red leather sofa" --top-k 5
+	$(PY) -m client search "running shoes" --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 5
+
+workload: venv ## realistic (query, history) requests from the held-out sessions
+	$(PY) -m loadtest.workload --out $(OUT)
+
+loadtest: venv ## Locust against the gRPC endpoint (USERS, RUN_TIME); prints p50/p95/p99
+	$(PY) -m loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json
+
+summary: venv ## print the demo summary from the artifacts
+	$(PY) -m summary --out $(OUT)
+
+demo: venv ## the whole product end to end on the embedded defaults
+	$(MAKE) train convert repo workload
+	$(MAKE) stop
+	$(MAKE) serve
+	trap '$(MAKE) stop' EXIT; $(MAKE) search loadtest summary
+
+test: venv ## run the test suite
+	$(PY) -m pytest -q
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+serve-gpu: ## on a GPU host: serve the gpu repository in NVIDIA's Triton container
+	$(MAKE) repo TARGET=gpu
+	docker run --gpus=all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+	  -v $(CURDIR):/workspace/shoprank -w /workspace/shoprank \
+	  nvcr.io/nvidia/tritonserver:24.10-py3 bash -c \
+	  "pip install --quiet --no-deps -e . && pip install --quiet tokenizers 'numpy<2' onnxruntime && \
+	   tritonserver --model-repository=$(OUT)/repository_gpu"
+
+clean: stop ## remove the artifacts of OUT
+	rm -rf $(OUT)

@@ -1,0 +1,89 @@
+"""The served pipeline (tokenize → encode → rank) run in-process on ONNX Runtime.
+
+Same files, same `ops` functions and same session settings as the Triton models, without
+the server: the reference the integration tests hold Triton's answers against, and the
+"ONNX Runtime in process" row of the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import contract
+from conversion.runtime import cpu_session
+from model_repository.ops import (
+    CatalogIndex,
+    QueryTokenizer,
+    decode_query,
+    history_batch,
+    pad_rows,
+    top_k,
+    validate_top_k,
+)
+
+
+@dataclass
+class Ranked:
+    """Top-k answer for one query."""
+
+    product_ids: np.ndarray
+    scores: np.ndarray
+    titles: list[str]
+
+
+class InProcessPipeline:
+    """Loads a generated model repository's files and answers searches in this process."""
+
+    def __init__(self, repository: Path, version: int = 1, threads: int = 1) -> None:
+        v = str(version)
+        self.tokenizer = QueryTokenizer(
+            repository / contract.TOKENIZER_MODEL / v / "tokenizer.json"
+        )
+        self.encoder = cpu_session(repository / contract.ENCODER_MODEL / v / "model.onnx", threads)
+        self.ranker = cpu_session(repository / contract.RANKER_MODEL / v / "ranker.onnx", threads)
+        self.catalog = CatalogIndex.load(repository / contract.RANKER_MODEL / v / "catalog.npz")
+
+    def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
+        """Query embeddings (B, D) exactly as the served tokenizer + encoder compute them."""
+        encoded = self.tokenizer.encode([decode_query(q) for q in queries])
+        ids = pad_rows([e[0] for e in encoded])
+        mask = pad_rows([e[1] for e in encoded])
+        return self.encoder.run(
+            [contract.ONNX_SENTENCE_EMBEDDING],
+            {contract.ONNX_INPUT_IDS: ids, contract.ONNX_ATTENTION_MASK: mask},
+        )[0]
+
+    def search_many(
+        self, queries: Sequence[str | bytes], histories: Sequence[Sequence[int]], k: int
+    ) -> list[Ranked]:
+        """Top-k for a batch of (query, history) pairs."""
+        k = validate_top_k(k)
+        embeddings = self.encode(queries)
+        rows, mask = history_batch([self.catalog.rows_of(np.asarray(h)) for h in histories])
+        (scores,) = self.ranker.run(
+            [contract.ONNX_RANKER_SCORES],
+            {
+                contract.ONNX_RANKER_QUERY: embeddings.astype(np.float32),
+                contract.ONNX_RANKER_HISTORY_ROWS: rows,
+                contract.ONNX_RANKER_HISTORY_MASK: mask,
+            },
+        )
+        out = []
+        for row_scores in scores:
+            best, best_scores = top_k(row_scores, k)
+            out.append(
+                Ranked(
+                    product_ids=self.catalog.product_ids[best],
+                    scores=best_scores,
+                    titles=[t.decode("utf-8") for t in self.catalog.titles[best]],
+                )
+            )
+        return out
+
+    def search(self, query: str | bytes, history: Sequence[int] = (), k: int = 10) -> Ranked:
+        """Top-k for one query."""
+        return self.search_many([query], [history], k)[0]

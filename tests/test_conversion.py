@@ -1,0 +1,84 @@
+"""Conversion: parity checks hold on a real export and fail loudly on a broken one."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import contract
+from conversion import export, quantize
+from training.fusion import load_ranker
+
+
+def test_report_records_parity_and_variants(tiny_artifacts):
+    report = json.loads(tiny_artifacts.conversion_report.read_text())
+    assert report["parity"]["queries"]["min_cosine"] >= 0.999
+    assert report["parity"]["products"]["min_cosine"] >= 0.999
+    assert report["parity"]["ranker_max_abs_diff"] < 1e-3
+    assert set(report["variants"]) == {"fp32", "int8_dynamic"}
+    assert report["selected_encoder"] in report["variants"]
+    assert report["variants"][report["selected_encoder"]]["accepted"]
+    assert tiny_artifacts.conversion_report.with_suffix(".md").exists()
+
+
+def test_encoder_graph_has_dynamic_axes(tiny_artifacts):
+    graph = onnx.load(str(tiny_artifacts.encoder_onnx)).graph
+    ids = next(i for i in graph.input if i.name == contract.ONNX_INPUT_IDS)
+    dims = ids.type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_param  # batch and sequence are symbolic
+
+
+def _corrupted(src, dst):
+    """Copy of an ONNX model with its largest weight matrix negated and shuffled."""
+    model = onnx.load(str(src))
+    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(biggest)
+    rng = np.random.default_rng(0)
+    biggest.CopyFrom(
+        numpy_helper.from_array(rng.permutation(w.reshape(-1)).reshape(w.shape), biggest.name)
+    )
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_parity_check_fails_loudly_on_a_broken_export(tiny_artifacts, tmp_path):
+    broken = _corrupted(tiny_artifacts.encoder_onnx, tmp_path / "broken.onnx")
+    texts = ["red leather sofa", "blue running shoes", "oak dining table", "kids toys"]
+    with pytest.raises(export.ParityError, match="min cosine"):
+        export.check_encoder_parity(
+            broken, tiny_artifacts.encoder, texts, contract.MAX_QUERY_TOKENS
+        )
+    # ...while the real export passes the same check.
+    parity = export.check_encoder_parity(
+        tiny_artifacts.encoder_onnx, tiny_artifacts.encoder, texts, contract.MAX_QUERY_TOKENS
+    )
+    assert parity.min_cosine >= 0.999
+
+
+def test_quality_gate_refuses_collapsed_embeddings(tiny_artifacts, tmp_path):
+    texts = ["red leather sofa", "blue running shoes", "oak dining table", "kids toys"]
+    fp32 = export.onnx_embeddings(tiny_artifacts.encoder_onnx, tiny_artifacts.encoder, texts, 32)
+    collapsed = np.tile(fp32.mean(axis=0, keepdims=True), (len(texts), 1))
+    gate = quantize.QualityGate(min_cosine=0.999)
+    with pytest.raises(quantize.QualityError, match="collapsed"):
+        gate.check("collapsed", export.cosine_parity(fp32, collapsed).mean_cosine)
+    with pytest.raises(quantize.QualityError, match="NDCG"):
+        quantize.QualityGate().check("lossy", 1.0, ndcg=0.5, ndcg_fp32=0.6)
+    gate.check("fp32", export.cosine_parity(fp32, fp32).mean_cosine, 0.6, 0.6)
+
+
+def test_int8_is_smaller_and_close(tiny_artifacts):
+    report = json.loads(tiny_artifacts.conversion_report.read_text())
+    fp32, int8 = report["variants"]["fp32"], report["variants"]["int8_dynamic"]
+    assert int8["size_mb"] < fp32["size_mb"]
+    assert int8["cosine"] > 0.9
+
+
+def test_ranker_parity_and_cold_start(tiny_artifacts):
+    ranker = load_ranker(tiny_artifacts.ranker)
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(5, ranker.item_embeddings.shape[1])).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    assert export.check_ranker_parity(tiny_artifacts.ranker_onnx, ranker, q) < 1e-3
