@@ -1,4 +1,4 @@
-"""The real embedded tritonserver serving the tiny ensemble, held against the in-process pipeline."""
+"""The real embedded tritonserver serving the tiny ensemble, vs the in-process pipeline."""
 
 from concurrent.futures import ThreadPoolExecutor
 
