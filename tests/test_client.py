@@ -1,0 +1,267 @@
+"""The gRPC search client and its CLI, against the real tiny ensemble on real Triton.
+
+Answers are held against the same repository's files run in-process (`in_process`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from client import SearchClient, SearchError, SearchResult
+from client.__main__ import format_table, main, parse_history
+from contract import DEFAULT_TOP_K, MAX_TOP_K
+from model_repository.pipeline import Ranked
+from model_repository.server import free_ports
+
+# Validation happens before anything is sent, so no server is needed; the port is unused.
+OFFLINE_URL = f"localhost:{free_ports(1)[0]}"
+# Triton and the in-process pipeline run the same ONNX files; only float rounding differs.
+SCORE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def grpc_url(ensemble_server) -> str:
+    return ensemble_server.grpc_url
+
+
+@pytest.fixture()
+def search_client(grpc_url: str):
+    with SearchClient(grpc_url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def shopper(search_workload: list[dict]) -> dict:
+    """A real request whose history holds a few real product ids."""
+    return next(r for r in search_workload if 2 <= len(r["history"]) <= 10)
+
+
+def as_ranked(results: list[SearchResult]) -> Ranked:
+    return Ranked(
+        product_ids=np.array([r.product_id for r in results], dtype=np.int64),
+        scores=np.array([r.score for r in results], dtype=np.float32),
+        titles=[r.title for r in results],
+    )
+
+
+def assert_same_results(results: list[SearchResult], reference: Ranked) -> None:
+    """Same products, titles and order as `reference`; scores equal up to float rounding."""
+    assert [r.rank for r in results] == list(range(1, len(reference.product_ids) + 1))
+    served = as_ranked(results)
+    np.testing.assert_allclose(served.scores, reference.scores, rtol=0, atol=SCORE_ATOL)
+    assert served.product_ids.tolist() == reference.product_ids.tolist()
+    assert served.titles == reference.titles
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"query": b"sofa"}, "query must be a str"),
+        ({"query": None}, "query must be a str"),
+        ({"top_k": 0}, f"top_k must be in 1..{MAX_TOP_K}"),
+        ({"top_k": MAX_TOP_K + 1}, f"top_k must be in 1..{MAX_TOP_K}"),
+        ({"top_k": True}, "top_k must be an int"),
+        ({"top_k": "5"}, "top_k must be an int"),
+        ({"history": "12,55"}, "not a string"),
+        ({"history": [12, 1.5]}, "history ids must be ints"),
+        ({"history": [2**63]}, "does not fit in int64"),
+    ],
+)
+def test_client_side_validation(kwargs: dict, message: str) -> None:
+    arguments = {"query": "sofa", "history": (), "top_k": DEFAULT_TOP_K, **kwargs}
+    with SearchClient(OFFLINE_URL) as client, pytest.raises(ValueError, match=message):
+        client.search(**arguments)
+
+
+def test_unreachable_server_is_a_search_error() -> None:
+    with SearchClient(OFFLINE_URL, timeout_s=5) as client:
+        assert not client.is_ready()
+        with pytest.raises(SearchError) as caught:
+            client.search("sofa")
+    assert caught.value.status == "UNAVAILABLE"
+
+
+def test_parse_history() -> None:
+    assert parse_history("12,55, 7") == [12, 55, 7]
+    assert parse_history("") == []
+
+
+def test_format_table_aligns_columns() -> None:
+    table = format_table([SearchResult(1, 12345, 0.5, "Sofa"), SearchResult(2, 7, 0.25, "Chair")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["rank", "id", "score", "title"]
+    # The title column starts at the same offset in every line.
+    assert (
+        len({line.index(t) for line, t in zip(lines, ["title", "Sofa", "Chair"], strict=True)}) == 1
+    )
+    assert lines[1].endswith("0.5000  Sofa")
+
+
+@pytest.mark.integration
+def test_search_matches_the_in_process_pipeline(
+    search_client: SearchClient, in_process, shopper: dict
+) -> None:
+    assert search_client.is_ready()
+    results = search_client.search(shopper["query"], history=shopper["history"], top_k=5)
+    assert all(isinstance(r, SearchResult) for r in results)
+    assert all(isinstance(r.product_id, int) and isinstance(r.score, float) for r in results)
+    assert all(isinstance(r.title, str) and r.title for r in results)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    assert_same_results(results, in_process.search(shopper["query"], shopper["history"], 5))
+
+
+@pytest.mark.integration
+def test_history_reaches_the_ranker_and_unknown_ids_are_ignored(
+    search_client: SearchClient, in_process, shopper: dict
+) -> None:
+    query, history = shopper["query"], shopper["history"]
+    with_history = search_client.search(query, history=history)
+    cold = search_client.search(query)
+    assert_same_results(cold, in_process.search(query, [], DEFAULT_TOP_K))
+    assert [r.score for r in with_history] != pytest.approx([r.score for r in cold])
+
+    unknown = [-5, 987654321, 2**62]
+    noisy = search_client.search(query, history=[unknown[0], *history, *unknown[1:]])
+    assert_same_results(noisy, as_ranked(with_history))
+    assert_same_results(search_client.search(query, history=unknown), as_ranked(cold))
+
+
+@pytest.mark.integration
+def test_top_k_limits(search_client: SearchClient, in_process, shopper: dict) -> None:
+    query, history = shopper["query"], shopper["history"]
+    assert len(search_client.search(query)) == DEFAULT_TOP_K
+    top = search_client.search(query, history=history, top_k=1)
+    assert_same_results(top, in_process.search(query, history, 1))
+
+    results = search_client.search(query, history=history, top_k=MAX_TOP_K)
+    reference = in_process.search(query, history, MAX_TOP_K)
+    assert len(results) == MAX_TOP_K
+    served = as_ranked(results)
+    np.testing.assert_allclose(served.scores, reference.scores, rtol=0, atol=SCORE_ATOL)
+    # Deep in the list, products whose scores tie within rounding may swap places.
+    assert len(set(served.product_ids.tolist())) == MAX_TOP_K
+    position = {pid: i for i, pid in enumerate(reference.product_ids.tolist())}
+    ranked = zip(served.product_ids.tolist(), served.titles, strict=True)
+    for i, (pid, title) in enumerate(ranked):
+        if pid not in position:  # swapped in across the cut-off: ties with the last one
+            assert reference.scores[i] - reference.scores[-1] <= 2 * SCORE_ATOL, pid
+            continue
+        j = position[pid]
+        assert abs(reference.scores[j] - reference.scores[i]) <= 2 * SCORE_ATOL, pid
+        assert title == reference.titles[j]
+
+
+@pytest.mark.integration
+def test_empty_query_is_invalid_argument(search_client: SearchClient) -> None:
+    for query in ("", "  \t "):
+        with pytest.raises(SearchError) as caught:
+            search_client.search(query, history=[1, 2])
+        assert caught.value.status == "INVALID_ARGUMENT"
+        assert "empty" in caught.value.message
+
+
+@pytest.mark.integration
+def test_search_many_keeps_order(search_client: SearchClient, search_workload: list[dict]) -> None:
+    requests = search_workload[:12]
+    queries = [r["query"] for r in requests]
+    histories = [r["history"] for r in requests]
+    batches = search_client.search_many(queries, histories, top_k=5)
+    assert len(batches) == len(requests)
+    for query, history, batch in zip(queries, histories, batches, strict=True):
+        assert_same_results(batch, as_ranked(search_client.search(query, history, top_k=5)))
+    # Different requests really got different answers, so a shuffle would have shown.
+    assert len({tuple(r.product_id for r in b) for b in batches}) > 1
+
+    with pytest.raises(SearchError) as caught:
+        search_client.search_many([queries[0], ""], [histories[0], []])
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+@pytest.mark.integration
+def test_unknown_model_is_not_ready(grpc_url: str) -> None:
+    with SearchClient(grpc_url, model="no_such_model") as client:
+        assert not client.is_ready()
+        with pytest.raises(SearchError):
+            client.search("sofa")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.integration
+def test_cli_prints_a_table(grpc_url: str, in_process, shopper: dict) -> None:
+    query, history = shopper["query"], shopper["history"]
+    result = _cli(
+        "search",
+        query,
+        "--history",
+        ",".join(str(p) for p in history),
+        "--top-k",
+        "3",
+        "--url",
+        grpc_url,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "id", "score", "title"]
+    assert len(lines) == 4
+    reference = in_process.search(query, history, 3)
+    for rank, (line, pid, score, title) in enumerate(
+        zip(lines[1:], reference.product_ids, reference.scores, reference.titles, strict=True), 1
+    ):
+        shown_rank, shown_id, shown_score, shown_title = line.split(maxsplit=3)
+        assert (int(shown_rank), int(shown_id), shown_title) == (rank, pid, title)
+        assert float(shown_score) == pytest.approx(float(score), abs=1e-3)
+
+
+@pytest.mark.integration
+def test_cli_prints_json(grpc_url: str, in_process, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "lamp", "--top-k", "2", "--json", "--url", grpc_url]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["query"] == "lamp"
+    assert [r["rank"] for r in payload["results"]] == [1, 2]
+    assert set(payload["results"][0]) == {"rank", "product_id", "score", "title"}
+    reference = in_process.search("lamp", [], 2)
+    assert [r["product_id"] for r in payload["results"]] == reference.product_ids.tolist()
+    assert [r["title"] for r in payload["results"]] == reference.titles
+
+
+@pytest.mark.integration
+def test_cli_server_error_exits_2_without_traceback(grpc_url: str) -> None:
+    result = _cli("search", "", "--url", grpc_url)
+    assert result.returncode == 2
+    assert "INVALID_ARGUMENT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_arguments_exit_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "sofa", "--top-k", "0", "--url", OFFLINE_URL]) == 2
+    assert f"1..{MAX_TOP_K}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["search", "sofa", "--history", "a,b"])
+    assert caught.value.code == 2
+    assert "comma-separated" in capsys.readouterr().err
+
+
+def test_cli_unreachable_server_exits_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "sofa", "--url", OFFLINE_URL, "--timeout", "5"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert main(["health", "--url", OFFLINE_URL, "--timeout", "5"]) == 2
+
+
+@pytest.mark.integration
+def test_cli_health(grpc_url: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["health", "--url", grpc_url]) == 0
+    assert "ready" in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""Load test summary parsing and a short real Locust run against the tiny ensemble."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest.run import LoadSummary, main, parse_run_time, summarize
+
+_COLUMNS = [
+    "Type", "Name", "Request Count", "Failure Count", "Median Response Time",
+    "Average Response Time", "Min Response Time", "Max Response Time", "Average Content Size",
+    "Requests/s", "Failures/s", "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%",
+    "99.9%", "99.99%", "100%",
+]  # fmt: skip
+
+
+def _write_stats(path: Path, rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(_COLUMNS)
+        writer.writerows(rows)
+    return path
+
+
+def test_summarize_reads_the_aggregated_row(tmp_path: Path) -> None:
+    stats = _write_stats(
+        tmp_path / "locust_stats.csv",
+        [
+            ["grpc", "search (history)", 100, 1, 11, 12.5, 3.1, 80.2, 10, 20.0, 0.2,
+             11, 12, 13, 14, 20, 30, 40, 50, 80, 80, 80],
+            ["", "Aggregated", 300, 2, 12, 13.25, 3.0, 95.5, 10, 60.5, 0.4,
+             12, 13, 14, 15, 21, 31, 41, 52, 90, 95, 95],
+        ],
+    )  # fmt: skip
+    summary = summarize(stats)
+    assert summary == LoadSummary(
+        requests=300, failures=2, rps=60.5, p50_ms=12.0, p95_ms=31.0, p99_ms=52.0,
+        avg_ms=13.25, max_ms=95.5,
+    )  # fmt: skip
+    assert summary.failure_rate == pytest.approx(2 / 300)
+    assert summary.line() == (
+        "p50 12 ms, p95 31 ms, p99 52 ms, 60.5 req/s, failures 2 (of 300 requests)"
+    )
+
+
+def test_summarize_without_requests(tmp_path: Path) -> None:
+    stats = _write_stats(
+        tmp_path / "locust_stats.csv",
+        [["", "Aggregated", 0, 0, 0, 0, 0, 0, 0, 0, 0] + ["N/A"] * 11],
+    )
+    summary = summarize(stats)
+    assert (summary.requests, summary.p50_ms, summary.p99_ms) == (0, None, None)
+    assert "p50 n/a" in summary.line()
+
+
+def test_summarize_rejects_a_file_without_aggregated_row(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Aggregated"):
+        summarize(_write_stats(tmp_path / "locust_stats.csv", []))
+
+
+def test_parse_run_time() -> None:
+    assert parse_run_time("30s") == 30
+    assert parse_run_time("45") == 45
+    assert parse_run_time("2m") == 120
+    assert parse_run_time("1h30m") == 5400
+    with pytest.raises(ValueError):
+        parse_run_time("soon")
+
+
+@pytest.mark.integration
+def test_short_locust_run(
+    ensemble_server, search_workload: list[dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Real queries and histories of held-out sessions, with real product ids.
+    workload = tmp_path / "workload.json"
+    workload.write_text(json.dumps(search_workload))
+    out = tmp_path / "loadtest"
+    code = main(
+        [
+            "--users", "2", "--spawn-rate", "2", "--run-time", "5s",
+            "--url", ensemble_server.grpc_url, "--workload", str(workload), "--out", str(out),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, (out / "locust.log").read_text()
+    assert "p50" in printed and "req/s" in printed
+    report = json.loads((out / "summary.json").read_text())
+    assert report["requests"] > 0
+    assert report["failures"] == 0
+    assert report["rps"] > 0
+    assert report["p50_ms"] is not None
+    assert (out / "locust_stats.csv").exists()
