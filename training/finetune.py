@@ -1,9 +1,20 @@
-"""Relevance fine-tuning of the bi-encoder on query↔product pairs (in-batch negatives).
+"""Relevance fine-tuning of the bi-encoder on query↔product judgements.
 
-Each training pair is (query text, text of a product judged relevant to it). With
-MultipleNegativesRankingLoss every other product in the batch is a negative for the
-query, so a batch of 32 gives 31 negatives for free; the no-duplicates sampler keeps a
-query's own positives from turning up as its negatives.
+Two losses share the encoder (sentence-transformers multi-dataset training):
+
+- **Contrastive** (MultipleNegativesRankingLoss) on (query, relevant product, hard
+  negative) triplets: every other product in the batch is a negative too, and the hard
+  negative is a product the *current* encoder ranks high for the query although it is not
+  judged relevant at all — the confusions worth learning from. Products with any positive
+  judgement are never used as negatives; the no-duplicates sampler keeps a query's own
+  positives out of its in-batch negatives.
+- **Graded** (MarginMSELoss) on (query, better product, worse product): the cosine gap is
+  regressed onto the grade gap, so an exact match (3) must beat a partial one (1), not
+  merely an irrelevant product.
+
+Learning-rate warm-up, a fixed seed, validation NDCG@10 every `eval_steps` with the best
+checkpoint restored at the end (early stopping after `patience` evaluations without
+improvement), and resumable checkpoints in the work folder.
 """
 
 from __future__ import annotations
@@ -14,15 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sentence_transformers.evaluation import SentenceEvaluator
 
+import contract
 from training.datasets import ShopData, product_text
+from training.encoder import embed
+from training.metrics import mean_metrics
 
 log = logging.getLogger(__name__)
+
+GRADE_MARGIN = 0.1  # cosine gap asked per grade step by the graded loss
 
 
 @dataclass
 class FinetuneConfig:
-    """Knobs of the fine-tuning run (a slice of training.config.TrainConfig)."""
+    """Knobs of the fine-tuning run (a slice of training.train.TrainConfig)."""
 
     max_steps: int = 300
     batch_size: int = 32
@@ -30,47 +47,217 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     min_grade: int = 2
     seed: int = 0
+    hard_negatives: bool = True
+    graded_loss: bool = True
+    eval_steps: int = 100
+    patience: int = 2
+    resume: bool = False
+
+
+def _judged(data: ShopData, split: str) -> pd.DataFrame:
+    queries = data.queries[data.queries["split"] == split][["query_id", "query"]]
+    return data.judgements.merge(queries, on="query_id")
 
 
 def training_pairs(
     data: ShopData, split: str = "train", min_grade: int = 2, seed: int = 0
 ) -> pd.DataFrame:
-    """(anchor=query text, positive=product text) for judgements graded >= min_grade.
+    """(anchor=query text, positive=product text, query_id) for judgements >= min_grade.
 
     Grade-3 pairs are listed twice so exact matches weigh more than partial ones.
     """
-    queries = data.queries[data.queries["split"] == split][["query_id", "query"]]
-    judged = data.judgements[data.judgements["relevance"] >= min_grade]
-    pairs = judged.merge(queries, on="query_id").merge(data.catalog, on="product_id")
+    judged = _judged(data, split)
+    pairs = judged[judged["relevance"] >= min_grade].merge(data.catalog, on="product_id")
     if pairs.empty:
         raise ValueError(f"no judgements graded >= {min_grade} on {split!r} queries")
     pairs = pd.concat([pairs, pairs[pairs["relevance"] >= 3]], ignore_index=True)
-    texts = product_text(pairs)
-    out = pd.DataFrame({"anchor": pairs["query"].to_numpy(), "positive": list(texts)})
+    out = pd.DataFrame(
+        {
+            "anchor": pairs["query"].to_numpy(),
+            "positive": list(product_text(pairs)),
+            "query_id": pairs["query_id"].to_numpy(),
+        }
+    )
     return out.sample(frac=1.0, random_state=np.random.RandomState(seed)).reset_index(drop=True)
+
+
+def mine_hard_negatives(
+    data: ShopData,
+    query_ids: np.ndarray,
+    query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    ranks: tuple[int, int] = (10, 100),
+    per_query: int = 10,
+    seed: int = 0,
+) -> dict[int, list[int]]:
+    """Per query: up to `per_query` catalog rows ranked in [ranks) by the current encoder
+    that carry no positive judgement for that query.
+
+    Starting below the very top leaves room for unjudged true matches, which would
+    otherwise be pushed away as "negatives".
+    """
+    rng = np.random.default_rng(seed)
+    relevant = (
+        data.judgements[data.judgements["relevance"] > 0]
+        .groupby("query_id")["product_id"]
+        .apply(set)
+        .to_dict()
+    )
+    product_ids = data.catalog["product_id"].to_numpy()
+    lo, hi = ranks
+    out: dict[int, list[int]] = {}
+    for start in range(0, len(query_ids), 256):
+        scores = query_embeddings[start : start + 256] @ item_embeddings.T  # (q, N)
+        top = np.argsort(-scores, axis=1)[:, lo:hi]
+        for qid, rows in zip(query_ids[start : start + 256], top, strict=True):
+            keep = [r for r in rows if product_ids[r] not in relevant.get(int(qid), set())]
+            if keep:
+                pick = rng.choice(len(keep), size=min(per_query, len(keep)), replace=False)
+                out[int(qid)] = [int(keep[i]) for i in sorted(pick)]
+    return out
+
+
+def add_hard_negatives(
+    pairs: pd.DataFrame, negatives: dict[int, list[int]], catalog: pd.DataFrame, seed: int = 0
+) -> pd.DataFrame:
+    """(anchor, positive, negative) triplets; pairs of queries without negatives dropped."""
+    rng = np.random.default_rng(seed)
+    texts = product_text(catalog)
+    rows = [negatives.get(int(q)) for q in pairs["query_id"]]
+    keep = np.array([r is not None for r in rows])
+    chosen = [texts[r[rng.integers(len(r))]] for r in rows if r is not None]
+    out = pairs.loc[keep, ["anchor", "positive"]].reset_index(drop=True)
+    out["negative"] = chosen
+    return out
+
+
+def graded_pairs(
+    data: ShopData, split: str = "train", per_query: int = 20, seed: int = 0
+) -> pd.DataFrame:
+    """(anchor, positive=better product, negative=worse product, label=margin) rows."""
+    rng = np.random.default_rng(seed)
+    judged = _judged(data, split)
+    texts = dict(zip(data.catalog["product_id"], product_text(data.catalog), strict=True))
+    rows = []
+    for _, g in judged.groupby("query_id"):
+        grades = g["relevance"].to_numpy()
+        if grades.max() == grades.min():
+            continue
+        ids = g["product_id"].to_numpy()
+        for _ in range(per_query):
+            i, j = rng.integers(len(ids), size=2)
+            if grades[i] == grades[j]:
+                continue
+            if grades[i] < grades[j]:
+                i, j = j, i
+            rows.append(
+                (
+                    g["query"].iloc[0],
+                    texts[ids[i]],
+                    texts[ids[j]],
+                    GRADE_MARGIN * float(grades[i] - grades[j]),
+                )
+            )
+    return pd.DataFrame(rows, columns=["anchor", "positive", "negative", "label"])
+
+
+class GradedNDCGEvaluator(SentenceEvaluator):
+    """Validation NDCG@10 (graded) of full retrieval over a fixed candidate corpus.
+
+    A sentence-transformers evaluator: the Trainer calls it every `eval_steps`, logs
+    `eval_val_ndcg@10`, keeps the best checkpoint and stops early on it.
+    """
+
+    def __init__(
+        self,
+        queries: dict[int, str],
+        corpus: dict[int, str],
+        grades: dict[int, dict[int, int]],
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.name = "val"
+        self.primary_metric = "val_ndcg@10"
+        self.greater_is_better = True
+        self.queries, self.corpus, self.grades = queries, corpus, grades
+        self.batch_size = batch_size
+
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict:
+        corpus_ids = np.array(list(self.corpus))
+        c_emb = embed(
+            model, list(self.corpus.values()), self.batch_size, contract.MAX_PRODUCT_TOKENS
+        )
+        q_emb = embed(
+            model, list(self.queries.values()), self.batch_size, contract.MAX_QUERY_TOKENS
+        )
+        top = np.argsort(-(q_emb @ c_emb.T), axis=1)[:, :100]
+        rankings = {q: corpus_ids[row].tolist() for q, row in zip(self.queries, top, strict=True)}
+        value = mean_metrics(rankings, self.grades)["ndcg@10"]
+        log.info("step %d: validation NDCG@10 %.4f", steps, value)
+        return {self.primary_metric: value}
+
+
+def validation_evaluator(
+    data: ShopData,
+    split: str = "val",
+    max_queries: int = 150,
+    corpus_size: int = 1500,
+    seed: int = 0,
+) -> GradedNDCGEvaluator:
+    """Evaluator over `split` queries and a corpus of their judged products + random ones."""
+    rng = np.random.default_rng(seed)
+    queries = data.queries[data.queries["split"] == split]
+    if len(queries) > max_queries:
+        queries = queries.iloc[np.sort(rng.choice(len(queries), max_queries, replace=False))]
+    judged = data.judgements[data.judgements["query_id"].isin(queries["query_id"])]
+    positives = judged[judged["relevance"] > 0]["product_id"].unique()
+    pool = np.setdiff1d(data.catalog["product_id"].to_numpy(), positives)
+    extra = rng.choice(
+        pool, size=max(0, min(len(pool), corpus_size - len(positives))), replace=False
+    )
+    ids = set(positives[:corpus_size].tolist()) | set(extra.tolist())
+    catalog = data.catalog[data.catalog["product_id"].isin(ids)]
+    corpus = dict(zip(catalog["product_id"].tolist(), product_text(catalog), strict=True))
+    grades = {
+        int(q): {p: r for p, r in zip(g["product_id"], g["relevance"], strict=True) if p in ids}
+        for q, g in judged.groupby("query_id")
+    }
+    return GradedNDCGEvaluator(
+        dict(zip(queries["query_id"].tolist(), queries["query"], strict=True)), corpus, grades
+    )
 
 
 def finetune(
     model,
-    pairs: pd.DataFrame,
+    train_sets: dict[str, pd.DataFrame],
     config: FinetuneConfig,
     work_dir: Path,
+    evaluator: GradedNDCGEvaluator | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune `model` in place on `pairs`; return the logged loss curve.
+    """Fine-tune `model` in place; return the logged loss (and validation) curve.
 
-    Uses sentence-transformers' Trainer (progress bar, warmup, seeds) for at most
-    `config.max_steps` optimizer steps.
+    `train_sets` maps a loss name to its rows: "contrastive" → (anchor, positive[,
+    negative]) for MultipleNegativesRankingLoss, "graded" → (anchor, positive, negative,
+    label) for MarginMSELoss.
     """
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        MarginMSELoss,
+        MultipleNegativesRankingLoss,
+    )
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
 
-    steps_per_epoch = max(1, len(pairs) // config.batch_size)
-    max_steps = min(config.max_steps, steps_per_epoch * 50)
+    losses = {"contrastive": MultipleNegativesRankingLoss(model), "graded": MarginMSELoss(model)}
+    sets = {k: v for k, v in train_sets.items() if len(v)}
+    rows = sum(len(v) for v in sets.values())
+    max_steps = min(config.max_steps, max(1, rows // config.batch_size) * 50)
+    evaluate = evaluator is not None and config.eval_steps < max_steps
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work_dir),
         max_steps=max_steps,
@@ -78,23 +265,41 @@ def finetune(
         learning_rate=config.learning_rate,
         warmup_steps=int(config.warmup_ratio * max_steps),
         logging_steps=max(1, max_steps // 50),
-        save_strategy="no",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.eval_steps if evaluate else None,
+        save_strategy="steps" if evaluate else "no",
+        save_steps=config.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="eval_val_ndcg@10" if evaluate else None,
+        greater_is_better=True,
         report_to=[],
         use_cpu=True,
         seed=config.seed,
         data_seed=config.seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         dataloader_drop_last=True,
+        disable_tqdm=False,
     )
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_pandas(pairs, preserve_index=False),
-        loss=MultipleNegativesRankingLoss(model),
+        train_dataset={
+            k: Dataset.from_pandas(
+                v.drop(columns=["query_id"], errors="ignore"), preserve_index=False
+            )
+            for k, v in sets.items()
+        },
+        loss={k: losses[k] for k in sets},
+        evaluator=evaluator if evaluate else None,
+        callbacks=[EarlyStoppingCallback(config.patience)] if evaluate else None,
     )
-    trainer.train()
+    last = get_last_checkpoint(str(work_dir)) if config.resume and work_dir.exists() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
     return [
-        {"step": float(h["step"]), "loss": float(h["loss"])}
+        {k: float(v) for k, v in h.items() if k in ("step", "loss", "eval_val_ndcg@10")}
         for h in trainer.state.log_history
-        if "loss" in h
+        if "loss" in h or "eval_val_ndcg@10" in h
     ]

@@ -1,17 +1,23 @@
 """The fusion ranker: text relevance mixed with the shopper's behaviour.
 
-    h_user = normalize(mean(e_i for i in history))             # (B, D), from request-time history
-    α_eff  = α · 1[history non-empty]                          # cold start → text only
-    h      = (1 - α_eff) · h_text + α_eff · h_user             # (B, D)
-    score  = s · <h, e_item> + w · f_item + b                  # (B, N)
+Three ways to fuse the query embedding `q` with the shopper's history (catalog rows sent
+with every request; there is no per-user table to go stale):
 
-`e` are the catalog embeddings from the fine-tuned encoder, `f` per-item behaviour
-features (popularity, smoothed CTR), α = sigmoid(a) is learned. There is no per-user
-table: the user embedding is rebuilt from the ids sent with every request, so it never
-goes stale and new users work on their first click.
+    weighted          u = normalize(mean(e_h))                 h = (1-α)·q + α·u
+    concat_mlp        u = normalize(mean(e_h))                 h = normalize(q + MLP([q, u]))
+    target_attention  u = Σ_h softmax(⟨q, e_h⟩/τ)·e_h          h = (1-α)·q + α·normalize(u)
 
-The same module is exported to ONNX (conversion/) with the catalog as initializers, so
-serving scores exactly what was trained.
+and every variant scores the whole catalog as
+
+    score(i) = s·⟨h, e_i⟩ + w·f_i + v·g(history, i) + b
+
+with per-item behaviour features f (log clicks, smoothed CTR) and shopper↔item features g
+(share of the history in item i's category, in its brand, and closeness of i's price to
+the history's typical price). With an empty history every user term is switched off, so
+cold start is exactly text-only ranking plus the item prior — never noise.
+
+The scan is one (B, D) × (D, N) matmul plus gathers of tiny per-item tables, so the same
+module exports to ONNX (conversion/) with the catalog as initializers.
 """
 
 from __future__ import annotations
@@ -27,32 +33,65 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 ITEM_FEATURES = ("log_clicks", "ctr")
+USER_ITEM_FEATURES = ("category_affinity", "brand_affinity", "price_match")
+FUSIONS = ("weighted", "concat_mlp", "target_attention")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
 
 
 @dataclass
 class FusionConfig:
-    """Shape of a FusionRanker, saved beside its weights."""
+    """Shape and kind of a FusionRanker, saved beside its weights."""
 
     num_items: int
     dim: int
+    fusion: str = "weighted"
     num_features: int = len(ITEM_FEATURES)
+    num_categories: int = 1
+    num_brands: int = 1
+    hidden: int = 128
     alpha_init: float = 0.2
 
 
 class FusionRanker(nn.Module):
-    """Weighted fusion of query and user embeddings, scored against the whole catalog."""
+    """Fuses query and history, then scores every catalog item (see module docstring)."""
 
     def __init__(
-        self, item_embeddings: torch.Tensor, item_features: torch.Tensor, alpha_init: float = 0.2
+        self,
+        item_embeddings: torch.Tensor,
+        item_features: torch.Tensor,
+        item_categories: torch.Tensor | None = None,
+        item_brands: torch.Tensor | None = None,
+        item_log_prices: torch.Tensor | None = None,
+        fusion: str = "weighted",
+        hidden: int = 128,
+        alpha_init: float = 0.2,
     ) -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        n, dim = item_embeddings.shape
+        self.fusion = fusion
+        zeros = torch.zeros(n, dtype=torch.long)
         self.register_buffer("item_embeddings", item_embeddings.float().contiguous())  # (N, D)
         self.register_buffer("item_features", item_features.float().contiguous())  # (N, F)
+        cats = item_categories if item_categories is not None else zeros
+        brands = item_brands if item_brands is not None else zeros
+        prices = item_log_prices if item_log_prices is not None else torch.zeros(n)
+        self.register_buffer("item_categories", cats.long().contiguous())  # (N,)
+        self.register_buffer("item_brands", brands.long().contiguous())  # (N,)
+        self.register_buffer("item_log_prices", prices.float().contiguous())  # (N,)
+        self.num_categories = int(cats.max()) + 1 if n else 1
+        self.num_brands = int(brands.max()) + 1 if n else 1
         self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
         self.feature_weights = nn.Parameter(torch.zeros(item_features.shape[1]))
+        self.user_item_weights = nn.Parameter(torch.zeros(len(USER_ITEM_FEATURES)))
         self.bias = nn.Parameter(torch.zeros(()))
+        self.hidden = hidden
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[2].weight)  # starts as text-only: h = q
+        nn.init.zeros_(self.mlp[2].bias)
         # Learned examination bias per shown position: soaks up position bias in the logs
         # during training; serving ignores it (every candidate is scored as if at the top).
         self.position_bias = nn.Parameter(torch.zeros(TRAINING_POSITIONS))
@@ -67,22 +106,71 @@ class FusionRanker(nn.Module):
         return FusionConfig(
             num_items=n,
             dim=d,
+            fusion=self.fusion,
             num_features=self.item_features.shape[1],
+            num_categories=self.num_categories,
+            num_brands=self.num_brands,
+            hidden=self.hidden,
             alpha_init=float(self.alpha.detach()),
         )
+
+    # -- the shopper ------------------------------------------------------------------------
+    def _has_history(self, history_mask: torch.Tensor) -> torch.Tensor:
+        return (history_mask.sum(dim=1, keepdim=True) > 0).to(history_mask.dtype)  # (B, 1)
+
+    def user_embedding(
+        self, query_embedding: torch.Tensor, history_rows: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised user vector from the history (zeros when the history is empty)."""
+        history = self.item_embeddings[history_rows]  # (B, H, D)
+        if self.fusion == "target_attention":
+            # Attend over the history by relevance to the query: a shopper who bought a
+            # sofa and running shoes should bring the shoes, not the sofa, to "trainers".
+            logits = torch.einsum("bd,bhd->bh", query_embedding, history)
+            logits = logits / self.log_temperature.exp()
+            logits = logits.masked_fill(history_mask <= 0, -1e4)
+            weights = torch.softmax(logits, dim=1) * history_mask  # (B, H)
+        else:
+            weights = history_mask / history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        user = torch.einsum("bh,bhd->bd", weights, history)  # (B, D)
+        return F.normalize(user, dim=-1, eps=1e-6)
 
     def fuse(
         self, query_embedding: torch.Tensor, history_rows: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
-        """h = (1-α)·h_text + α·h_user; rows of padded history have mask 0."""
-        history = self.item_embeddings[history_rows]  # (B, H, D)
-        mask = history_mask.unsqueeze(-1)  # (B, H, 1)
-        count = history_mask.sum(dim=1, keepdim=True)  # (B, 1)
-        user = (history * mask).sum(dim=1) / count.clamp(min=1.0)  # (B, D)
-        user = F.normalize(user, dim=-1, eps=1e-6)
-        alpha = self.alpha * (count > 0).to(query_embedding.dtype)  # (B, 1)
+        """The fused query vector h, (B, D); equals the query when the history is empty."""
+        user = self.user_embedding(query_embedding, history_rows, history_mask)
+        has = self._has_history(history_mask)
+        if self.fusion == "concat_mlp":
+            delta = self.mlp(torch.cat([query_embedding, user], dim=-1)) * has
+            return F.normalize(query_embedding + delta, dim=-1, eps=1e-6)
+        alpha = self.alpha * has  # (B, 1)
         return (1.0 - alpha) * query_embedding + alpha * user
 
+    def user_item_features(
+        self, history_rows: torch.Tensor, history_mask: torch.Tensor, item_rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, C, 3) shopper↔item features for candidate rows (all items when None)."""
+        count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+        share = history_mask / count  # (B, H)
+        cat_hist = F.one_hot(self.item_categories[history_rows], self.num_categories)
+        brand_hist = F.one_hot(self.item_brands[history_rows], self.num_brands)
+        cat_share = torch.einsum("bh,bhc->bc", share, cat_hist.to(share.dtype))  # (B, Cat)
+        brand_share = torch.einsum("bh,bhc->bc", share, brand_hist.to(share.dtype))  # (B, Br)
+        user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
+        if item_rows is None:
+            cat = cat_share[:, self.item_categories]  # (B, N)
+            brand = brand_share[:, self.item_brands]
+            price = self.item_log_prices.unsqueeze(0)  # (1, N)
+        else:
+            cat = torch.gather(cat_share, 1, self.item_categories[item_rows])  # (B, C)
+            brand = torch.gather(brand_share, 1, self.item_brands[item_rows])
+            price = self.item_log_prices[item_rows]
+        has = self._has_history(history_mask)
+        price_match = -torch.abs(price - user_price) * has
+        return torch.stack([cat, brand, price_match], dim=-1)
+
+    # -- scoring ----------------------------------------------------------------------------
     def item_prior(self) -> torch.Tensor:
         """Per-item behaviour score w·f + b, shape (N,)."""
         return self.item_features @ self.feature_weights + self.bias
@@ -92,7 +180,9 @@ class FusionRanker(nn.Module):
     ) -> torch.Tensor:
         """Scores of every catalog item, (B, N)."""
         h = self.fuse(query_embedding, history_rows, history_mask)  # (B, D)
-        return self.log_scale.exp() * (h @ self.item_embeddings.T) + self.item_prior()
+        text = self.log_scale.exp() * (h @ self.item_embeddings.T)  # (B, N)
+        user = self.user_item_features(history_rows, history_mask, None) @ self.user_item_weights
+        return text + user + self.item_prior()
 
     def score_candidates(
         self,
@@ -104,21 +194,23 @@ class FusionRanker(nn.Module):
         """Scores of given catalog rows, (B, C): the training and offline-eval path."""
         h = self.fuse(query_embedding, history_rows, history_mask)  # (B, D)
         items = self.item_embeddings[item_rows]  # (B, C, D)
-        text = torch.einsum("bd,bcd->bc", h, items)
-        return self.log_scale.exp() * text + self.item_prior()[item_rows]
+        text = self.log_scale.exp() * torch.einsum("bd,bcd->bc", h, items)
+        feats = self.user_item_features(history_rows, history_mask, item_rows)
+        return text + feats @ self.user_item_weights + self.item_prior()[item_rows]
 
 
 class TextOnlyRanker(FusionRanker):
-    """Baseline: cosine of query and item, no behaviour at all (α = 0, no features)."""
+    """Baseline: cosine of query and item only (no history, no behaviour features)."""
 
     def __init__(self, item_embeddings: torch.Tensor, item_features: torch.Tensor) -> None:
         super().__init__(item_embeddings, item_features)
         self.alpha_logit.data.fill_(-30.0)
-        self.feature_weights.data.zero_()
+        for p in self.parameters():
+            p.requires_grad_(False)
 
 
 def save_ranker(ranker: FusionRanker, out_dir: Path) -> None:
-    """Weights (safetensors, catalog buffers included) and config JSON."""
+    """Weights (safetensors, catalog tables included) and config JSON."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in ranker.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"))
@@ -128,6 +220,15 @@ def save_ranker(ranker: FusionRanker, out_dir: Path) -> None:
 def load_ranker(out_dir: Path) -> FusionRanker:
     """Inverse of save_ranker."""
     state = load_file(str(out_dir / "model.safetensors"))
-    ranker = FusionRanker(state["item_embeddings"], state["item_features"])
+    config = json.loads((out_dir / "config.json").read_text())
+    ranker = FusionRanker(
+        state["item_embeddings"],
+        state["item_features"],
+        state["item_categories"],
+        state["item_brands"],
+        state["item_log_prices"],
+        fusion=config["fusion"],
+        hidden=config["hidden"],
+    )
     ranker.load_state_dict(state)
     return ranker.eval()

@@ -46,10 +46,24 @@ class TrainConfig:
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     max_product_tokens: int = contract.MAX_PRODUCT_TOKENS
-    embed_batch_size: int = 128
+    embed_batch_size: int = 64
+    embed_backend: str = field(default="onnx", metadata={"help": "catalog embedding: onnx|torch"})
+    fusion_negatives: int = field(
+        default=4, metadata={"help": "random catalog negatives per impression"}
+    )
     fusion_epochs: int = 3
     fusion_batch_size: int = 1024
     fusion_lr: float = 0.02
+    mlm_steps: int = field(default=0, metadata={"help": "domain-adaptive MLM steps (0 = off)"})
+    hard_negatives: bool = field(default=True, metadata={"help": "mine encoder hard negatives"})
+    graded_loss: bool = field(default=True, metadata={"help": "add the graded margin loss"})
+    eval_steps: int = field(default=100, metadata={"help": "validation NDCG@10 every N steps"})
+    patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint"})
+    fusions: str = field(
+        default="weighted,concat_mlp,target_attention",
+        metadata={"help": "comma-separated fusion variants to train"},
+    )
 
 
 def load_data(config: TrainConfig, paths: contract.ArtifactPaths) -> datasets.ShopData:
@@ -103,8 +117,45 @@ def judged_metrics(
     return mean_metrics(rankings, grades)
 
 
-def embed_catalog(model, data: datasets.ShopData, config: TrainConfig, desc: str) -> np.ndarray:
+@torch.no_grad()
+def ranker_judged_metrics(
+    ranker: FusionRanker,
+    q_emb: np.ndarray,
+    query_ids: np.ndarray,
+    product_ids: np.ndarray,
+    data: datasets.ShopData,
+) -> dict[str, float]:
+    """Judged-query metrics of the served ranking (text + behaviour prior, no history).
+
+    Guards the full-catalog ranking: a ranker that learned only popularity from logged
+    impressions would score well on sessions and badly here.
+    """
+    empty = torch.zeros(len(q_emb), 1, dtype=torch.long)
+    scores = ranker(torch.from_numpy(q_emb), empty, torch.zeros(len(q_emb), 1)).numpy()
+    top = np.argsort(-scores, axis=1)[:, :100]
+    rankings = {int(q): product_ids[row].tolist() for q, row in zip(query_ids, top, strict=True)}
+    judged = data.judgements[data.judgements["query_id"].isin(rankings)]
+    grades = {
+        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
+        for q, g in judged.groupby("query_id")
+    }
+    return mean_metrics(rankings, grades)
+
+
+def embed_catalog(
+    model, encoder_dir: Path, data: datasets.ShopData, config: TrainConfig, desc: str
+) -> np.ndarray:
+    """Embeddings of every catalog product, (N, D), in catalog order."""
     texts = datasets.product_text(data.catalog)
+    if config.embed_backend == "onnx":
+        return encoder.embed_onnx(
+            encoder_dir,
+            list(texts),
+            Path(config.out) / "model" / "tmp",
+            batch_size=config.embed_batch_size,
+            max_seq_length=config.max_product_tokens,
+            desc=desc,
+        )
     return encoder.embed(
         model,
         list(texts),
@@ -154,25 +205,63 @@ def run(config: TrainConfig) -> dict:
         base_path = encoder.make_tiny_encoder(paths.model / "tiny_init", seed=config.seed)
     else:
         base_path = Path(config.encoder_path) if config.encoder_path else None
+    base_path = base_path or contract.pretrained_encoder_path()
     model = encoder.load_encoder(base_path, config.max_product_tokens)
+    mlm_curve: list[dict[str, float]] = []
+    if config.mlm_steps > 0:
+        from training.mlm import domain_adapt
+
+        base_path, mlm_curve = domain_adapt(
+            base_path,
+            list(datasets.product_text(data.catalog)),
+            paths.model / "mlm",
+            steps=config.mlm_steps,
+            max_length=config.max_product_tokens,
+            seed=config.seed,
+        )
+        model = encoder.load_encoder(base_path, config.max_product_tokens)
     eval_split = "test"
 
-    item_emb = embed_catalog(model, data, config, "embed catalog (zero-shot)")
+    item_emb = embed_catalog(model, base_path, data, config, "embed catalog (zero-shot)")
     zero_shot = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
     log.info("zero-shot %s", zero_shot)
 
     pairs = finetune.training_pairs(data, "train", seed=config.seed)
+    train_sets = {"contrastive": pairs}
+    if config.hard_negatives:
+        train_q = data.queries[data.queries["split"] == "train"]
+        negatives = finetune.mine_hard_negatives(
+            data,
+            train_q["query_id"].to_numpy(),
+            encoder.embed(
+                model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
+            ),
+            item_emb,
+            seed=config.seed,
+        )
+        train_sets["contrastive"] = finetune.add_hard_negatives(
+            pairs, negatives, data.catalog, config.seed
+        )
+    if config.graded_loss:
+        train_sets["graded"] = finetune.graded_pairs(data, "train", seed=config.seed)
     ft_config = finetune.FinetuneConfig(
         max_steps=config.max_steps,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         warmup_ratio=config.warmup_ratio,
         seed=config.seed,
+        eval_steps=config.eval_steps,
+        patience=config.patience,
+        resume=config.resume,
     )
-    encoder_curve = finetune.finetune(model, pairs, ft_config, paths.model / "trainer")
+    has_val = bool((data.queries["split"] == "val").any())
+    evaluator = finetune.validation_evaluator(data, "val", seed=config.seed) if has_val else None
+    encoder_curve = finetune.finetune(
+        model, train_sets, ft_config, paths.model / "trainer", evaluator
+    )
     model.save(str(paths.encoder))
 
-    item_emb = embed_catalog(model, data, config, "embed catalog (fine-tuned)")
+    item_emb = embed_catalog(model, paths.encoder, data, config, "embed catalog (fine-tuned)")
     fine_tuned = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
     log.info("fine-tuned %s", fine_tuned)
 
@@ -184,9 +273,9 @@ def run(config: TrainConfig) -> dict:
         if events is not None
         else np.zeros((len(product_ids), 2), np.float32)
     )
+    attributes = behaviour.item_attributes(data.catalog)
     save_item_index(paths.item_index, product_ids, item_emb, feats)
-
-    ranker = FusionRanker(torch.from_numpy(item_emb), torch.from_numpy(feats))
+    ranker = behaviour.make_ranker(config.fusions.split(",")[0], item_emb, feats, attributes)
     fusion_report: dict = {"trained": False}
     if events is not None:
         query_ids = data.queries["query_id"].to_numpy()
@@ -198,28 +287,42 @@ def run(config: TrainConfig) -> dict:
         )
         query_row_of = {int(q): i for i, q in enumerate(query_ids)}
         histories = behaviour.session_histories(events, row_of)
-        train_ex = behaviour.build_examples(events, "train", query_row_of, row_of, histories)
-        test_ex = behaviour.build_examples(events, "test", query_row_of, row_of, histories)
-        fusion_curve = behaviour.train_fusion(
-            ranker,
+        examples = {
+            split: behaviour.build_examples(events, split, query_row_of, row_of, histories)
+            for split in ("train", "val", "test")
+        }
+        results = behaviour.train_fusions(
+            tuple(config.fusions.split(",")),
+            item_emb,
+            feats,
+            attributes,
             q_emb,
-            train_ex,
+            examples["train"],
+            examples["val"],
+            examples["test"],
             epochs=config.fusion_epochs,
             batch_size=config.fusion_batch_size,
             lr=config.fusion_lr,
             seed=config.seed,
+            negatives=config.fusion_negatives,
         )
+        # Served variant: best purchase-NDCG@10 on *validation* sessions (test stays unseen).
+        best = max(results, key=lambda f: results[f].val["purchase_ndcg@10"])
+        ranker = results[best].ranker
         text_only = TextOnlyRanker(torch.from_numpy(item_emb), torch.from_numpy(feats)).eval()
+        test_rows = np.flatnonzero(data.queries["split"].to_numpy() == eval_split)
         fusion_report = {
             "trained": True,
+            "served": best,
             "alpha": float(ranker.alpha.detach()),
-            "feature_weights": ranker.feature_weights.detach().tolist(),
-            "train_impressions": len(train_ex),
-            "text_only": behaviour.evaluate_sessions(text_only, q_emb, test_ex),
-            "weighted_fusion": behaviour.evaluate_sessions(ranker, q_emb, test_ex),
-            "loss_curve": fusion_curve,
+            "train_impressions": len(examples["train"]),
+            "text_only": behaviour.evaluate_sessions(text_only, q_emb, examples["test"]),
+            **{name: r.summary() for name, r in results.items()},
+            "judged_cold_start": ranker_judged_metrics(
+                ranker, q_emb[test_rows], query_ids[test_rows], product_ids, data
+            ),
         }
-        log.info("fusion α=%.3f %s", fusion_report["alpha"], fusion_report["weighted_fusion"])
+        log.info("served fusion %s: %s", best, results[best].test)
     save_ranker(ranker, paths.ranker)
 
     metrics = {
@@ -232,6 +335,7 @@ def run(config: TrainConfig) -> dict:
         },
         "retrieval": {"split": eval_split, "zero_shot": zero_shot, "fine_tuned": fine_tuned},
         "encoder_loss_curve": encoder_curve,
+        "mlm_loss_curve": mlm_curve,
         "fusion": fusion_report,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
@@ -251,12 +355,17 @@ def summary_lines(metrics: dict) -> list[str]:
     ]
     f = metrics["fusion"]
     if f.get("trained"):
+        c = f["judged_cold_start"]
         lines.append(
-            f"fusion on held-out sessions (α = {f['alpha']:.3f}) (click AUC / purchase-NDCG@10):"
+            f"  served ranker (cold) {c['ndcg@10']:.4f} / {c['recall@100']:.4f} / {c['mrr']:.4f}"
         )
-        for name in ("text_only", "weighted_fusion"):
-            m = f[name]
-            lines.append(f"  {name:<16} {m['click_auc']:.4f} / {m['purchase_ndcg@10']:.4f}")
+        lines.append(
+            f"fusion on held-out sessions (served: {f['served']}, α = {f['alpha']:.3f}) "
+            "(click AUC / purchase-NDCG@10):"
+        )
+        for name, m in f.items():
+            if isinstance(m, dict) and "click_auc" in m and "purchase_ndcg@10" in m:
+                lines.append(f"  {name:<17} {m['click_auc']:.4f} / {m['purchase_ndcg@10']:.4f}")
     lines.append(f"training took {metrics['train_seconds']} s")
     return lines
 
