@@ -52,7 +52,7 @@ events (optional) — one row per logged interaction
 
 Product text (`product_text`) puts the title first, then the key attributes — brand,
 category leaf, color, material, size — and the description last, so that when the
-encoder truncates at `contract.MAX_PRODUCT_TOKENS` (96) tokens the part that is cut is
+encoder truncates at `contract.MAX_PRODUCT_TOKENS` tokens the part that is cut is
 the least informative one. Empty attributes are skipped.
 """
 
