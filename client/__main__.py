@@ -1,0 +1,126 @@
+"""Command line search against a running shoprank Triton server.
+
+    python -m client search "red leather sofa" --history 12,55 --top-k 10
+    python -m client search "red leather sofa" --json
+    python -m client health
+
+Exit codes: 0 success, 2 bad arguments, server error or server not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from client.search_client import DEFAULT_TIMEOUT_S, SearchClient, SearchError, SearchResult
+from contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K
+
+EXIT_ERROR = 2
+
+
+def parse_history(text: str) -> list[int]:
+    """Parse "12,55, 7" into [12, 55, 7]; an empty string is an empty history."""
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated product ids like 12,55 — got {text!r}"
+        ) from None
+
+
+def format_table(results: list[SearchResult]) -> str:
+    """A fixed-width table: rank, id, score, title."""
+    if not results:
+        return "(no results)"
+    id_width = max(len("id"), *(len(str(r.product_id)) for r in results))
+    lines = [f"{'rank':>4}  {'id':>{id_width}}  {'score':>8}  title"]
+    lines += [
+        f"{r.rank:>4}  {r.product_id:>{id_width}}  {r.score:>8.4f}  {r.title}" for r in results
+    ]
+    return "\n".join(lines)
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="gRPC host:port (%(default)s)")
+    parser.add_argument("--model", default=ENSEMBLE_MODEL, help="model name (%(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (%(default)s)"
+    )
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
+        results = client.search(args.query, history=args.history, top_k=args.top_k)
+    if args.json:
+        payload = {
+            "query": args.query,
+            "history": args.history,
+            "top_k": args.top_k,
+            "results": [r.to_dict() for r in results],
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        print(format_table(results))
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
+        if not client.is_ready():
+            print(
+                f"error: server at {args.url} is not ready (or model '{args.model}' is not "
+                "loaded); start it with `python -m model_repository.server start`",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        meta = client.server_metadata()
+    print(f"ok: {meta['name']} {meta['version']} at {args.url}, model '{args.model}' ready")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m client`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description="Query the shoprank search server (gRPC)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_search = sub.add_parser("search", help="rank products for a query")
+    p_search.add_argument("query", help="free-text search query")
+    p_search.add_argument(
+        "--history",
+        type=parse_history,
+        default=[],
+        help="comma-separated product ids the shopper interacted with, oldest first",
+    )
+    p_search.add_argument(
+        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
+    )
+    p_search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _connection_args(p_search)
+    p_search.set_defaults(func=_cmd_search)
+
+    p_health = sub.add_parser("health", help="is the server up and the model ready?")
+    _connection_args(p_health)
+    p_health.set_defaults(func=_cmd_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code instead of raising on expected errors."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except SearchError as err:
+        hint = ""
+        if err.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            hint = f" (is the server running at {args.url}?)"
+        print(f"error: server error {err}{hint}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

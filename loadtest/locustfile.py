@@ -1,0 +1,154 @@
+"""Locust user that searches the shoprank ensemble over gRPC.
+
+Run it through `python -m loadtest.run` (headless, bounded, summarized), or directly:
+
+    SHOPRANK_GRPC_URL=localhost:8001 locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s
+
+Environment:
+    SHOPRANK_GRPC_URL   target host:port (default: contract.DEFAULT_GRPC_URL)
+    SHOPRANK_WORKLOAD   JSON file: a list of {"query": str, "history": [int], "top_k": int};
+                        without it a built-in list of shop queries with empty histories is used
+"""
+
+# grpc must be switched to gevent-cooperative I/O before tritonclient (and so grpc channels)
+# are imported; otherwise a blocking gRPC call stalls every user of this process.
+from grpc.experimental import gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from locust import User, constant, events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
+
+from client.search_client import SearchClient, SearchError  # noqa: E402
+from contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K  # noqa: E402
+
+URL_ENV = "SHOPRANK_GRPC_URL"
+WORKLOAD_ENV = "SHOPRANK_WORKLOAD"
+# Written next to locust's own <prefix>_stats.csv, in the same format, at exit.
+FINAL_STATS_SUFFIX = "_final_stats.csv"
+
+BUILTIN_QUERIES = (
+    "red leather sofa",
+    "wireless noise cancelling headphones",
+    "running shoes men size 44",
+    "stainless steel water bottle 1l",
+    "kids rain jacket",
+    "usb c charger 65w",
+    "oak dining table",
+    "yoga mat non slip",
+    "espresso machine",
+    "linen summer dress",
+    "gaming mouse",
+    "cast iron skillet",
+    "4k monitor 27 inch",
+    "organic green tea",
+    "waterproof hiking boots",
+    "bluetooth speaker",
+)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One request of the workload."""
+
+    query: str
+    history: tuple[int, ...] = field(default_factory=tuple)
+    top_k: int = DEFAULT_TOP_K
+
+
+def load_workload(path: str | os.PathLike | None) -> list[WorkItem]:
+    """Workload items from a JSON file, or the built-in queries when `path` is empty."""
+    if not path:
+        return [WorkItem(q) for q in BUILTIN_QUERIES]
+    raw = json.loads(Path(path).read_text())
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: expected a non-empty JSON list of requests")
+    items = []
+    for i, entry in enumerate(raw):
+        try:
+            item = WorkItem(
+                query=str(entry["query"]),
+                history=tuple(int(x) for x in entry.get("history", ())),
+                top_k=int(entry.get("top_k", DEFAULT_TOP_K)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: request {i} is malformed ({err!r}): {entry!r}") from None
+        if not 1 <= item.top_k <= MAX_TOP_K:
+            raise ValueError(f"{path}: request {i} has top_k {item.top_k} outside 1..{MAX_TOP_K}")
+        items.append(item)
+    return items
+
+
+WORKLOAD = load_workload(os.environ.get(WORKLOAD_ENV))
+
+
+@events.init_command_line_parser.add_listener
+def _set_default_host(parser, **_kwargs) -> None:
+    # Locust's --host is meaningless for gRPC; show the target instead of "None".
+    parser.set_defaults(host=os.environ.get(URL_ENV, DEFAULT_GRPC_URL))
+
+
+_environment: Environment | None = None
+
+
+@events.init.add_listener
+def _remember_environment(environment: Environment, **_kwargs) -> None:
+    global _environment
+    _environment = environment
+
+
+@events.quit.add_listener
+def _write_final_stats(**_kwargs) -> None:
+    # Locust rewrites <prefix>_stats.csv once a second and stops without a last write, so
+    # that file misses up to the final second of the run; this one holds the final totals.
+    options = getattr(_environment, "parsed_options", None)
+    prefix = getattr(options, "csv_prefix", None)
+    if _environment is None or not prefix:
+        return
+    with open(f"{prefix}{FINAL_STATS_SUFFIX}", "w", newline="") as f:
+        StatsCSV(_environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))
+
+
+class SearchUser(User):
+    """A shopper issuing searches back to back (closed loop: users = concurrency)."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.url = os.environ.get(URL_ENV, DEFAULT_GRPC_URL)
+        self.client = SearchClient(self.url)
+        self.random = random.Random()
+
+    def on_stop(self) -> None:
+        # An open channel keeps gRPC's gevent poller alive and locust hangs at exit.
+        self.client.close()
+
+    @task
+    def search(self) -> None:
+        item = self.random.choice(WORKLOAD)
+        name = f"{ENSEMBLE_MODEL} ({'history' if item.history else 'no history'})"
+        start = time.perf_counter()
+        exception: Exception | None = None
+        length = 0
+        try:
+            results = self.client.search(item.query, item.history, item.top_k)
+            length = len(results)
+        except (SearchError, ValueError) as err:
+            exception = err
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=length,
+            exception=exception,
+            context={},
+        )

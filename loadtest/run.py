@@ -1,0 +1,283 @@
+"""Run the Locust gRPC load test headless, bounded in time, and summarize it.
+
+    python -m loadtest.run --users 8 --spawn-rate 8 --run-time 30s --out artifacts/demo/loadtest
+    python -m loadtest.run --url localhost:8001 --workload workload.json
+
+Writes <out>/locust_*.csv, <out>/report.html, <out>/locust.log and <out>/summary.json and
+prints "p50 … ms, p95 … ms, p99 … ms, … req/s, failures …".
+Exit codes: 0 clean run, 1 failures or no requests, 2 could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from contract import DEFAULT_ARTIFACTS, DEFAULT_GRPC_URL, ArtifactPaths
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+CSV_PREFIX = "locust"
+# Must match locustfile.FINAL_STATS_SUFFIX (not imported: that module patches grpc for gevent).
+FINAL_STATS_SUFFIX = "_final_stats.csv"
+# Startup, ramp-up and shutdown on top of --run-time before the run counts as hung.
+TIMEOUT_MARGIN_S = 60.0
+EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """The Aggregated row of a Locust stats CSV; times in milliseconds."""
+
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    avg_ms: float | None
+    max_ms: float | None
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed share of all requests (0 when there were none)."""
+        return self.failures / self.requests if self.requests else 0.0
+
+    def line(self) -> str:
+        """One human-readable line: percentiles, throughput, failures."""
+
+        def ms(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:g} ms"
+
+        return (
+            f"p50 {ms(self.p50_ms)}, p95 {ms(self.p95_ms)}, p99 {ms(self.p99_ms)}, "
+            f"{self.rps:.1f} req/s, failures {self.failures} (of {self.requests} requests)"
+        )
+
+
+def _number(value: str | None) -> float | None:
+    # Locust writes "N/A" for percentiles of an entry without requests.
+    try:
+        number = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def summarize(stats_csv: Path) -> LoadSummary:
+    """Parse the Aggregated row of a Locust `<prefix>_stats.csv`.
+
+    Raises:
+        ValueError: the file has no Aggregated row (e.g. locust died before writing it).
+    """
+    with open(stats_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    aggregated = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if aggregated is None:
+        raise ValueError(f"{stats_csv} has no Aggregated row")
+    return LoadSummary(
+        requests=int(aggregated["Request Count"]),
+        failures=int(aggregated["Failure Count"]),
+        rps=_number(aggregated["Requests/s"]) or 0.0,
+        p50_ms=_number(aggregated.get("50%")),
+        p95_ms=_number(aggregated.get("95%")),
+        p99_ms=_number(aggregated.get("99%")),
+        avg_ms=_number(aggregated.get("Average Response Time")),
+        max_ms=_number(aggregated.get("Max Response Time")),
+    )
+
+
+def parse_run_time(text: str) -> float:
+    """Seconds in a Locust --run-time value: "30", "30s", "2m", "1h30m"."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if not text or parts is None:
+        raise ValueError(f"invalid run time {text!r}; use e.g. 30s, 2m, 1h30m")
+    hours, minutes, seconds = (int(p or 0) for p in parts.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def locust_command(
+    *, users: int, spawn_rate: float, run_time: str, out: Path, html: bool = True
+) -> list[str]:
+    """The headless locust command line (run with this interpreter, so this venv)."""
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(spawn_rate),
+        "--run-time",
+        run_time,
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
+    if html:
+        command += ["--html", str(out / "report.html")]
+    return command
+
+
+def run_loadtest(
+    *,
+    url: str = DEFAULT_GRPC_URL,
+    users: int = 8,
+    spawn_rate: float | None = None,
+    run_time: str = "30s",
+    out: Path,
+    workload: Path | None = None,
+    html: bool = True,
+) -> tuple[LoadSummary, int]:
+    """Run locust as a subprocess against `url`; return the summary and locust's exit code.
+
+    Raises:
+        RuntimeError: locust hung past --run-time plus a margin, or wrote no stats.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SHOPRANK_GRPC_URL=url)
+    if workload is not None:
+        env["SHOPRANK_WORKLOAD"] = str(Path(workload).resolve())
+    else:
+        env.pop("SHOPRANK_WORKLOAD", None)
+    command = locust_command(
+        users=users,
+        spawn_rate=spawn_rate if spawn_rate is not None else users,
+        run_time=run_time,
+        out=out,
+        html=html,
+    )
+    log_path = out / "locust.log"
+    timeout = parse_run_time(run_time) + TIMEOUT_MARGIN_S
+    # The final stats file is the one to trust; drop any from an earlier run.
+    final_stats = out / f"{CSV_PREFIX}{FINAL_STATS_SUFFIX}"
+    final_stats.unlink(missing_ok=True)
+    with open(log_path, "wb") as log:
+        try:
+            completed = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"locust did not finish within {timeout:.0f} s (killed); see {log_path}"
+            ) from None
+    stats = final_stats if final_stats.exists() else out / f"{CSV_PREFIX}_stats.csv"
+    try:
+        summary = summarize(stats)
+    except (OSError, ValueError) as err:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(
+            f"locust exited with code {completed.returncode} and wrote no usable stats "
+            f"({err})\n--- last lines of {log_path} ---\n{tail}"
+        ) from None
+    return summary, completed.returncode
+
+
+def _preflight(url: str) -> str | None:
+    # Fail in a second with a clear message instead of a full run of connection errors.
+    from client.search_client import SearchClient
+
+    with SearchClient(url, timeout_s=5) as client:
+        if client.is_ready():
+            return None
+    return (
+        f"server at {url} is not ready; start it with `python -m model_repository.server "
+        "start` (or pass --url)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m loadtest.run`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.run",
+        description="Headless Locust load test of the search ensemble over gRPC.",
+    )
+    parser.add_argument("--users", type=int, default=8, help="concurrent users (%(default)s)")
+    parser.add_argument("--spawn-rate", type=float, default=None, help="users/s (= --users)")
+    parser.add_argument("--run-time", default="30s", help="e.g. 30s, 2m (%(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ArtifactPaths(DEFAULT_ARTIFACTS).loadtest,
+        help="output folder (%(default)s)",
+    )
+    parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="gRPC host:port (%(default)s)")
+    parser.add_argument(
+        "--workload", type=Path, default=None, help='JSON list of {"query", "history", "top_k"}'
+    )
+    parser.add_argument("--no-html", action="store_true", help="skip <out>/report.html")
+    args = parser.parse_args(argv)
+
+    try:
+        parse_run_time(args.run_time)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.users < 1:
+        parser.error("--users must be at least 1")
+    if args.workload is not None and not args.workload.is_file():
+        parser.error(f"workload file {args.workload} does not exist")
+    problem = _preflight(args.url)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+
+    started = time.time()
+    try:
+        summary, locust_code = run_loadtest(
+            url=args.url,
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            run_time=args.run_time,
+            out=args.out,
+            workload=args.workload,
+            html=not args.no_html,
+        )
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    report = {
+        **asdict(summary),
+        "failure_rate": summary.failure_rate,
+        "url": args.url,
+        "users": args.users,
+        "spawn_rate": args.spawn_rate if args.spawn_rate is not None else args.users,
+        "run_time": args.run_time,
+        "workload": str(args.workload) if args.workload else None,
+        "locust_exit_code": locust_code,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    }
+    (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(summary.line())
+    print(f"details: {args.out}/summary.json, {args.out}/report.html")
+    if summary.failures or not summary.requests:
+        failures_csv = args.out / f"{CSV_PREFIX}_failures.csv"
+        print(f"error: the run had failures or no requests; see {failures_csv}", file=sys.stderr)
+        return EXIT_FAILURES
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
