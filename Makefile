@@ -24,7 +24,7 @@ PIDFILE := $(OUT)/tritonserver.pid
 # This machine keeps the CPU build of torch 2.13.0 as a local wheel; use it when present.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help venv data train convert repo workload serve stop search loadtest demo summary test lint \
+.PHONY: help venv data train eval crossval convert repo workload serve stop search loadtest demo summary bench test lint \
         serve-gpu clean
 
 help: ## list the targets
@@ -43,6 +43,13 @@ data: venv ## generate the synthetic shop (SCALE=tiny|demo|full)
 
 train: venv ## fine-tune the encoder, train the fusion ranker, write metrics.json
 	$(PY) -m training --out $(OUT) --scale $(SCALE) $(TRAIN_ARGS)
+
+eval: venv ## train, then baselines (BM25, popularity) + report under OUT/reports
+	$(MAKE) train
+	$(PY) -m training.evaluate --out $(OUT)
+
+crossval: venv ## query-grouped k-fold on your own data: make crossval DATA=file.csv
+	$(PY) -m training.crossval --data $(DATA) --folds 5 --out $(OUT)/crossval
 
 convert: venv ## ONNX export, parity check, int8 quantization, conversion report
 	$(PY) -m conversion --out $(OUT)
@@ -74,6 +81,9 @@ demo: venv ## the whole product end to end on the embedded defaults
 	$(MAKE) stop
 	$(MAKE) serve
 	trap '$(MAKE) stop' EXIT; $(MAKE) search loadtest summary
+
+bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratios under reports/
+	$(PY) -m bench --out $(OUT)
 
 test: venv ## run the test suite
 	$(PY) -m pytest -q

@@ -5,8 +5,9 @@
 - cpu: the embedded server in nvidia-pytriton (Python backend only). Tokenizer, encoder
   and ranker are Python-backend models; encoder and ranker run ONNX Runtime inside.
 - gpu: NVIDIA's Triton container. The encoder is a native `tensorrt_plan` model when an
-  engine was built (conversion/tensorrt.py), else `onnxruntime_onnx`; the tokenizer and
-  ranker stay Python-backend models.
+  engine was built (conversion/tensorrt.py: `encoder.fp16.plan`, or `encoder.int8.plan`
+  when the conversion report selected it after its quality gate), else `onnxruntime_onnx`;
+  the tokenizer and ranker stay Python-backend models.
 
 Both are written from the same tensor specs, so the ensemble wiring cannot drift between
 them. Each model gets dynamic batching, warm-up requests and a numbered version folder.
@@ -18,7 +19,7 @@ import argparse
 import json
 import shutil
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import contract
+from conversion.tensorrt import OptimizationProfile, read_plan_profile, served_plan
 from model_repository import models as model_sources
 from model_repository.ops import CatalogIndex
 
@@ -170,8 +172,18 @@ def ensemble_config(serving: ServingConfig, dim: int) -> mc.ModelConfig:
     return config
 
 
-def encoder_gpu_config(serving: ServingConfig, dim: int, engine: Path | None) -> mc.ModelConfig:
-    """Native GPU encoder: TensorRT plan if an engine exists, else ONNX Runtime."""
+def encoder_gpu_config(
+    serving: ServingConfig,
+    dim: int,
+    engine: Path | None,
+    profile: OptimizationProfile | None = None,
+) -> mc.ModelConfig:
+    """Native GPU encoder: TensorRT plan if an engine exists, else ONNX Runtime.
+
+    A plan accepts only the shapes of its optimization profile (`profile`, else the
+    default one conversion builds with), so the encoder's max_batch_size is capped at the
+    profile's max batch; the sequence dim stays -1 (any length the profile covers).
+    """
     dims = {contract.QUERY_EMBEDDING.name: (dim,)}
     config = _base(
         contract.ENCODER_MODEL,
@@ -182,8 +194,10 @@ def encoder_gpu_config(serving: ServingConfig, dim: int, engine: Path | None) ->
         ragged=False,
     )
     if engine is not None:
+        profile = profile or OptimizationProfile()
         config.platform = "tensorrt_plan"
         config.default_model_filename = "model.plan"
+        config.max_batch_size = min(serving.max_batch_size, profile.max_batch)
     else:
         config.backend = "onnxruntime"
         config.default_model_filename = "model.onnx"
@@ -222,6 +236,7 @@ def build(
     _write_warmup(model_dir, {"query": _bytes_tensor(b"red leather sofa")})
 
     # encoder
+    build_extra: dict = {}
     sample = np.array([101, 2417, 7731, 10682, 102, 0, 0, 0], dtype=np.int64)
     if serving.target == "cpu":
         cfg = _base(
@@ -237,10 +252,16 @@ def build(
         files = {"model.onnx": encoder_onnx}
         source: str | None = "encoder"
     else:
-        engine = paths.onnx / "encoder.plan"
-        cfg = encoder_gpu_config(serving, dim, engine if engine.exists() else None)
-        files = {cfg.default_model_filename: engine if engine.exists() else encoder_onnx}
+        engine = served_plan(paths)
+        profile = read_plan_profile(engine) if engine is not None else None
+        cfg = encoder_gpu_config(serving, dim, engine, profile)
+        files = {cfg.default_model_filename: engine or encoder_onnx}
         source = None
+        if engine is not None:
+            build_extra = {
+                "encoder_plan": str(engine),
+                "tensorrt_profile": asdict(profile or OptimizationProfile()),
+            }
     _warmup(
         cfg,
         {
@@ -303,6 +324,7 @@ def build(
                 "version": v,
                 "encoder_onnx": str(encoder_onnx),
                 "embedding_dim": dim,
+                **build_extra,
             },
             indent=2,
         )

@@ -17,7 +17,7 @@ def test_report_records_parity_and_variants(tiny_artifacts):
     assert report["parity"]["queries"]["min_cosine"] >= 0.999
     assert report["parity"]["products"]["min_cosine"] >= 0.999
     assert report["parity"]["ranker_max_abs_diff"] < 1e-3
-    assert set(report["variants"]) == {"fp32", "int8_dynamic"}
+    assert set(report["variants"]) == {"fp32", "int8_dynamic", "int8_static_qdq"}
     assert report["selected_encoder"] in report["variants"]
     assert report["variants"][report["selected_encoder"]]["accepted"]
     assert tiny_artifacts.conversion_report.with_suffix(".md").exists()
