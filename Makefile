@@ -20,6 +20,7 @@ TARGET ?= cpu
 USERS ?= 8
 RUN_TIME ?= 30s
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 PIDFILE := $(OUT)/tritonserver.pid
 # This machine keeps the CPU build of torch 2.13.0 as a local wheel; use it when present.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
@@ -83,7 +84,7 @@ demo: venv ## the whole product end to end on the embedded defaults
 	trap '$(MAKE) stop' EXIT; $(MAKE) search loadtest summary
 
 bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratios under reports/
-	$(PY) -m bench --out $(OUT)
+	$(PY) -m bench --out $(OUT) $(BENCH_ARGS)
 
 test: venv ## run the test suite
 	$(PY) -m pytest -q
@@ -97,7 +98,7 @@ serve-gpu: ## on a GPU host: serve the gpu repository in NVIDIA's Triton contain
 	docker run --gpus=all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
 	  -v $(CURDIR):/workspace/shoprank -w /workspace/shoprank \
 	  nvcr.io/nvidia/tritonserver:24.10-py3 bash -c \
-	  "pip install --quiet --no-deps -e . && pip install --quiet tokenizers 'numpy<2' onnxruntime && \
+	  "pip install --quiet --no-deps -e . && pip install --quiet tokenizers 'numpy<2' onnxruntime-gpu && \
 	   tritonserver --model-repository=$(OUT)/repository_gpu"
 
 clean: stop ## remove the artifacts of OUT

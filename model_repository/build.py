@@ -280,6 +280,12 @@ def build(
     )
     cfg.backend = "python"
     cfg.parameters["onnx_file"].string_value = "ranker.onnx"
+    # On GPU hosts the catalog scan runs on the container's ONNX Runtime CUDA provider.
+    cfg.parameters["providers"].string_value = (
+        "CUDAExecutionProvider,CPUExecutionProvider"
+        if serving.target == "gpu"
+        else "CPUExecutionProvider"
+    )
     cfg.parameters["catalog_file"].string_value = "catalog.npz"
     cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.RANKER_MODEL])
     _warmup(

@@ -19,7 +19,11 @@ class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
         folder = version_dir(args)
-        self.session = cpu_session(folder / params["onnx_file"], threads=int(params["threads"]))
+        self.session = cpu_session(
+            folder / params["onnx_file"],
+            threads=int(params["threads"]),
+            providers=tuple(params["providers"].split(",")),
+        )
         self.catalog = CatalogIndex.load(folder / params["catalog_file"])
 
     def execute(self, requests):

@@ -1,0 +1,262 @@
+"""`python -m bench --out artifacts/demo`: the naive baseline vs ONNX Runtime vs Triton.
+
+Runs, on this machine and over the same workload (`<out>/loadtest/workload.json`):
+
+1. naive: PyTorch eager encoder + FusionRanker in process, then behind FastAPI/uvicorn
+   (HTTP, JSON) at each concurrency;
+2. ONNX Runtime fp32 and int8 in process (the served pipeline's code and settings);
+3. the shoprank Triton ensemble over gRPC at each concurrency (an embedded server on free
+   loopback ports unless --url is given);
+4. the encoder's FLOP floor on this machine.
+
+Writes `<reports>/bench.md`, `bench.csv` and `bench_latency.png` and prints the table.
+Every field of BenchConfig is a flag (`python -m bench --help`). Exit code 1 when a
+system could not be measured.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import contract
+from bench import report
+from bench.flops import FlopFloor, encoder_floor
+from bench.measure import Caller, MeasureConfig, measure
+from bench.report import Row, Target
+from bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
+from configargs import parse_config
+
+
+@dataclass
+class BenchConfig:
+    """Everything `python -m bench` can be told; each field is a `--flag`."""
+
+    out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifact folder"})
+    reports: Path = field(default=Path("reports"), metadata={"help": "where to write reports"})
+    workload: str = field(default="", metadata={"help": "requests JSON; empty: <out>/loadtest/…"})
+    url: str = field(default="", metadata={"help": "Triton gRPC url; empty: start one"})
+    concurrency: str = field(default="1,4,8", metadata={"help": "served systems' concurrencies"})
+    duration_s: float = field(default=4.0, metadata={"help": "one measurement window, s"})
+    warmup_s: float = field(default=2.0, metadata={"help": "warm-up before the windows, s"})
+    max_windows: int = field(default=5, metadata={"help": "windows before giving up on stable"})
+    tolerance: float = field(default=0.1, metadata={"help": "window throughput agreement"})
+    ort_threads: int = field(default=1, metadata={"help": "ONNX Runtime threads in process"})
+    systems: str = field(default=",".join(SYSTEMS), metadata={"help": "which systems to run"})
+    flop_floor: bool = field(default=True, metadata={"help": "measure the encoder FLOP floor"})
+    max_requests: int = field(default=0, metadata={"help": "use the first N requests (0: all)"})
+
+
+@dataclass
+class BenchResult:
+    """What one run measured and where it wrote it."""
+
+    rows: list[Row]
+    targets: list[Target]
+    floor: FlopFloor | None
+    markdown: Path
+    csv: Path
+    plot: Path
+
+    @property
+    def failed(self) -> bool:
+        return any(r.summary is None for r in self.rows)
+
+
+def _concurrencies(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise ValueError(f"--concurrency needs positive integers, got {text!r}")
+    return values
+
+
+def _systems(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SYSTEMS))
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    # Always in the canonical order: cheap in-process runs first, then the servers.
+    return [s for s in SYSTEMS if s in chosen]
+
+
+def load_workload(path: Path, limit: int = 0) -> list[dict]:
+    """The {"query", "history", "top_k"} requests from `loadtest.workload`."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `make workload` first")
+    requests = json.loads(path.read_text())
+    requests = [
+        {
+            "query": str(r["query"]),
+            "history": [int(h) for h in r.get("history", [])],
+            "top_k": int(r.get("top_k", contract.DEFAULT_TOP_K)),
+        }
+        for r in requests
+    ]
+    if limit > 0:
+        requests = requests[:limit]
+    if not requests:
+        raise ValueError(f"{path} holds no requests")
+    return requests
+
+
+def machine_context(config: BenchConfig, workload_path: Path, n_requests: int) -> dict[str, str]:
+    """Where and how the numbers were taken, for the report's header."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    busy = load[0] > 0.5 * (os.cpu_count() or 1)
+    if busy:
+        # Other work on the same cores makes every number noisy, and PyTorch's default
+        # thread pool (the naive baseline) degrades far more than single-thread runtimes.
+        _log(f"warning: load average {load[0]:.2f} at start: the machine is busy")
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} logical CPUs, torch threads "
+        f"{torch.get_num_threads()}, Python {platform.python_version()}",
+        "load average at start": " ".join(f"{x:.2f}" for x in load)
+        + (" (**busy: other work shared these cores**)" if busy else ""),
+        "artifacts": str(config.out),
+        "workload": f"{workload_path} ({n_requests} requests, cycled)",
+        "method": f"warm-up {config.warmup_s:g} s, windows of {config.duration_s:g} s, "
+        f"at most {config.max_windows}, stable when two agree within "
+        f"{config.tolerance:.0%}; ONNX Runtime in process with {config.ort_threads} thread(s)",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _measure_rows(
+    system: str,
+    make_caller: Callable[[], Caller],
+    workload: list[dict],
+    concurrencies: list[int],
+    mconfig: MeasureConfig,
+) -> list[Row]:
+    rows = []
+    for c in concurrencies:
+        try:
+            m = measure(make_caller, workload, c, mconfig)
+        except Exception as exc:
+            _log(f"  {system} ×{c}: FAILED {exc}")
+            rows.append(Row(system, c, None, error=str(exc).splitlines()[0][:200]))
+            continue
+        s = m.summary
+        _log(
+            f"  {LABELS[system]} ×{c}: p50 {s.p50_ms:.2f} ms, p95 {s.p95_ms:.2f} ms, "
+            f"p99 {s.p99_ms:.2f} ms, {s.throughput_rps:.1f} req/s "
+            f"({'stable' if m.stable else 'NOT stable'} after {len(m.window_throughputs)} windows"
+            f"{', errors: ' + m.first_error if m.first_error else ''})"
+        )
+        rows.append(Row(system, c, s, m.stable, m.window_throughputs))
+    return rows
+
+
+def _failed(system: str, concurrencies: list[int], exc: Exception) -> list[Row]:
+    _log(f"  {system}: FAILED {exc}")
+    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return [Row(system, c, None, error=message) for c in concurrencies]
+
+
+def run_system(
+    system: str,
+    paths: contract.ArtifactPaths,
+    config: BenchConfig,
+    workload: list[dict],
+    concurrencies: list[int],
+    mconfig: MeasureConfig,
+) -> list[Row]:
+    """Set one system up, measure it at its concurrencies, tear it down."""
+    _log(f"{LABELS[system]} ...")
+    # In-process systems have one caller (this process): their latency is the point.
+    levels = [1] if TRANSPORT[system] == "in-process" else concurrencies
+    try:
+        with open_system(system, paths, config.url, config.ort_threads) as make_caller:
+            return _measure_rows(system, make_caller, workload, levels, mconfig)
+    except Exception as exc:  # one broken system must not cost the others' numbers
+        return _failed(system, levels, exc)
+    finally:
+        # Drop the in-process models before the next system loads its own.
+        gc.collect()
+
+
+def run(config: BenchConfig) -> BenchResult:
+    """Run the whole benchmark and write the reports."""
+    paths = contract.ArtifactPaths(Path(config.out))
+    workload_path = Path(config.workload) if config.workload else paths.loadtest / "workload.json"
+    workload = load_workload(workload_path, config.max_requests)
+    concurrencies = _concurrencies(config.concurrency)
+    systems = _systems(config.systems)
+    mconfig = MeasureConfig(
+        warmup_s=config.warmup_s,
+        window_s=config.duration_s,
+        max_windows=config.max_windows,
+        tolerance=config.tolerance,
+    )
+    context = machine_context(config, workload_path, len(workload))
+    started = time.perf_counter()
+
+    floor = None
+    if config.flop_floor:
+        _log("encoder FLOP floor ...")
+        floor = encoder_floor(paths, [r["query"] for r in workload], ort_threads=config.ort_threads)
+        _log(
+            f"  {floor.flops / 1e6:.1f} MFLOP at {floor.seq_len} tokens, peak "
+            f"{floor.peak_gflops:.1f} GFLOP/s → floor {floor.floor_ms:.3f} ms"
+        )
+
+    rows: list[Row] = []
+    for system in systems:
+        rows += run_system(system, paths, config, workload, concurrencies, mconfig)
+    report.add_ratios(rows)
+    found = report.targets(rows)
+    context["wall time"] = f"{time.perf_counter() - started:.0f} s"
+
+    reports = Path(config.reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    result = BenchResult(
+        rows=rows,
+        targets=found,
+        floor=floor,
+        markdown=reports / "bench.md",
+        csv=reports / "bench.csv",
+        plot=reports / "bench_latency.png",
+    )
+    result.markdown.write_text(report.markdown(rows, found, floor, context))
+    report.write_csv(rows, result.csv)
+    report.write_plot(rows, result.plot)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints the tables and returns the exit code."""
+    config = parse_config(BenchConfig, argv, description=__doc__ or "")
+    result = run(config)
+    print("\n".join(report.table_lines(result.rows)))
+    print()
+    print("\n".join(report.target_lines(result.targets)))
+    if result.floor is not None:
+        print()
+        print("\n".join(report.floor_lines(result.floor)[:-2]))
+    print(f"\nwrote {result.markdown}, {result.csv}, {result.plot}")
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Benchmark results → ratios vs the naive baseline, targets, Markdown, CSV and a PNG.
+
+Ratios:
+- latency ratio = naive p50 / this p50 (above 1: faster than naive). In-process rows are
+  held against the naive pipeline in process, served rows against the naive HTTP server
+  at the same concurrency, so each compares like with like.
+- throughput ratio = this req/s / the naive HTTP server's best req/s over all measured
+  concurrencies (the baseline's best effort, as the issue defines it).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.flops import FlopFloor
+from bench.measure import Summary
+from bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON
+
+# The issue's targets (benchmarks, not timed tests).
+TARGET_TRITON_P50_MS = 5.0
+TARGET_TRITON_P50_CONCURRENCY = 1
+TARGET_THROUGHPUT_RATIO = 5.0
+TARGET_THROUGHPUT_CONCURRENCY = 8
+
+CSV_COLUMNS = (
+    "system",
+    "label",
+    "transport",
+    "concurrency",
+    "requests",
+    "errors",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "throughput_rps",
+    "latency_ratio_vs_naive",
+    "throughput_ratio_vs_naive_http_best",
+    "stable",
+    "window_throughputs",
+    "error",
+)
+
+
+@dataclass
+class Row:
+    """One system at one concurrency (summary None when it could not be measured)."""
+
+    system: str
+    concurrency: int
+    summary: Summary | None
+    stable: bool = False
+    window_throughputs: list[float] = field(default_factory=list)
+    error: str = ""
+    latency_ratio: float | None = None
+    throughput_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.system, self.system)
+
+    @property
+    def transport(self) -> str:
+        return TRANSPORT.get(self.system, "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets and whether this run met it (None: not measured)."""
+
+    name: str
+    measured: str
+    holds: bool | None
+
+
+def _find(rows: Sequence[Row], system: str, concurrency: int) -> Row | None:
+    for row in rows:
+        if row.system == system and row.concurrency == concurrency and row.summary is not None:
+            return row
+    return None
+
+
+def naive_http_best_rps(rows: Sequence[Row]) -> float | None:
+    """The naive HTTP baseline's best throughput over all concurrencies."""
+    rates = [r.summary.throughput_rps for r in rows if r.system == NAIVE_HTTP and r.summary]
+    return max(rates) if rates else None
+
+
+def add_ratios(rows: Sequence[Row]) -> None:
+    """Fill `latency_ratio` and `throughput_ratio` of every measured row (see module doc)."""
+    best = naive_http_best_rps(rows)
+    for row in rows:
+        if row.summary is None:
+            continue
+        if row.transport == "in-process":
+            base = _find(rows, NAIVE, row.concurrency) or _find(rows, NAIVE, 1)
+        else:
+            base = _find(rows, NAIVE_HTTP, row.concurrency)
+        if base is not None and base.summary is not None and row.summary.p50_ms > 0:
+            row.latency_ratio = base.summary.p50_ms / row.summary.p50_ms
+        if best:
+            row.throughput_ratio = row.summary.throughput_rps / best
+
+
+def targets(rows: Sequence[Row]) -> list[Target]:
+    """The issue's two targets, evaluated on this run's rows."""
+    out = []
+    triton1 = _find(rows, TRITON, TARGET_TRITON_P50_CONCURRENCY)
+    name = (
+        f"Triton full request p50 ≤ {TARGET_TRITON_P50_MS:g} ms at concurrency "
+        f"{TARGET_TRITON_P50_CONCURRENCY}"
+    )
+    if triton1 is None or triton1.summary is None:
+        out.append(Target(name, "not measured", None))
+    else:
+        p50 = triton1.summary.p50_ms
+        out.append(Target(name, f"{p50:.2f} ms", p50 <= TARGET_TRITON_P50_MS))
+    triton8 = _find(rows, TRITON, TARGET_THROUGHPUT_CONCURRENCY)
+    best = naive_http_best_rps(rows)
+    name = (
+        f"Triton throughput at concurrency {TARGET_THROUGHPUT_CONCURRENCY} ≥ "
+        f"{TARGET_THROUGHPUT_RATIO:g}× naive HTTP best"
+    )
+    if triton8 is None or triton8.summary is None or not best:
+        out.append(Target(name, "not measured", None))
+    else:
+        ratio = triton8.summary.throughput_rps / best
+        out.append(
+            Target(
+                name,
+                f"{triton8.summary.throughput_rps:.1f} vs {best:.1f} req/s = {ratio:.2f}×",
+                ratio >= TARGET_THROUGHPUT_RATIO,
+            )
+        )
+    return out
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, fmt)
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def table_lines(rows: Sequence[Row]) -> list[str]:
+    """The results table in Markdown (also printed to the terminal)."""
+    lines = [
+        "| system | transport | conc. | p50 ms | p95 ms | p99 ms | req/s "
+        "| latency ratio (naive p50 / p50) | throughput ratio (vs naive HTTP best) | stable |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        s = r.summary
+        if s is None:
+            lines.append(
+                f"| {r.label} | {r.transport} | {r.concurrency} | failed: {r.error} | | | | | | |"
+            )
+            continue
+        stable = "yes" if r.stable else f"no ({len(r.window_throughputs)} windows)"
+        lines.append(
+            f"| {r.label} | {r.transport} | {r.concurrency} | {_num(s.p50_ms)} | "
+            f"{_num(s.p95_ms)} | {_num(s.p99_ms)} | {_num(s.throughput_rps, '.1f')} | "
+            f"{_ratio(r.latency_ratio)} | {_ratio(r.throughput_ratio)} | {stable} |"
+        )
+    return lines
+
+
+def target_lines(found: Sequence[Target]) -> list[str]:
+    """The targets as a Markdown table."""
+    lines = ["| target | measured | holds |", "|---|---|---|"]
+    for t in found:
+        verdict = "not measured" if t.holds is None else ("**yes**" if t.holds else "**no**")
+        lines.append(f"| {t.name} | {t.measured} | {verdict} |")
+    return lines
+
+
+def floor_lines(floor: FlopFloor) -> list[str]:
+    """The encoder FLOP floor beside the measured encoder latencies."""
+    lines = [
+        f"Typical query (median token count of the workload): {floor.query!r}, "
+        f"{floor.tokens} tokens, run at the served width {floor.seq_len}.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| encoder FLOPs (matmuls, FlopCounterMode) | {floor.flops / 1e6:.1f} MFLOP |",
+        f"| float32 GEMM peak, {floor.torch_threads} threads | {floor.peak_gflops:.1f} GFLOP/s |",
+        f"| float32 GEMM peak, 1 thread | {floor.peak_gflops_1thread:.1f} GFLOP/s |",
+        f"| **floor**, all threads | **{floor.floor_ms:.3f} ms** |",
+        f"| **floor**, 1 thread | **{floor.floor_ms_1thread:.3f} ms** |",
+    ]
+    for name, ms in floor.measured_ms.items():
+        ref = floor.floor_ms_1thread if "(1 thread)" in name else floor.floor_ms
+        lines.append(f"| measured encoder, {name} | {ms:.3f} ms ({ms / ref:.1f}× its floor) |")
+    lines += [
+        "",
+        "int8 matmuls run on integer units with a higher peak than the float32 GEMM, so the "
+        "int8 encoder may legitimately beat the float32 floor.",
+    ]
+    return lines
+
+
+def markdown(
+    rows: Sequence[Row],
+    found: Sequence[Target],
+    floor: FlopFloor | None,
+    context: dict[str, str],
+) -> str:
+    """The whole report as Markdown."""
+    lines = ["# shoprank benchmark", ""]
+    lines += [f"- {k}: {v}" for k, v in context.items()]
+    lines += ["", "## Latency and throughput", "", *table_lines(rows), ""]
+    lines += [
+        "Latency ratio: naive p50 / this p50 (in-process rows against the naive pipeline in "
+        "process, served rows against the naive HTTP server at the same concurrency). "
+        "Throughput ratio: this req/s / the naive HTTP server's best req/s. "
+        "Closed loop, perf_analyzer-style: warm-up, then measurement windows until two "
+        "consecutive windows' throughput agree within the tolerance; percentiles and req/s "
+        "are over those two windows. The load generator runs on the same cores as the "
+        "servers, for every system alike.",
+        "",
+        "## Targets",
+        "",
+        *target_lines(found),
+        "",
+    ]
+    if floor is not None:
+        lines += ["## Encoder FLOP floor", "", *floor_lines(floor), ""]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """One CSV row per (system, concurrency)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            s = r.summary
+            writer.writerow(
+                {
+                    "system": r.system,
+                    "label": r.label,
+                    "transport": r.transport,
+                    "concurrency": r.concurrency,
+                    "requests": s.requests if s else 0,
+                    "errors": s.errors if s else "",
+                    "p50_ms": f"{s.p50_ms:.4f}" if s else "",
+                    "p95_ms": f"{s.p95_ms:.4f}" if s else "",
+                    "p99_ms": f"{s.p99_ms:.4f}" if s else "",
+                    "mean_ms": f"{s.mean_ms:.4f}" if s else "",
+                    "throughput_rps": f"{s.throughput_rps:.3f}" if s else "",
+                    "latency_ratio_vs_naive": _num(r.latency_ratio, ".4f").replace("–", ""),
+                    "throughput_ratio_vs_naive_http_best": _num(r.throughput_ratio, ".4f").replace(
+                        "–", ""
+                    ),
+                    "stable": r.stable,
+                    "window_throughputs": " ".join(f"{t:.2f}" for t in r.window_throughputs),
+                    "error": r.error,
+                }
+            )
+
+
+def write_plot(rows: Sequence[Row], path: Path) -> None:
+    """Left: p50 bars with p95/p99 ticks per row (log scale). Right: req/s vs concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if r.summary is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, max(4.0, 0.45 * len(measured) + 1.5)))
+    names = [f"{r.label} ×{r.concurrency}" for r in measured]
+    y = list(range(len(measured)))
+    p50 = [r.summary.p50_ms for r in measured]  # type: ignore[union-attr]
+    left.barh(y, p50, color="tab:blue", label="p50")
+    left.scatter(
+        [r.summary.p95_ms for r in measured],
+        y,
+        marker="|",
+        s=200,
+        color="tab:orange",
+        label="p95",
+        zorder=3,
+    )
+    left.scatter(
+        [r.summary.p99_ms for r in measured],
+        y,
+        marker="|",
+        s=200,
+        color="tab:red",
+        label="p99",
+        zorder=3,
+    )
+    left.set_yticks(y, names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xscale("log")
+    left.set_xlabel("latency, ms (log scale)")
+    left.set_title("Latency per request")
+    left.legend(loc="lower right", fontsize=8)
+    left.grid(axis="x", which="both", alpha=0.3)
+
+    for system in dict.fromkeys(r.system for r in measured):
+        points = sorted(
+            (r.concurrency, r.summary.throughput_rps) for r in measured if r.system == system
+        )
+        xs, ys = zip(*points, strict=True)
+        right.plot(xs, ys, marker="o", label=LABELS.get(system, system))
+    right.set_xlabel("concurrency (requests in flight)")
+    right.set_ylabel("throughput, req/s")
+    right.set_title("Throughput")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

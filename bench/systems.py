@@ -1,0 +1,132 @@
+"""One caller factory per benchmarked system.
+
+A caller takes one workload request {"query", "history", "top_k"} and returns when the
+ranked answer is in hand (decoded, as a search backend would use it). `measure` creates
+one caller per worker thread, so network clients are never shared between threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import contract
+from bench.measure import Caller
+from model_repository.pipeline import InProcessPipeline
+
+# (system key, label in the report, transport)
+NAIVE = "naive"
+NAIVE_HTTP = "naive-http"
+ONNX_FP32 = "onnx-fp32"
+ONNX_INT8 = "onnx-int8"
+TRITON = "triton"
+SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, NAIVE_HTTP, TRITON)
+LABELS = {
+    NAIVE: "naive PyTorch eager (in process)",
+    ONNX_FP32: "ONNX Runtime fp32 (in process)",
+    ONNX_INT8: "ONNX Runtime int8 (in process)",
+    NAIVE_HTTP: "naive PyTorch eager + FastAPI/uvicorn (HTTP)",
+    TRITON: "shoprank Triton ensemble (gRPC)",
+}
+TRANSPORT = {
+    NAIVE: "in-process",
+    ONNX_FP32: "in-process",
+    ONNX_INT8: "in-process",
+    NAIVE_HTTP: "http",
+    TRITON: "grpc",
+}
+
+
+def onnx_pipeline(
+    paths: contract.ArtifactPaths, encoder_onnx: Path, threads: int = 1
+) -> InProcessPipeline:
+    """The served in-process pipeline with its encoder swapped for `encoder_onnx`.
+
+    The repository holds only the encoder the conversion selected; the other variant is
+    loaded from `<out>/onnx/` with the same session settings (`cpu_session`), so fp32 and
+    int8 differ in the encoder graph and nothing else.
+    """
+    from conversion.runtime import cpu_session
+
+    pipeline = InProcessPipeline(paths.repository("cpu"), threads=threads)
+    pipeline.encoder = cpu_session(encoder_onnx, threads)
+    return pipeline
+
+
+def pipeline_caller(pipeline) -> Callable[[], Caller]:
+    """Factory of callers that all share one in-process pipeline (`.search(q, h, k)`)."""
+
+    def call(request: dict) -> object:
+        return pipeline.search(request["query"], request["history"], request["top_k"])
+
+    return lambda: call
+
+
+class HttpCaller:
+    """POST /search with a keep-alive `requests.Session`, JSON decoded."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        import requests
+
+        self.session = requests.Session()
+        self.url = f"{url}/search"
+        self.timeout_s = timeout_s
+
+    def __call__(self, request: dict) -> object:
+        response = self.session.post(self.url, json=request, timeout=self.timeout_s)
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.session.close()
+
+
+class TritonCaller:
+    """The project's gRPC SearchClient (one channel per worker), results parsed."""
+
+    def __init__(self, url: str) -> None:
+        from client import SearchClient
+
+        self.client = SearchClient(url)
+
+    def __call__(self, request: dict) -> object:
+        return self.client.search(request["query"], request["history"], request["top_k"])
+
+    def close(self) -> None:
+        """Close the gRPC channel."""
+        self.client.close()
+
+
+@contextlib.contextmanager
+def open_system(
+    system: str, paths: contract.ArtifactPaths, url: str = "", ort_threads: int = 1
+) -> Iterator[Callable[[], Caller]]:
+    """Set `system` up for a `with` block, yield its caller factory, tear it down.
+
+    Servers are started only for their own block, so no idle server shares the cores
+    while another system is measured. `url` is an already running Triton's gRPC address
+    (empty: start the embedded server on free loopback ports).
+    """
+    if system == NAIVE:
+        from bench.naive import NaivePipeline
+
+        yield pipeline_caller(NaivePipeline(paths))
+    elif system in (ONNX_FP32, ONNX_INT8):
+        onnx = paths.encoder_onnx if system == ONNX_FP32 else paths.encoder_int8_onnx
+        yield pipeline_caller(onnx_pipeline(paths, onnx, threads=ort_threads))
+    elif system == NAIVE_HTTP:
+        from bench.http_server import running_http_server
+
+        with running_http_server(paths.root) as http_url:
+            yield lambda: HttpCaller(http_url)
+    elif system == TRITON and url:
+        yield lambda: TritonCaller(url)
+    elif system == TRITON:
+        from model_repository.server import running_server
+
+        with running_server(paths.repository("cpu")) as handle:
+            yield lambda: TritonCaller(handle.grpc_url)
+    else:
+        raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")

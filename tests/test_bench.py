@@ -1,0 +1,265 @@
+"""The benchmark: window stability, summaries, FLOP counting, the naive baseline and its
+HTTP server, and a very short end-to-end run on the tiny artifacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from bench.measure import (
+    BenchError,
+    MeasureConfig,
+    Summary,
+    measure,
+    percentiles_ms,
+    stable_index,
+    summarize,
+    windows_agree,
+)
+from bench.report import Row, add_ratios, markdown, naive_http_best_rps, targets
+
+# -- stable windows (pure) ----------------------------------------------------------------------
+
+
+def test_windows_agree_within_tolerance_of_the_larger() -> None:
+    assert windows_agree(100.0, 109.0, 0.1)
+    assert windows_agree(110.0, 100.0, 0.1)  # |Δ| = 10 ≤ 0.1 · 110
+    assert not windows_agree(100.0, 112.0, 0.1)
+    assert not windows_agree(0.0, 0.0, 0.1)  # empty windows are never "stable"
+
+
+def test_stable_index_finds_the_first_agreeing_pair() -> None:
+    assert stable_index([50.0, 100.0, 104.0, 103.0], 0.1) == 2
+    assert stable_index([100.0, 60.0, 100.0, 60.0], 0.1) is None
+    assert stable_index([100.0], 0.1) is None
+    assert stable_index([], 0.1) is None
+    assert stable_index([80.0, 100.0], 0.25) == 1
+
+
+# -- percentiles / summary ------------------------------------------------------------------------
+
+
+def test_percentiles_and_summary_on_known_latencies() -> None:
+    latencies = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    p50, p95, p99 = percentiles_ms(latencies)
+    assert p50 == pytest.approx(50.5)
+    assert p95 == pytest.approx(95.05)
+    assert p99 == pytest.approx(99.01)
+    s = summarize(latencies, duration_s=2.0, errors=3)
+    assert s.requests == 100 and s.errors == 3
+    assert s.throughput_rps == pytest.approx(50.0)
+    assert s.mean_ms == pytest.approx(50.5)
+    empty = summarize([], duration_s=1.0)
+    assert empty.requests == 0 and math.isnan(empty.p50_ms) and empty.throughput_rps == 0
+
+
+def test_measure_drives_closed_loop_workers_until_stable() -> None:
+    calls: list[str] = []
+    threads: set[str] = set()
+
+    def make_caller():
+        def call(request: dict) -> None:
+            calls.append(request["query"])
+            threads.add(threading.current_thread().name)
+            time.sleep(0.002)
+
+        return call
+
+    workload = [{"query": f"q{i}", "history": [], "top_k": 10} for i in range(10)]
+    config = MeasureConfig(warmup_s=0.1, window_s=0.3, max_windows=6, tolerance=0.5)
+    m = measure(make_caller, workload, concurrency=2, config=config)
+    assert m.stable and 2 <= len(m.window_throughputs) <= 6
+    assert len(threads) == 2
+    assert m.summary.requests > 0 and m.summary.errors == 0
+    # 2 workers × one 2 ms request at a time: at most ~1000 req/s, p50 at least 2 ms.
+    assert m.summary.p50_ms >= 2.0
+    assert 0 < m.summary.throughput_rps <= 1000
+    assert set(calls) == {w["query"] for w in workload}
+
+
+def test_measure_raises_when_every_request_fails() -> None:
+    def make_caller():
+        def call(request: dict) -> None:
+            raise ConnectionError("server down")
+
+        return call
+
+    config = MeasureConfig(warmup_s=0.0, window_s=0.05, max_windows=2)
+    with pytest.raises(BenchError, match="server down"):
+        measure(make_caller, [{"query": "q", "history": [], "top_k": 1}], 1, config)
+
+
+# -- ratios and targets (pure) ---------------------------------------------------------------------
+
+
+def _summary(p50: float, rps: float) -> Summary:
+    return Summary(100, 0, p50, p50 * 2, p50 * 3, p50, rps, 1.0)
+
+
+def test_ratios_and_targets() -> None:
+    rows = [
+        Row("naive", 1, _summary(20.0, 50.0), True),
+        Row("onnx-int8", 1, _summary(2.0, 500.0), True),
+        Row("naive-http", 1, _summary(25.0, 40.0), True),
+        Row("naive-http", 8, _summary(100.0, 80.0), True),
+        Row("triton", 1, _summary(4.0, 250.0), True),
+        Row("triton", 8, _summary(10.0, 800.0), True),
+        Row("onnx-fp32", 1, None, error="boom"),
+    ]
+    add_ratios(rows)
+    assert naive_http_best_rps(rows) == 80.0
+    by = {(r.system, r.concurrency): r for r in rows}
+    assert by["onnx-int8", 1].latency_ratio == pytest.approx(10.0)  # vs naive in process
+    assert by["triton", 1].latency_ratio == pytest.approx(25.0 / 4.0)  # vs naive HTTP ×1
+    assert by["triton", 8].latency_ratio == pytest.approx(10.0)
+    assert by["triton", 8].throughput_ratio == pytest.approx(10.0)
+    assert by["onnx-fp32", 1].latency_ratio is None
+    found = targets(rows)
+    assert [t.holds for t in found] == [True, True]
+    by["triton", 8].summary = _summary(10.0, 300.0)
+    assert targets(rows)[1].holds is False
+    text = markdown(rows, targets(rows), None, {"machine": "test"})
+    assert "failed: boom" in text and "| **no** |" in text
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len", [8, 16])
+def test_flop_counter_matches_the_bert_formula(tiny_artifacts, seq_len: int) -> None:
+    import torch
+
+    from bench.flops import bert_flops, count_flops, load_counting_encoder
+
+    model = load_counting_encoder(tiny_artifacts.encoder)
+    cfg = model.bert.config
+    ids = torch.randint(1000, 2000, (1, seq_len))
+    mask = torch.ones_like(ids)
+    expected = bert_flops(
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        seq_len,
+        pooler=getattr(model.bert, "pooler", None) is not None,
+    )
+    assert count_flops(model, ids, mask) == expected
+
+
+def test_matmul_peak_is_positive() -> None:
+    from bench.flops import matmul_peak_gflops
+
+    rates = matmul_peak_gflops(n=256, min_time_s=0.05)
+    assert set(rates) == {"torch", "numpy"} and min(rates.values()) > 0
+    assert set(matmul_peak_gflops(n=256, threads=1, min_time_s=0.05)) == {"torch"}
+
+
+# -- the naive baseline ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def naive(tiny_artifacts):
+    from bench.naive import NaivePipeline
+
+    return NaivePipeline(tiny_artifacts)
+
+
+def test_naive_ranks_like_the_onnx_pipeline(naive, tiny_artifacts, search_workload) -> None:
+    # The fp32 graph: the repository may serve int8, whose rounding can swap near-ties.
+    from bench.systems import onnx_pipeline
+
+    onnx = onnx_pipeline(tiny_artifacts, tiny_artifacts.encoder_onnx)
+    requests_ = [search_workload[0], search_workload[1], {**search_workload[2], "history": []}]
+    for r in requests_:
+        got = naive.search(r["query"], r["history"], 10)
+        want = onnx.search(r["query"], r["history"], 10)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-4)
+        mismatch = got.product_ids != want.product_ids
+        # Same model, same ranking, except where two products tie on score.
+        assert np.allclose(got.scores[mismatch], want.scores[mismatch], atol=1e-5)
+        assert got.titles[0] == want.titles[0] or mismatch[0]
+
+
+def test_fastapi_app_answers_over_real_uvicorn(naive, search_workload) -> None:
+    import uvicorn
+
+    from bench.http_server import create_app
+    from model_repository.server import free_ports
+
+    port = free_ports(1)[0]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(naive), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        r = search_workload[0]
+        response = requests.post(f"{url}/search", json={**r, "top_k": 5}, timeout=10)
+        assert response.status_code == 200
+        body = response.json()
+        want = naive.search(r["query"], r["history"], 5)
+        assert body["product_ids"] == [int(p) for p in want.product_ids]
+        assert len(body["scores"]) == len(body["titles"]) == 5
+        bad = requests.post(f"{url}/search", json={"query": "sofa", "top_k": 0}, timeout=10)
+        assert bad.status_code == 400 and "TOP_K" in bad.json()["detail"]
+        empty = requests.post(f"{url}/search", json={"query": "   "}, timeout=10)
+        assert empty.status_code == 400
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+
+def test_short_bench_run_writes_reports(
+    tiny_artifacts, ensemble_server, search_workload, tmp_path: Path
+) -> None:
+    from bench.__main__ import BenchConfig, run
+
+    workload = tmp_path / "workload.json"
+    workload.write_text(json.dumps(search_workload))
+    result = run(
+        BenchConfig(
+            out=tiny_artifacts.root,
+            reports=tmp_path / "reports",
+            workload=str(workload),
+            url=ensemble_server.grpc_url,
+            concurrency="1,2",
+            duration_s=0.5,
+            warmup_s=0.2,
+            max_windows=2,
+        )
+    )
+    assert not result.failed, [r.error for r in result.rows]
+    for path in (result.markdown, result.csv, result.plot):
+        assert path.exists() and path.stat().st_size > 0
+    with open(result.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    measured = {(r["system"], int(r["concurrency"])) for r in rows}
+    assert measured == {
+        ("naive", 1),
+        ("onnx-fp32", 1),
+        ("onnx-int8", 1),
+        ("naive-http", 1),
+        ("naive-http", 2),
+        ("triton", 1),
+        ("triton", 2),
+    }
+    assert all(float(r["p50_ms"]) > 0 and float(r["throughput_rps"]) > 0 for r in rows)
+    text = result.markdown.read_text()
+    assert "## Targets" in text and "## Encoder FLOP floor" in text
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.floor is not None and result.floor.flops > 0
