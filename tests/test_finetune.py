@@ -72,6 +72,6 @@ def test_validation_evaluator_scores_a_model(shop, tmp_path):
     from training.encoder import load_encoder, make_tiny_encoder
 
     model = load_encoder(make_tiny_encoder(tmp_path / "enc"))
-    evaluator = finetune.validation_evaluator(shop, "val", corpus_size=200)
+    evaluator = finetune.validation_evaluator(shop, "val", distractors=50)
     result = evaluator(model)
     assert 0.0 <= result["val_ndcg@10"] <= 1.0

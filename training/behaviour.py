@@ -51,17 +51,28 @@ def item_features(
 ) -> np.ndarray:
     """Standardised per-item features in ITEM_FEATURES order, shape (N, F).
 
-    CTR is smoothed towards the global CTR with `prior_weight` pseudo-impressions so that
-    a product shown twice and clicked once is not the best product in the shop.
+    The CTR feature is clicks over *expected* clicks (COEC): each impression expects the
+    shop-wide CTR of the position it was shown at, so a product is not rewarded for having
+    been shown at the top. It is smoothed with `prior_weight` pseudo-impressions so that a
+    product shown twice and clicked once is not the best product in the shop.
     """
-    counts = events.pivot_table(
-        index="product_id", columns="event_type", values="session_id", aggfunc="count", fill_value=0
+    impressions = events[events["event_type"] == "impression"]
+    clicks_ev = events[events["event_type"] == "click"]
+    position_ctr = (
+        clicks_ev.groupby("position").size() / impressions.groupby("position").size()
+    ).fillna(0.0)
+    expected = (
+        impressions["position"]
+        .map(position_ctr)
+        .fillna(0.0)
+        .groupby(impressions["product_id"])
+        .sum()
+        .reindex(product_ids)
+        .fillna(0.0)
     )
-    impressions = counts.get("impression", pd.Series(dtype=float)).reindex(product_ids).fillna(0)
-    clicks = counts.get("click", pd.Series(dtype=float)).reindex(product_ids).fillna(0)
-    global_ctr = clicks.sum() / max(impressions.sum(), 1.0)
-    ctr = (clicks + prior_weight * global_ctr) / (impressions + prior_weight)
-    feats = np.stack([np.log1p(clicks.to_numpy()), ctr.to_numpy()], axis=1).astype(np.float32)
+    clicks = clicks_ev.groupby("product_id").size().reindex(product_ids).fillna(0.0)
+    coec = (clicks + prior_weight) / (expected + prior_weight)
+    feats = np.stack([np.log1p(clicks.to_numpy()), coec.to_numpy()], axis=1).astype(np.float32)
     assert feats.shape[1] == len(ITEM_FEATURES)
     std = feats.std(axis=0)
     return (feats - feats.mean(axis=0)) / np.where(std > 0, std, 1.0)
@@ -144,8 +155,11 @@ def _negative_loss(
     negatives: int,
     rng: np.random.Generator,
 ) -> torch.Tensor:
-    n_items = ranker.item_embeddings.shape[0]
-    rows = torch.from_numpy(rng.integers(0, n_items, size=(len(idx), negatives)))
+    # Negatives are products shown in *other* sessions of the batch: they come from the
+    # same exposure distribution as the positives, so popularity cannot tell them apart
+    # and only the query↔item text term can. (Uniform catalog samples are mostly never-
+    # shown items, which teaches "popular beats relevant" instead.)
+    rows = torch.from_numpy(rng.choice(ex.item_rows[idx], size=(len(idx), negatives)))
     logits = (
         ranker.score_candidates(
             q_emb[torch.from_numpy(ex.query_rows[idx])],
@@ -172,8 +186,8 @@ def train_fusion(
 
     Logged impressions are all plausible answers to their query, so on their own they
     teach the ranker that text relevance hardly matters and popularity does. `negatives`
-    random catalog items per impression (label 0, scored as if shown at the top) keep the
-    text term honest for the full-catalog ranking the server does.
+    products from other sessions of the batch per impression (label 0, scored as if shown
+    at the top) keep the text term honest for the full-catalog ranking the server does.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -200,22 +200,29 @@ class GradedNDCGEvaluator(SentenceEvaluator):
 def validation_evaluator(
     data: ShopData,
     split: str = "val",
-    max_queries: int = 150,
-    corpus_size: int = 1500,
+    max_queries: int = 80,
+    per_query: int = 20,
+    distractors: int = 500,
     seed: int = 0,
 ) -> GradedNDCGEvaluator:
-    """Evaluator over `split` queries and a corpus of their judged products + random ones."""
+    """Evaluator over `split` queries and a small corpus that keeps NDCG meaningful.
+
+    Every query brings `per_query` of its own judged products (so its ideal ranking is in
+    the corpus), the other queries' products and `distractors` random products compete
+    with them. A corpus of random products alone would miss most relevant items and turn
+    the early-stopping signal into noise.
+    """
     rng = np.random.default_rng(seed)
     queries = data.queries[data.queries["split"] == split]
     if len(queries) > max_queries:
         queries = queries.iloc[np.sort(rng.choice(len(queries), max_queries, replace=False))]
     judged = data.judgements[data.judgements["query_id"].isin(queries["query_id"])]
-    positives = judged[judged["relevance"] > 0]["product_id"].unique()
-    pool = np.setdiff1d(data.catalog["product_id"].to_numpy(), positives)
-    extra = rng.choice(
-        pool, size=max(0, min(len(pool), corpus_size - len(positives))), replace=False
+    chosen = judged.groupby("query_id", group_keys=False).apply(
+        lambda g: g.sample(n=min(per_query, len(g)), random_state=seed)
     )
-    ids = set(positives[:corpus_size].tolist()) | set(extra.tolist())
+    ids = set(chosen["product_id"].tolist())
+    pool = np.setdiff1d(data.catalog["product_id"].to_numpy(), list(ids))
+    ids |= set(rng.choice(pool, size=min(distractors, len(pool)), replace=False).tolist())
     catalog = data.catalog[data.catalog["product_id"].isin(ids)]
     corpus = dict(zip(catalog["product_id"].tolist(), product_text(catalog), strict=True))
     grades = {

@@ -9,9 +9,10 @@ with every request; there is no per-user table to go stale):
 
 and every variant scores the whole catalog as
 
-    score(i) = s·⟨h, e_i⟩ + w·f_i + v·g(history, i) + b
+    score(i) = s·⟨h, e_i⟩ + w·f_i + v·g(history, i) + b      for the retrieve_k items
+                                                             with the best s·⟨h, e_i⟩
 
-with per-item behaviour features f (log clicks, smoothed CTR) and shopper↔item features g
+with per-item behaviour features f (log clicks, position-debiased CTR) and shopper↔item features g
 (share of the history in item i's category, in its brand, and closeness of i's price to
 the history's typical price). With an empty history every user term is switched off, so
 cold start is exactly text-only ranking plus the item prior — never noise.
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-ITEM_FEATURES = ("log_clicks", "ctr")
+ITEM_FEATURES = ("log_clicks", "clicks_over_expected")
 USER_ITEM_FEATURES = ("category_affinity", "brand_affinity", "price_match")
 FUSIONS = ("weighted", "concat_mlp", "target_attention")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
@@ -50,6 +51,7 @@ class FusionConfig:
     num_brands: int = 1
     hidden: int = 128
     alpha_init: float = 0.2
+    retrieve_k: int = 256
 
 
 class FusionRanker(nn.Module):
@@ -65,8 +67,10 @@ class FusionRanker(nn.Module):
         fusion: str = "weighted",
         hidden: int = 128,
         alpha_init: float = 0.2,
+        retrieve_k: int = 256,
     ) -> None:
         super().__init__()
+        self.retrieve_k = retrieve_k
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         n, dim = item_embeddings.shape
@@ -112,6 +116,7 @@ class FusionRanker(nn.Module):
             num_brands=self.num_brands,
             hidden=self.hidden,
             alpha_init=float(self.alpha.detach()),
+            retrieve_k=self.retrieve_k,
         )
 
     # -- the shopper ------------------------------------------------------------------------
@@ -170,6 +175,27 @@ class FusionRanker(nn.Module):
         price_match = -torch.abs(price - user_price) * has
         return torch.stack([cat, brand, price_match], dim=-1)
 
+    def user_item_scores(
+        self,
+        history_rows: torch.Tensor,
+        history_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """v·g(history, i) for every catalog item, (B, N).
+
+        The same value as `user_item_features(...) @ user_item_weights`, computed as three
+        weighted gathers so the serving scan never builds a (B, N, 3) tensor.
+        """
+        share = history_mask / history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, H)
+        w = self.user_item_weights
+        cat_hist = F.one_hot(self.item_categories[history_rows], self.num_categories)
+        brand_hist = F.one_hot(self.item_brands[history_rows], self.num_brands)
+        cat_share = torch.einsum("bh,bhc->bc", share, cat_hist.to(share.dtype)) * w[0]
+        brand_share = torch.einsum("bh,bhc->bc", share, brand_hist.to(share.dtype)) * w[1]
+        user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
+        price = torch.abs(self.item_log_prices.unsqueeze(0) - user_price)  # (B, N)
+        price_term = price * (-w[2] * self._has_history(history_mask))
+        return cat_share[:, self.item_categories] + brand_share[:, self.item_brands] + price_term
+
     # -- scoring ----------------------------------------------------------------------------
     def item_prior(self) -> torch.Tensor:
         """Per-item behaviour score w·f + b, shape (N,)."""
@@ -181,8 +207,14 @@ class FusionRanker(nn.Module):
         """Scores of every catalog item, (B, N)."""
         h = self.fuse(query_embedding, history_rows, history_mask)  # (B, D)
         text = self.log_scale.exp() * (h @ self.item_embeddings.T)  # (B, N)
-        user = self.user_item_features(history_rows, history_mask, None) @ self.user_item_weights
-        return text + user + self.item_prior()
+        fused = text + self.user_item_scores(history_rows, history_mask) + self.item_prior()
+        # Retrieve, then re-rank: behaviour only reorders the `retrieve_k` items the text
+        # ranks highest. Click logs only ever show plausible products, so what the ranker
+        # learns about popularity must not let a best-seller outrank relevance for an
+        # unrelated query; everything below the cut keeps its text order, far below.
+        k = min(self.retrieve_k, text.shape[1])
+        kth = torch.topk(text, k, dim=1).values[:, k - 1 :]  # (B, 1)
+        return torch.where(text >= kth, fused, text - 1e4)
 
     def score_candidates(
         self,
@@ -229,6 +261,7 @@ def load_ranker(out_dir: Path) -> FusionRanker:
         state["item_log_prices"],
         fusion=config["fusion"],
         hidden=config["hidden"],
+        retrieve_k=config["retrieve_k"],
     )
     ranker.load_state_dict(state)
     return ranker.eval()

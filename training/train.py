@@ -51,7 +51,7 @@ class TrainConfig:
     fusion_negatives: int = field(
         default=4, metadata={"help": "random catalog negatives per impression"}
     )
-    fusion_epochs: int = 3
+    fusion_epochs: int = 2
     fusion_batch_size: int = 1024
     fusion_lr: float = 0.02
     mlm_steps: int = field(default=0, metadata={"help": "domain-adaptive MLM steps (0 = off)"})
@@ -60,6 +60,10 @@ class TrainConfig:
     eval_steps: int = field(default=100, metadata={"help": "validation NDCG@10 every N steps"})
     patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint"})
+    max_relevance_loss: float = field(
+        default=0.02,
+        metadata={"help": "relevance (val NDCG@10) the behaviour re-ranking may cost, relative"},
+    )
     fusions: str = field(
         default="weighted,concat_mlp,target_attention",
         metadata={"help": "comma-separated fusion variants to train"},
@@ -140,6 +144,39 @@ def ranker_judged_metrics(
         for q, g in judged.groupby("query_id")
     }
     return mean_metrics(rankings, grades)
+
+
+def choose_rerank_depth(
+    ranker: FusionRanker,
+    text_only: FusionRanker,
+    q_emb: np.ndarray,
+    query_ids: np.ndarray,
+    product_ids: np.ndarray,
+    data: datasets.ShopData,
+    max_loss: float,
+    depths: tuple[int, ...] = (256, 100, 50, 20, 10),
+) -> dict:
+    """Deepest re-rank depth whose validation NDCG@10 stays within `max_loss` (relative)
+    of text-only ranking; sets it on `ranker`.
+
+    Click logs judge products the way shoppers click, judgements the way the catalog is
+    described: letting behaviour reorder deep into the text ranking can trade relevance
+    for popularity, so the depth is chosen on held-out queries, not assumed.
+    """
+    base = ranker_judged_metrics(text_only, q_emb, query_ids, product_ids, data)["ndcg@10"]
+    tried = {}
+    for depth in depths:
+        ranker.retrieve_k = depth
+        tried[depth] = ranker_judged_metrics(ranker, q_emb, query_ids, product_ids, data)["ndcg@10"]
+        if tried[depth] >= (1.0 - max_loss) * base:
+            break
+    log.info(
+        "re-rank depth %d (validation NDCG@10 by depth %s, text-only %.4f)",
+        ranker.retrieve_k,
+        tried,
+        base,
+    )
+    return {"depth": ranker.retrieve_k, "val_ndcg@10": tried, "val_text_only_ndcg@10": base}
 
 
 def embed_catalog(
@@ -311,9 +348,20 @@ def run(config: TrainConfig) -> dict:
         ranker = results[best].ranker
         text_only = TextOnlyRanker(torch.from_numpy(item_emb), torch.from_numpy(feats)).eval()
         test_rows = np.flatnonzero(data.queries["split"].to_numpy() == eval_split)
+        val_rows = np.flatnonzero(data.queries["split"].to_numpy() == "val")
+        depth = choose_rerank_depth(
+            ranker,
+            text_only,
+            q_emb[val_rows],
+            query_ids[val_rows],
+            product_ids,
+            data,
+            config.max_relevance_loss,
+        )
         fusion_report = {
             "trained": True,
             "served": best,
+            "rerank_depth": depth,
             "alpha": float(ranker.alpha.detach()),
             "train_impressions": len(examples["train"]),
             "text_only": behaviour.evaluate_sessions(text_only, q_emb, examples["test"]),
