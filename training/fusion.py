@@ -54,6 +54,13 @@ class FusionConfig:
     retrieve_k: int = 256
 
 
+def _histogram(ids: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) sums of `weights` (B, H) per id in `ids` (B, H): the history's share of
+    each category or brand, without materialising a (B, H, size) one-hot tensor."""
+    out = torch.zeros(weights.shape[0], size, dtype=weights.dtype)
+    return out.scatter_add(1, ids, weights)
+
+
 class FusionRanker(nn.Module):
     """Fuses query and history, then scores every catalog item (see module docstring)."""
 
@@ -158,10 +165,8 @@ class FusionRanker(nn.Module):
         """(B, C, 3) shopper↔item features for candidate rows (all items when None)."""
         count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
         share = history_mask / count  # (B, H)
-        cat_hist = F.one_hot(self.item_categories[history_rows], self.num_categories)
-        brand_hist = F.one_hot(self.item_brands[history_rows], self.num_brands)
-        cat_share = torch.einsum("bh,bhc->bc", share, cat_hist.to(share.dtype))  # (B, Cat)
-        brand_share = torch.einsum("bh,bhc->bc", share, brand_hist.to(share.dtype))  # (B, Br)
+        cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
+        brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
         user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
         if item_rows is None:
             cat = cat_share[:, self.item_categories]  # (B, N)
@@ -187,10 +192,9 @@ class FusionRanker(nn.Module):
         """
         share = history_mask / history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, H)
         w = self.user_item_weights
-        cat_hist = F.one_hot(self.item_categories[history_rows], self.num_categories)
-        brand_hist = F.one_hot(self.item_brands[history_rows], self.num_brands)
-        cat_share = torch.einsum("bh,bhc->bc", share, cat_hist.to(share.dtype)) * w[0]
-        brand_share = torch.einsum("bh,bhc->bc", share, brand_hist.to(share.dtype)) * w[1]
+        cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
+        brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
+        cat_share, brand_share = cat_share * w[0], brand_share * w[1]
         user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
         price = torch.abs(self.item_log_prices.unsqueeze(0) - user_price)  # (B, N)
         price_term = price * (-w[2] * self._has_history(history_mask))
