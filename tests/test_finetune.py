@@ -75,3 +75,11 @@ def test_validation_evaluator_scores_a_model(shop, tmp_path):
     evaluator = finetune.validation_evaluator(shop, "val", distractors=50)
     result = evaluator(model)
     assert 0.0 <= result["val_ndcg@10"] <= 1.0
+
+
+def test_embed_does_not_change_the_training_length(tmp_path):
+    from training.encoder import embed, load_encoder, make_tiny_encoder
+
+    model = load_encoder(make_tiny_encoder(tmp_path / "enc"), max_seq_length=64)
+    embed(model, ["red sofa"], max_seq_length=8)
+    assert model.max_seq_length == 64

@@ -94,17 +94,23 @@ def embed(
     """L2-normalised float32 embeddings, shape (len(texts), dim).
 
     Texts are sorted by length inside sentence-transformers, so batches pad little.
+    `max_seq_length` applies to this call only: the model's own truncation length (what
+    fine-tuning trains at) is restored afterwards.
     """
+    kept = model.max_seq_length
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
-    with torch.inference_mode():
-        out = model.encode(
-            list(texts),
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=progress,
-        )
+    try:
+        with torch.inference_mode():
+            out = model.encode(
+                list(texts),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=progress,
+            )
+    finally:
+        model.max_seq_length = kept
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
