@@ -42,7 +42,10 @@ class ServingConfig:
     target: str = "cpu"
     version: int = 1
     max_batch_size: int = contract.MAX_BATCH_SIZE
-    max_queue_delay_us: int = 500
+    # On 2 CPU cores waiting for company only adds latency: requests that arrive while a
+    # model is busy are batched anyway (measured: p50 7.3 ms → 4.5 ms at concurrency 1,
+    # 502 → 562 req/s at concurrency 8).
+    max_queue_delay_us: int = 0
     instances: dict[str, int] = field(
         default_factory=lambda: {
             contract.TOKENIZER_MODEL: 1,
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)
     parser.add_argument("--target", choices=TARGETS, default="cpu")
     parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
     args = parser.parse_args(argv)
     serving = ServingConfig(
         target=args.target, version=args.version, max_queue_delay_us=args.max_queue_delay_us
