@@ -1,0 +1,138 @@
+"""The evaluation report: Markdown + PNGs, targets, and missing sections."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from training.report import fusion_variants, loss_curves, targets, write_report
+
+
+def _retrieval(ndcg: float) -> dict:
+    return {"ndcg@10": ndcg, "recall@10": 0.1, "recall@100": 0.5, "mrr": 0.8, "queries": 300}
+
+
+def _session(auc: float, ndcg: float) -> dict:
+    return {
+        "click_auc": auc,
+        "purchase_ndcg@10": ndcg,
+        "sessions_with_purchase": 570,
+        "impressions": 20000,
+    }
+
+
+FULL = {
+    "config": {"data": "", "scale": "demo", "seed": 0},
+    "data": {"products": 20000, "queries": 2000, "judgements": 4000, "events": 10},
+    "retrieval": {"split": "test", "zero_shot": _retrieval(0.70), "fine_tuned": _retrieval(0.80)},
+    "encoder_loss_curve": [
+        {"step": 1.0, "loss": 2.0},
+        {"step": 2.0, "loss": 1.0},
+        {"step": 2.0, "eval_val_ndcg@10": 0.5},  # validation points share the curve
+    ],
+    "mlm_loss_curve": [],  # an empty curve is no plot
+    "fusion": {
+        "trained": True,
+        "served": "weighted_fusion",
+        "alpha": 0.3,
+        "text_only": _session(0.60, 0.40),
+        "weighted_fusion": _session(0.62, 0.42),
+        "concat_mlp": {**_session(0.65, 0.45), "loss_curve": [{"step": 1.0, "loss": 0.7}]},
+        "loss_curve": [{"step": 10.0, "loss": 1.5}, {"step": 20.0, "loss": 0.9}],
+        "judged_cold_start": _retrieval(0.78),
+    },
+    "baselines": {
+        "split": "test",
+        "bm25": _retrieval(0.60),
+        "popularity": _retrieval(0.01),
+        "session_popularity": _session(0.55, 0.39),
+    },
+}
+
+
+def test_full_report_writes_markdown_and_plots(tmp_path):
+    path = write_report(FULL, tmp_path)
+    assert path == tmp_path / "reports" / "eval.md"
+    text = path.read_text()
+    for png in ("loss_encoder.png", "loss_fusion.png", "retrieval.png", "fusion.png"):
+        assert (tmp_path / "reports" / png).stat().st_size > 1000
+        assert f"({png})" in text
+    assert (tmp_path / "reports" / "loss_fusion_concat_mlp.png").exists()
+    for name in ("BM25", "popularity", "zero-shot", "fine-tuned", "served ranker", "concat MLP"):
+        assert name in text
+    assert text.count("**pass**") == 3  # 0.80 >= 0.75, 0.80 > 0.60, 0.45 >= 0.44
+    assert "| weighted fusion (served) |" in text
+    assert "served (chosen on validation): weighted fusion 0.4200" in text
+    assert not (tmp_path / "reports" / "loss_mlm.png").exists()
+
+
+def test_targets_pass_and_miss():
+    assert [t.result for t in targets(FULL)] == ["pass", "pass", "pass"]
+    worse = copy.deepcopy(FULL)
+    worse["retrieval"]["fine_tuned"]["ndcg@10"] = 0.74  # < 0.70 + 0.05, but > BM25
+    worse["fusion"]["concat_mlp"]["purchase_ndcg@10"] = 0.43  # < 0.40 x 1.1
+    got = targets(worse)
+    assert [t.result for t in got] == ["miss", "pass", "miss"]
+    assert got[2].value == pytest.approx(0.43) and "concat MLP" in got[2].note
+
+
+def test_variants_and_curves_are_found_generically():
+    assert list(fusion_variants(FULL)) == [
+        "text_only",
+        "weighted_fusion",
+        "concat_mlp",
+        "session_popularity",
+    ]
+    assert set(loss_curves(FULL)) == {"encoder", "fusion", "fusion concat MLP"}
+
+
+def test_report_without_events_or_baselines(tmp_path):
+    bare = {k: v for k, v in FULL.items() if k not in ("fusion", "baselines")}
+    bare["fusion"] = {"trained": False}
+    text = write_report(json.loads(json.dumps(bare)), tmp_path).read_text()
+    assert "No fusion ranker was trained" in text
+    assert "Baselines not run" in text
+    assert [t.result for t in targets(bare)] == ["pass", "n/a", "n/a"]
+    assert not (tmp_path / "reports" / "fusion.png").exists()
+    assert (tmp_path / "reports" / "retrieval.png").exists()
+
+
+def test_report_of_an_empty_dict(tmp_path):
+    text = write_report({}, tmp_path).read_text()
+    assert "No retrieval metrics" in text and "n/a" in text
+
+
+def test_skipped_baselines_and_nan_are_shown(tmp_path):
+    m = copy.deepcopy(FULL)
+    m["baselines"]["popularity"] = {"skipped": "skipped: the data has no behaviour events"}
+    m["fusion"]["weighted_fusion"]["purchase_ndcg@10"] = float("nan")
+    text = write_report(m, tmp_path).read_text()
+    assert "popularity: skipped: the data has no behaviour events" in text
+    assert "| weighted fusion (served) | 0.6200 | — |" in text
+
+
+def test_evaluate_merges_baselines_and_writes_the_report(tmp_path):
+    from training import datasets
+    from training.evaluate import EvalConfig, evaluate
+    from training.synthetic import generate
+
+    datasets.save(generate("tiny"), tmp_path)
+    run = copy.deepcopy(FULL)
+    del run["baselines"]
+    (tmp_path / "metrics.json").write_text(json.dumps(run))
+    metrics, report = evaluate(EvalConfig(out=tmp_path))
+    assert metrics["baselines"]["split"] == "test"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["baselines"]["bm25"]["queries"] == 9  # the tiny shop's test queries
+    assert "click_auc" in saved["baselines"]["session_popularity"]
+    assert saved["fusion"] == run["fusion"]  # the training sections are kept as they were
+    assert report == tmp_path / "reports" / "eval.md" and "BM25" in report.read_text()
+
+
+def test_evaluate_needs_a_training_run(tmp_path):
+    from training.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(FileNotFoundError, match="python -m training"):
+        evaluate(EvalConfig(out=tmp_path))

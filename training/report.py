@@ -1,0 +1,384 @@
+"""The evaluation report: `reports/eval.md` plus PNG plots from a metrics.json dict.
+
+    from training.report import write_report
+    write_report(metrics, Path("artifacts/demo"))  # -> artifacts/demo/reports/eval.md
+
+Reads whatever is there and says what is not: a run without behaviour events has no
+fusion section, a metrics.json without "baselines" has no BM25 row. Retrieval systems
+are every dict under `metrics["retrieval"]` with an NDCG@10 (zero-shot, fine-tuned, any
+later variant), the baselines and the served ranker's cold-start ranking; fusion variants
+are every dict under `metrics["fusion"]` with a click AUC.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
+
+import matplotlib.pyplot as plt
+
+REPORT_DIR = "reports"
+REPORT_NAME = "eval.md"
+# Targets of "Relevance that earns its keep".
+MIN_FINETUNE_GAIN = 0.05  # fine-tuned NDCG@10 >= zero-shot + this
+MIN_FUSION_GAIN = 0.10  # best fusion purchase-NDCG@10 >= text-only x (1 + this)
+RETRIEVAL_METRICS = ("ndcg@10", "recall@100", "mrr")
+SESSION_METRICS = ("click_auc", "purchase_ndcg@10")
+_LABELS = {
+    "bm25": "BM25",
+    "popularity": "popularity",
+    "zero_shot": "zero-shot",
+    "fine_tuned": "fine-tuned",
+    "served": "served ranker (cold start)",
+    "text_only": "text-only",
+    "weighted_fusion": "weighted fusion",
+    "weighted": "weighted fusion",
+    "concat_mlp": "concat MLP",
+    "target_attention": "target attention",
+    "session_popularity": "popularity (baseline)",
+    "ndcg@10": "NDCG@10",
+    "recall@10": "Recall@10",
+    "recall@100": "Recall@100",
+    "mrr": "MRR",
+    "click_auc": "click AUC",
+    "purchase_ndcg@10": "purchase-NDCG@10",
+}
+
+
+def label(name: str) -> str:
+    """Display name of a system, variant or metric key."""
+    return _LABELS.get(name, name.replace("_", " "))
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if isinstance(value, bool) or value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _num(value: object) -> float | None:
+    """A finite float, or None for missing / NaN / non-numbers."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        f = float(value)
+        return None if math.isnan(f) else f
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# What the metrics dict holds
+# ---------------------------------------------------------------------------------------
+def retrieval_systems(metrics: Mapping) -> dict[str, dict]:
+    """Judged full-catalog retrieval metrics by system, baselines first, served ranker last."""
+    out: dict[str, dict] = {}
+    for name, value in (metrics.get("baselines") or {}).items():
+        if isinstance(value, dict) and "ndcg@10" in value:
+            out[name] = value
+    for name, value in (metrics.get("retrieval") or {}).items():
+        if isinstance(value, dict) and "ndcg@10" in value:
+            out[name] = value
+    served = (metrics.get("fusion") or {}).get("judged_cold_start")
+    if isinstance(served, dict) and "ndcg@10" in served:
+        out["served"] = served
+    return out
+
+
+def fusion_variants(metrics: Mapping) -> dict[str, dict]:
+    """Held-out session metrics by fusion variant (text-only first), session baseline last."""
+    fusion = metrics.get("fusion") or {}
+    variants = {k: v for k, v in fusion.items() if isinstance(v, dict) and "click_auc" in v}
+    ordered = dict(sorted(variants.items(), key=lambda kv: kv[0] != "text_only"))
+    baseline = (metrics.get("baselines") or {}).get("session_popularity")
+    if isinstance(baseline, dict) and "click_auc" in baseline:
+        ordered["session_popularity"] = baseline
+    return ordered
+
+
+def loss_curves(metrics: Mapping) -> dict[str, list[dict]]:
+    """{title: [{step, loss}, ...]}: encoder curve(s) at top level, fusion ones under fusion."""
+    curves: dict[str, list[dict]] = {}
+
+    def add(title: str, curve: object) -> None:
+        if isinstance(curve, list) and any(isinstance(p, dict) and "loss" in p for p in curve):
+            curves[title] = [p for p in curve if isinstance(p, dict)]
+
+    for key, value in metrics.items():
+        if key.endswith("loss_curve"):
+            add(key.removesuffix("loss_curve").strip("_") or "encoder", value)
+    fusion = metrics.get("fusion") or {}
+    add("fusion", fusion.get("loss_curve"))
+    for name, value in fusion.items():
+        if isinstance(value, dict):
+            add(f"fusion {label(name)}", value.get("loss_curve"))
+    return curves
+
+
+def _fusion_note(best: str | None, metrics: Mapping) -> str:
+    if best is None:
+        return "no fusion variant"
+    note = f"best on test: {label(best)}"
+    fusion = metrics.get("fusion") or {}
+    served = fusion.get("served")
+    if isinstance(served, str) and served != best and isinstance(fusion.get(served), dict):
+        value = _fmt(fusion[served].get("purchase_ndcg@10"))
+        note += f"; served (chosen on validation): {label(served)} {value}"
+    return note
+
+
+@dataclass
+class Target:
+    """One target of the issue: what is measured, against what, and whether it holds."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    comparison: str  # ">=" or ">"
+    note: str = ""
+
+    @property
+    def result(self) -> str:
+        if self.value is None or self.threshold is None:
+            return "n/a"
+        ok = (
+            self.value >= self.threshold if self.comparison == ">=" else self.value > self.threshold
+        )
+        return "pass" if ok else "miss"
+
+
+def targets(metrics: Mapping) -> list[Target]:
+    """The issue's targets evaluated on `metrics` ("n/a" where an input is missing)."""
+    systems = retrieval_systems(metrics)
+    ft = _num(systems.get("fine_tuned", {}).get("ndcg@10"))
+    zs = _num(systems.get("zero_shot", {}).get("ndcg@10"))
+    bm25 = _num(systems.get("bm25", {}).get("ndcg@10"))
+    out = [
+        Target(
+            f"fine-tuned NDCG@10 ≥ zero-shot + {MIN_FINETUNE_GAIN:g}",
+            ft,
+            None if zs is None else zs + MIN_FINETUNE_GAIN,
+            ">=",
+        ),
+        Target("fine-tuned NDCG@10 > BM25", ft, bm25, ">"),
+    ]
+    variants = fusion_variants(metrics)
+    text = _num(variants.get("text_only", {}).get("purchase_ndcg@10"))
+    learned = {
+        name: _num(m.get("purchase_ndcg@10"))
+        for name, m in variants.items()
+        if name not in ("text_only", "session_popularity")
+    }
+    learned = {k: v for k, v in learned.items() if v is not None}
+    best = max(learned, key=lambda k: learned[k]) if learned else None
+    out.append(
+        Target(
+            f"best fusion purchase-NDCG@10 ≥ text-only × {1 + MIN_FUSION_GAIN:g}",
+            learned[best] if best else None,
+            None if text is None else text * (1 + MIN_FUSION_GAIN),
+            ">=",
+            note=_fusion_note(best, metrics),
+        )
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------
+def _plot_curve(title: str, curve: list[dict], path: Path) -> None:
+    """Training loss by step; validation NDCG@10 points (if logged) on a second axis."""
+    loss = [(float(p["step"]), float(p["loss"])) for p in curve if "step" in p and "loss" in p]
+    val = [
+        (float(p["step"]), float(p[key]))
+        for p in curve
+        for key in p
+        if "step" in p and key.startswith("eval_") and "ndcg" in key
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if loss:
+        xs, ys = zip(*loss, strict=True)
+        ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label="training loss")
+    ax.set(title=f"{title} loss", xlabel="step", ylabel="training loss")
+    ax.grid(alpha=0.3)
+    if val:
+        right = ax.twinx()
+        xs, ys = zip(*val, strict=True)
+        right.plot(xs, ys, "o--", color="tab:orange", label="validation NDCG@10")
+        right.set_ylabel("validation NDCG@10")
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_bars(title: str, groups: dict[str, dict], keys: tuple[str, ...], path: Path) -> None:
+    """Grouped bars: one group per metric key, one bar per system; missing values skipped."""
+    names = list(groups)
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) * len(keys) / 2 + 3), 4))
+    for i, name in enumerate(names):
+        xs, ys = [], []
+        for j, key in enumerate(keys):
+            value = _num(groups[name].get(key))
+            if value is not None:
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ys.append(value)
+        bars = ax.bar(xs, ys, width, label=label(name))
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(keys)), [label(k) for k in keys])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------
+def _data_line(metrics: Mapping) -> str:
+    config = metrics.get("config") or {}
+    source = (
+        f"bring-your-own data `{config['data']}`"
+        if config.get("data")
+        else f"synthetic shop (scale {config.get('scale', '?')}, seed {config.get('seed', '?')})"
+    )
+    counts = metrics.get("data") or {}
+    sizes = ", ".join(f"{_fmt(v)} {k}" for k, v in counts.items())
+    return f"Data: {source}" + (f"; {sizes}." if sizes else ".")
+
+
+def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
+    """The Markdown text of the report; `plots` maps a caption to a PNG file name."""
+    split = (metrics.get("retrieval") or {}).get("split") or (metrics.get("baselines") or {}).get(
+        "split", "test"
+    )
+    lines = ["# shoprank evaluation", "", _data_line(metrics), ""]
+
+    lines += [
+        "## Targets",
+        "",
+        "| target | value | threshold | result | note |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets(metrics):
+        lines.append(
+            f"| {t.name} | {_fmt(t.value)} | {t.comparison} {_fmt(t.threshold)} | "
+            f"**{t.result}** | {t.note} |"
+        )
+    lines.append("")
+
+    systems = retrieval_systems(metrics)
+    lines += [f"## Retrieval: held-out {split!r} queries, full catalog", ""]
+    if systems:
+        keys = ("ndcg@10", "recall@10", "recall@100", "mrr", "queries")
+        lines += [
+            "| system | " + " | ".join(label(k) for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for name, m in systems.items():
+            lines.append(f"| {label(name)} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
+        lines += [
+            "",
+            "Graded judgements 0–3; NDCG@10 with gain 2^rel − 1 against all judged products of "
+            "the query; Recall and MRR count grade ≥ 2 as relevant.",
+        ]
+        if "served" in systems:
+            lines[-1] += (
+                " The served ranker is the fusion model with an empty history "
+                "(text + behaviour prior)."
+            )
+    else:
+        lines.append("No retrieval metrics in metrics.json.")
+    skipped = {
+        k: v["skipped"]
+        for k, v in (metrics.get("baselines") or {}).items()
+        if isinstance(v, dict) and "skipped" in v
+    }
+    if "baselines" not in metrics:
+        lines += ["", "Baselines not run (`python -m training.evaluate` adds them)."]
+    for name, why in skipped.items():
+        lines += ["", f"{label(name)}: {why}."]
+    lines.append("")
+
+    variants = fusion_variants(metrics)
+    lines += ["## Fusion: held-out sessions", ""]
+    fusion = metrics.get("fusion") or {}
+    served = fusion.get("served")
+    if variants:
+        base = _num(variants.get("text_only", {}).get("purchase_ndcg@10"))
+        lines += [
+            "| variant | click AUC | purchase-NDCG@10 | vs text-only | sessions with purchase |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in variants.items():
+            value = _num(m.get("purchase_ndcg@10"))
+            rel = f"{(value / base - 1) * 100:+.1f}%" if value is not None and base else "—"
+            shown = label(name) + (" (served)" if name == served else "")
+            lines.append(
+                f"| {shown} | {_fmt(m.get('click_auc'))} | {_fmt(m.get('purchase_ndcg@10'))}"
+                f" | {rel} | {_fmt(m.get('sessions_with_purchase'))} |"
+            )
+        alpha = _num(fusion.get("alpha"))
+        notes = []
+        if isinstance(served, str):
+            notes.append(f"Served variant (best on validation sessions): {label(served)}.")
+        if alpha is not None:
+            notes.append(f"Its learned α: {alpha:.3f}.")
+        if notes:
+            lines += ["", " ".join(notes)]
+    else:
+        lines.append("No fusion ranker was trained (the data has no behaviour events).")
+    lines.append("")
+
+    if plots:
+        lines += ["## Plots", ""]
+        for caption, file in plots.items():
+            lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(metrics: Mapping, out_dir: Path) -> Path:
+    """Write `out_dir/reports/eval.md` and its PNG plots; return the Markdown path.
+
+    Tolerates missing sections: whatever metrics.json lacks is left out (and said so).
+    """
+    report_dir = Path(out_dir) / REPORT_DIR
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str] = {}
+
+    for title, curve in loss_curves(metrics).items():
+        file = f"loss_{_slug(title)}.png"
+        _plot_curve(title, curve, report_dir / file)
+        plots[f"{title} training loss"] = file
+
+    systems = retrieval_systems(metrics)
+    if systems:
+        file = "retrieval.png"
+        _plot_bars("retrieval on held-out queries", systems, RETRIEVAL_METRICS, report_dir / file)
+        plots["retrieval by system"] = file
+
+    variants = fusion_variants(metrics)
+    if variants:
+        file = "fusion.png"
+        _plot_bars("fusion on held-out sessions", variants, SESSION_METRICS, report_dir / file)
+        plots["fusion variants"] = file
+
+    path = report_dir / REPORT_NAME
+    path.write_text(report_markdown(metrics, plots))
+    return path
