@@ -41,7 +41,7 @@ class TrainConfig:
         default="", metadata={"help": "HF/ST encoder folder; default: packaged all-MiniLM-L6-v2"}
     )
     tiny_encoder: bool = field(default=False, metadata={"help": "random tiny BERT (tests)"})
-    max_steps: int = 300
+    max_steps: int = 200
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
@@ -60,7 +60,7 @@ class TrainConfig:
     # unjudged true matches). Off by default, kept for data with complete judgements.
     hard_negatives: bool = field(default=False, metadata={"help": "mine encoder hard negatives"})
     graded_loss: bool = field(default=False, metadata={"help": "add the graded margin loss"})
-    eval_steps: int = field(default=100, metadata={"help": "validation NDCG@10 every N steps"})
+    eval_steps: int = field(default=50, metadata={"help": "validation NDCG@10 every N steps"})
     patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint"})
     max_relevance_loss: float = field(
