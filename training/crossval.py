@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -210,60 +209,6 @@ def base_encoder_path(config: CrossvalConfig, work_dir: Path) -> Path:
     return contract.pretrained_encoder_path()
 
 
-def training_sets(
-    data: ShopData,
-    query_emb: Mapping[int, np.ndarray],
-    item_emb: np.ndarray,
-    config: CrossvalConfig,
-) -> dict[str, pd.DataFrame]:
-    """The fine-tuning rows of `python -m training` for the fold's "train" queries.
-
-    Contrastive (query, positive[, hard negative mined with the zero-shot encoder]) rows
-    and, with `graded_loss`, graded (query, better, worse, margin) rows. `query_emb` maps
-    query id to its zero-shot embedding, `item_emb` is the zero-shot catalog.
-    """
-    pairs = finetune.training_pairs(data, "train", seed=config.seed)
-    sets = {"contrastive": pairs}
-    if config.hard_negatives:
-        train_ids = data.queries.loc[data.queries["split"] == "train", "query_id"].to_numpy()
-        train_emb = np.stack([query_emb[int(q)] for q in train_ids])
-        negatives = finetune.mine_hard_negatives(
-            data, train_ids, train_emb, item_emb, seed=config.seed
-        )
-        sets["contrastive"] = finetune.add_hard_negatives(
-            pairs, negatives, data.catalog, config.seed
-        )
-    if config.graded_loss:
-        sets["graded"] = finetune.graded_pairs(data, "train", seed=config.seed)
-    return sets
-
-
-def finetune_fold(
-    model,
-    data: ShopData,
-    train_sets: dict[str, pd.DataFrame],
-    config: CrossvalConfig,
-    work_dir: Path,
-) -> list[dict[str, float]]:
-    """Fine-tune `model` in place as training does; val queries drive early stopping."""
-    ft_config = finetune.FinetuneConfig(
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        hard_negatives=config.hard_negatives,
-        graded_loss=config.graded_loss,
-        eval_steps=config.eval_steps,
-        patience=config.patience,
-    )
-    has_val = bool((data.queries["split"] == "val").any())
-    evaluator = finetune.validation_evaluator(data, "val", seed=config.seed) if has_val else None
-    # encoder.embed leaves its max_seq_length on the model; train at the product length.
-    model.max_seq_length = config.max_product_tokens
-    return finetune.finetune(model, train_sets, ft_config, work_dir, evaluator)
-
-
 def _settings(config: CrossvalConfig | Mapping) -> dict:
     """The settings that decide the results (all but `resume`), JSON-friendly."""
     values = config if isinstance(config, Mapping) else config_to_dict(config)
@@ -333,8 +278,12 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
 
         torch.manual_seed(config.seed)
         model = encoder.load_encoder(base_path, config.max_product_tokens)
-        train_sets = training_sets(fd, zs_queries, zs_items, config)
-        curve = finetune_fold(model, fd, train_sets, config, work_dir / f"fold{f}")
+        train_sets = finetune.training_sets(
+            fd, zs_queries, zs_items, config.hard_negatives, config.graded_loss, config.seed
+        )
+        curve = finetune.finetune_with_validation(
+            model, fd, train_sets, finetune.config_from(config), work_dir / f"fold{f}"
+        )
         items = _embed_catalog(model, texts, config, f"embed catalog (fold {f + 1})")
         q_emb = _embed_queries(model, [query_text[q] for q in test + val], config)
         systems["fine_tuned"] = score_metrics(q_emb[: len(test)] @ items.T, test, data)

@@ -310,3 +310,55 @@ def finetune(
         for h in trainer.state.log_history
         if "loss" in h or "eval_val_ndcg@10" in h
     ]
+
+
+def training_sets(
+    data: ShopData,
+    query_embeddings: dict[int, np.ndarray] | None,
+    item_embeddings: np.ndarray | None,
+    hard_negatives: bool,
+    graded_loss: bool,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """The fine-tuning rows for the "train" queries, as `finetune` takes them.
+
+    Contrastive (query, positive[, hard negative mined with the given encoder's
+    embeddings]) rows and, with `graded_loss`, graded (query, better, worse, margin) rows.
+    `query_embeddings` maps query id to its embedding; both are needed only for
+    `hard_negatives`.
+    """
+    pairs = training_pairs(data, "train", seed=seed)
+    sets = {"contrastive": pairs}
+    if hard_negatives:
+        if query_embeddings is None or item_embeddings is None:
+            raise ValueError("hard negatives need query and item embeddings")
+        train_ids = data.queries.loc[data.queries["split"] == "train", "query_id"].to_numpy()
+        train_emb = np.stack([query_embeddings[int(q)] for q in train_ids])
+        negatives = mine_hard_negatives(data, train_ids, train_emb, item_embeddings, seed=seed)
+        sets["contrastive"] = add_hard_negatives(pairs, negatives, data.catalog, seed)
+    if graded_loss:
+        sets["graded"] = graded_pairs(data, "train", seed=seed)
+    return sets
+
+
+def finetune_with_validation(
+    model,
+    data: ShopData,
+    train_sets: dict[str, pd.DataFrame],
+    config: FinetuneConfig,
+    work_dir: Path,
+) -> list[dict[str, float]]:
+    """`finetune` with the "val" queries (when there are any) driving early stopping."""
+    has_val = bool((data.queries["split"] == "val").any())
+    evaluator = validation_evaluator(data, "val", seed=config.seed) if has_val else None
+    return finetune(model, train_sets, config, work_dir, evaluator)
+
+
+def config_from(stage_config: object) -> FinetuneConfig:
+    """The FinetuneConfig slice of a stage config (fields of the same name)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    return FinetuneConfig(
+        **{n: getattr(stage_config, n) for n in names if hasattr(stage_config, n)}
+    )

@@ -266,38 +266,18 @@ def run(config: TrainConfig) -> dict:
     zero_shot = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
     log.info("zero-shot %s", zero_shot)
 
-    pairs = finetune.training_pairs(data, "train", seed=config.seed)
-    train_sets = {"contrastive": pairs}
+    query_emb = None
     if config.hard_negatives:
         train_q = data.queries[data.queries["split"] == "train"]
-        negatives = finetune.mine_hard_negatives(
-            data,
-            train_q["query_id"].to_numpy(),
-            encoder.embed(
-                model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
-            ),
-            item_emb,
-            seed=config.seed,
+        emb = encoder.embed(
+            model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
         )
-        train_sets["contrastive"] = finetune.add_hard_negatives(
-            pairs, negatives, data.catalog, config.seed
-        )
-    if config.graded_loss:
-        train_sets["graded"] = finetune.graded_pairs(data, "train", seed=config.seed)
-    ft_config = finetune.FinetuneConfig(
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        eval_steps=config.eval_steps,
-        patience=config.patience,
-        resume=config.resume,
+        query_emb = dict(zip(train_q["query_id"].tolist(), emb, strict=True))
+    train_sets = finetune.training_sets(
+        data, query_emb, item_emb, config.hard_negatives, config.graded_loss, config.seed
     )
-    has_val = bool((data.queries["split"] == "val").any())
-    evaluator = finetune.validation_evaluator(data, "val", seed=config.seed) if has_val else None
-    encoder_curve = finetune.finetune(
-        model, train_sets, ft_config, paths.model / "trainer", evaluator
+    encoder_curve = finetune.finetune_with_validation(
+        model, data, train_sets, finetune.config_from(config), paths.model / "trainer"
     )
     model.save(str(paths.encoder))
 
