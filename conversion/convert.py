@@ -138,12 +138,7 @@ def ndcg_of(
             strict=True,
         )
     )
-    judged = data.judgements[data.judgements["query_id"].isin(rankings)]
-    grades = {
-        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
-        for q, g in judged.groupby("query_id")
-    }
-    return mean_metrics(rankings, grades)
+    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
 STATIC_QDQ_ONNX = "encoder.int8_qdq.onnx"

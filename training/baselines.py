@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from training.datasets import ShopData, product_text
+from training.datasets import ShopData, judgement_grades, product_text
 from training.metrics import mean_metrics, ndcg_at_k, roc_auc
 
 # bm25s sets its own logger to DEBUG on import, which prints index-building chatter
@@ -40,16 +40,6 @@ NO_EVENTS = "skipped: the data has no behaviour events"
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------
-def judgement_grades(data: ShopData, query_ids: Sequence[int]) -> dict[int, dict[int, int]]:
-    """{query_id: {product_id: grade}} for the given queries (those with judgements)."""
-    wanted = {int(q) for q in query_ids}
-    judged = data.judgements[data.judgements["query_id"].isin(wanted)]
-    return {
-        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
-        for q, g in judged.groupby("query_id")
-    }
-
-
 def split_queries(data: ShopData, split: str) -> pd.DataFrame:
     """The queries of `split` (query_id, query); ValueError if there are none."""
     queries = data.queries[data.queries["split"] == split]

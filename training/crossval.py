@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 import contract
 from configargs import config_to_dict, parse_config, setup_logging
 from training import encoder, finetune
-from training.baselines import build_bm25, judgement_grades, top_k_rankings
-from training.datasets import ShopData, product_text, validate
+from training.baselines import build_bm25, top_k_rankings
+from training.datasets import ShopData, judgement_grades, product_text, validate
 from training.metrics import mean_metrics
 
 # Named, not __name__: under `python -m` that would be "__main__", outside setup_logging.

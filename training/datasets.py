@@ -416,3 +416,13 @@ def product_text(product: pd.DataFrame | pd.Series | Mapping[str, object]) -> st
     if isinstance(product, pd.Series):
         return _one_text(product.to_dict())
     return _one_text(product)
+
+
+def judgement_grades(data: ShopData, query_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+    """{query_id: {product_id: grade}} for the given queries (those with judgements)."""
+    wanted = {int(q) for q in query_ids}
+    judged = data.judgements[data.judgements["query_id"].isin(wanted)]
+    return {
+        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
+        for q, g in judged.groupby("query_id")
+    }

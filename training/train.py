@@ -116,12 +116,7 @@ def judged_metrics(
     rankings = dict(
         zip(queries["query_id"].tolist(), rank_catalog(q_emb, item_emb, product_ids), strict=True)
     )
-    judged = data.judgements[data.judgements["query_id"].isin(rankings)]
-    grades = {
-        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
-        for q, g in judged.groupby("query_id")
-    }
-    return mean_metrics(rankings, grades)
+    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
 @torch.no_grad()
@@ -141,12 +136,7 @@ def ranker_judged_metrics(
     scores = ranker(torch.from_numpy(q_emb), empty, torch.zeros(len(q_emb), 1)).numpy()
     top = np.argsort(-scores, axis=1)[:, :100]
     rankings = {int(q): product_ids[row].tolist() for q, row in zip(query_ids, top, strict=True)}
-    judged = data.judgements[data.judgements["query_id"].isin(rankings)]
-    grades = {
-        int(q): dict(zip(g["product_id"].tolist(), g["relevance"].tolist(), strict=True))
-        for q, g in judged.groupby("query_id")
-    }
-    return mean_metrics(rankings, grades)
+    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
 def choose_rerank_depth(
