@@ -103,10 +103,18 @@ def test_tiny_crossval_end_to_end(relevance_shop, tmp_path):
         np.mean([f["systems"]["bm25"]["catalog"]["ndcg@10"] for f in result["folds"]])
     )
     assert not (tmp_path / "work").exists() and not (tmp_path / "crossval.partial.json").exists()
+    paired = result["paired"]["catalog"]["fine_tuned - zero_shot"]
+    diffs = [
+        f["systems"]["fine_tuned"]["catalog"]["ndcg@10"]
+        - f["systems"]["zero_shot"]["catalog"]["ndcg@10"]
+        for f in result["folds"]
+    ]
+    assert paired["mean"] == pytest.approx(np.mean(diffs))
+    assert paired["folds_better"] == sum(d > 0 for d in diffs)
     json_path, md_path = write_results(result, tmp_path)
     assert json.loads(json_path.read_text())["summary"] == result["summary"]
     text = md_path.read_text()
-    assert "mean ± std" in text and "fine_tuned" in text
+    assert "mean ± std" in text and "fine_tuned − zero_shot" in text
 
 
 def test_resume_reuses_folds_only_with_the_same_settings(tmp_path):

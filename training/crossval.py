@@ -197,6 +197,30 @@ def summarize(fold_results: Sequence[Mapping]) -> dict:
     }
 
 
+PAIRS = (("fine_tuned", "zero_shot"), ("fine_tuned", "bm25"), ("zero_shot", "bm25"))
+
+
+def paired_differences(fold_results: Sequence[Mapping], metric: str = "ndcg@10") -> dict:
+    """{mode: {"a - b": {"mean", "std", "folds_better"}}} of per-fold differences.
+
+    Folds differ in difficulty far more than systems differ within a fold, so the
+    per-system std overlaps even when one system wins every fold; the paired difference
+    is the comparison to read.
+    """
+    out: dict = {}
+    for mode in MODES:
+        out[mode] = {}
+        for a, b in PAIRS:
+            diffs = [
+                f["systems"][a][mode][metric] - f["systems"][b][mode][metric] for f in fold_results
+            ]
+            out[mode][f"{a} - {b}"] = {
+                **_mean_std(diffs),
+                "folds_better": sum(d > 0 for d in diffs),
+            }
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
@@ -331,6 +355,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
         },
         "folds": results,
         "summary": summarize(results),
+        "paired": paired_differences(results),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -370,6 +395,19 @@ def markdown(result: Mapping) -> str:
             )
         lines.append("")
     lines += [
+        "## Paired NDCG@10 differences (mean ± std over folds, folds where the first wins)",
+        "",
+        "| comparison | " + " | ".join(MODES) + " |",
+        "|---|" + "---|" * len(MODES),
+    ]
+    for a, b in PAIRS:
+        cells = []
+        for mode in MODES:
+            d = result["paired"][mode][f"{a} - {b}"]
+            cells.append(f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['folds_better']}/{len(folds)})")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## All metrics, catalog (mean ± std)",
         "",
         "| system | " + " | ".join(SUMMARY_METRICS) + " |",

@@ -103,23 +103,28 @@ def fusion_variants(metrics: Mapping) -> dict[str, dict]:
     return ordered
 
 
-def loss_curves(metrics: Mapping) -> dict[str, list[dict]]:
-    """{title: [{step, loss}, ...]}: encoder curve(s) at top level, fusion ones under fusion."""
-    curves: dict[str, list[dict]] = {}
+def loss_curves(metrics: Mapping) -> dict[str, dict[str, list[dict]]]:
+    """{plot: {series: [{step, loss[, eval_...]}, ...]}}, one plot per model.
 
-    def add(title: str, curve: object) -> None:
+    Top-level `*loss_curve` keys are plots of their own ("encoder", "mlm"); the fusion
+    curves (`fusion.loss_curve` and each variant's) share one "fusion" plot.
+    """
+    plots: dict[str, dict[str, list[dict]]] = {}
+
+    def add(plot: str, series: str, curve: object) -> None:
         if isinstance(curve, list) and any(isinstance(p, dict) and "loss" in p for p in curve):
-            curves[title] = [p for p in curve if isinstance(p, dict)]
+            plots.setdefault(plot, {})[series] = [p for p in curve if isinstance(p, dict)]
 
     for key, value in metrics.items():
         if key.endswith("loss_curve"):
-            add(key.removesuffix("loss_curve").strip("_") or "encoder", value)
+            name = key.removesuffix("loss_curve").strip("_") or "encoder"
+            add(name, name, value)
     fusion = metrics.get("fusion") or {}
-    add("fusion", fusion.get("loss_curve"))
+    add("fusion", "fusion", fusion.get("loss_curve"))
     for name, value in fusion.items():
         if isinstance(value, dict):
-            add(f"fusion {label(name)}", value.get("loss_curve"))
-    return curves
+            add("fusion", label(name), value.get("loss_curve"))
+    return plots
 
 
 def _fusion_note(best: str | None, metrics: Mapping) -> str:
@@ -193,27 +198,34 @@ def targets(metrics: Mapping) -> list[Target]:
 # ---------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------
-def _plot_curve(title: str, curve: list[dict], path: Path) -> None:
-    """Training loss by step; validation NDCG@10 points (if logged) on a second axis."""
-    loss = [(float(p["step"]), float(p["loss"])) for p in curve if "step" in p and "loss" in p]
-    val = [
-        (float(p["step"]), float(p[key]))
-        for p in curve
-        for key in p
-        if "step" in p and key.startswith("eval_") and "ndcg" in key
-    ]
+def _plot_curves(title: str, series: Mapping[str, list[dict]], path: Path) -> None:
+    """Training loss by step, one line per series; validation NDCG@10 points (if logged)
+    on a second axis."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if loss:
-        xs, ys = zip(*loss, strict=True)
-        ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label="training loss")
-    ax.set(title=f"{title} loss", xlabel="step", ylabel="training loss")
+    right = None
+    for name, curve in series.items():
+        loss = [(float(p["step"]), float(p["loss"])) for p in curve if "step" in p and "loss" in p]
+        val = [
+            (float(p["step"]), float(p[key]))
+            for p in curve
+            for key in p
+            if "step" in p and key.startswith("eval_") and "ndcg" in key
+        ]
+        suffix = f" ({name})" if len(series) > 1 else ""
+        if loss:
+            xs, ys = zip(*loss, strict=True)
+            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=f"training loss{suffix}")
+        if val:
+            right = right or ax.twinx()
+            xs, ys = zip(*val, strict=True)
+            right.plot(xs, ys, "o--", color="tab:orange", label=f"validation NDCG@10{suffix}")
+            right.set_ylabel("validation NDCG@10")
+    ax.set(title=f"{title} training loss", xlabel="step", ylabel="training loss")
     ax.grid(alpha=0.3)
-    if val:
-        right = ax.twinx()
-        xs, ys = zip(*val, strict=True)
-        right.plot(xs, ys, "o--", color="tab:orange", label="validation NDCG@10")
-        right.set_ylabel("validation NDCG@10")
-        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    handles = ax.get_legend_handles_labels()[0]
+    if right is not None:
+        handles += right.get_legend_handles_labels()[0]
+    if len(handles) > 1:
         ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -362,9 +374,9 @@ def write_report(metrics: Mapping, out_dir: Path) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
 
-    for title, curve in loss_curves(metrics).items():
+    for title, series in loss_curves(metrics).items():
         file = f"loss_{_slug(title)}.png"
-        _plot_curve(title, curve, report_dir / file)
+        _plot_curves(title, series, report_dir / file)
         plots[f"{title} training loss"] = file
 
     systems = retrieval_systems(metrics)
