@@ -30,8 +30,8 @@ from conversion import export, quantize, tensorrt
 from training import datasets
 from training.encoder import tokenizer_file
 from training.fusion import load_ranker
-from training.metrics import mean_metrics
-from training.train import load_item_index, rank_catalog
+from training.metrics import mean_metrics, top_k_rankings
+from training.train import load_item_index
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,8 @@ def ndcg_of(
 ) -> dict[str, float]:
     """Retrieval metrics of test queries embedded as `embeddings` against the item index."""
     queries = data.queries[data.queries["split"] == "test"]
-    rankings = dict(
-        zip(
-            queries["query_id"].tolist(),
-            rank_catalog(embeddings, index["embeddings"], index["product_ids"]),
-            strict=True,
-        )
+    rankings = top_k_rankings(
+        embeddings @ index["embeddings"].T, queries["query_id"].tolist(), index["product_ids"]
     )
     return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from training.datasets import ShopData, judgement_grades, product_text
-from training.metrics import mean_metrics, ndcg_at_k, roc_auc
+from training.metrics import mean_metrics, ndcg_at_k, roc_auc, top_k_rankings
 
 # bm25s sets its own logger to DEBUG on import, which prints index-building chatter
 # through any root handler; its warnings still come through.
@@ -46,22 +46,6 @@ def split_queries(data: ShopData, split: str) -> pd.DataFrame:
     if queries.empty:
         raise ValueError(f"no queries in split {split!r}")
     return queries
-
-
-def top_k_rankings(
-    scores: np.ndarray, query_ids: Sequence[int], product_ids: np.ndarray, k: int = TOP_K
-) -> dict[int, list[int]]:
-    """{query_id: top-k product ids, best first} from a (Q, N) score matrix.
-
-    Ties are broken by catalog order (stable sort), so the result is deterministic.
-    """
-    k = min(k, scores.shape[1])
-    # argpartition picks the k best cheaply; the stable sort then orders only those k.
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    top.sort(axis=1)  # catalog order first, so the stable sort below breaks ties by it
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    ranked = np.take_along_axis(top, order, axis=1)
-    return {int(q): product_ids[row].tolist() for q, row in zip(query_ids, ranked, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -83,3 +83,19 @@ def mean_metrics(
     out["mrr"] = float(np.mean([reciprocal_rank(rankings[q], judgements[q]) for q in qids]))
     out["queries"] = len(qids)
     return out
+
+
+def top_k_rankings(
+    scores: np.ndarray, query_ids: Sequence[int], product_ids: np.ndarray, k: int = 100
+) -> dict[int, list[int]]:
+    """{query_id: top-k product ids, best first} from a (Q, N) score matrix.
+
+    Ties are broken by catalog order (stable sort), so the result is deterministic.
+    """
+    k = min(k, scores.shape[1])
+    # argpartition picks the k best cheaply; the stable sort then orders only those k.
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top.sort(axis=1)  # catalog order first, so the stable sort below breaks ties by it
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    ranked = np.take_along_axis(top, order, axis=1)
+    return {int(q): product_ids[row].tolist() for q, row in zip(query_ids, ranked, strict=True)}

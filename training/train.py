@@ -22,7 +22,7 @@ import contract
 from configargs import config_to_dict, parse_config, setup_logging
 from training import behaviour, datasets, encoder, finetune
 from training.fusion import FusionRanker, TextOnlyRanker, save_ranker
-from training.metrics import mean_metrics
+from training.metrics import mean_metrics, top_k_rankings
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ def load_data(config: TrainConfig, paths: contract.ArtifactPaths) -> datasets.Sh
     return data
 
 
-def rank_catalog(
-    query_emb: np.ndarray, item_emb: np.ndarray, product_ids: np.ndarray, k: int = 100
-) -> list[list[int]]:
-    """Top-k product ids per query by cosine, best first."""
-    scores = query_emb @ item_emb.T  # (Q, N)
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    return [product_ids[row].tolist() for row in np.take_along_axis(top, order, axis=1)]
-
-
 def judged_metrics(
     model, data: datasets.ShopData, item_emb: np.ndarray, split: str, batch_size: int
 ) -> dict[str, float]:
@@ -113,9 +102,7 @@ def judged_metrics(
         max_seq_length=contract.MAX_QUERY_TOKENS,
     )
     product_ids = data.catalog["product_id"].to_numpy()
-    rankings = dict(
-        zip(queries["query_id"].tolist(), rank_catalog(q_emb, item_emb, product_ids), strict=True)
-    )
+    rankings = top_k_rankings(q_emb @ item_emb.T, queries["query_id"].tolist(), product_ids)
     return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
@@ -134,8 +121,7 @@ def ranker_judged_metrics(
     """
     empty = torch.zeros(len(q_emb), 1, dtype=torch.long)
     scores = ranker(torch.from_numpy(q_emb), empty, torch.zeros(len(q_emb), 1)).numpy()
-    top = np.argsort(-scores, axis=1)[:, :100]
-    rankings = {int(q): product_ids[row].tolist() for q, row in zip(query_ids, top, strict=True)}
+    rankings = top_k_rankings(scores, query_ids, product_ids)
     return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
