@@ -144,3 +144,33 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     part = np.argpartition(-scores, k - 1)[:k]
     best = part[np.argsort(-scores[part], kind="stable")]
     return best, scores[best]
+
+
+def rank(
+    session,
+    catalog: CatalogIndex,
+    query_embeddings: np.ndarray,
+    history_rows: Sequence[np.ndarray],
+    ks: Sequence[int],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(product ids, scores, titles) best first, per request, from one ranker-graph call.
+
+    One ONNX call scores the whole catalog for every request of the batch, so the
+    memory-bound scan of the item table is paid once per batch, not once per request.
+    """
+    rows, mask = history_batch(history_rows)
+    (scores,) = session.run(
+        [contract.ONNX_RANKER_SCORES],
+        {
+            contract.ONNX_RANKER_QUERY: np.asarray(query_embeddings, dtype=np.float32),
+            contract.ONNX_RANKER_HISTORY_ROWS: rows,
+            contract.ONNX_RANKER_HISTORY_MASK: mask,
+        },
+    )
+    out = []
+    for k, row_scores in zip(ks, scores, strict=True):
+        best, best_scores = top_k(row_scores, k)
+        out.append(
+            (catalog.product_ids[best], best_scores.astype(np.float32), catalog.titles[best])
+        )
+    return out

@@ -19,9 +19,8 @@ from model_repository.ops import (
     CatalogIndex,
     QueryTokenizer,
     decode_query,
-    history_batch,
     pad_rows,
-    top_k,
+    rank,
     validate_top_k,
 )
 
@@ -63,26 +62,17 @@ class InProcessPipeline:
         """Top-k for a batch of (query, history) pairs."""
         k = validate_top_k(k)
         embeddings = self.encode(queries)
-        rows, mask = history_batch([self.catalog.rows_of(np.asarray(h)) for h in histories])
-        (scores,) = self.ranker.run(
-            [contract.ONNX_RANKER_SCORES],
-            {
-                contract.ONNX_RANKER_QUERY: embeddings.astype(np.float32),
-                contract.ONNX_RANKER_HISTORY_ROWS: rows,
-                contract.ONNX_RANKER_HISTORY_MASK: mask,
-            },
+        results = rank(
+            self.ranker,
+            self.catalog,
+            embeddings,
+            [self.catalog.rows_of(np.asarray(h)) for h in histories],
+            [k] * len(queries),
         )
-        out = []
-        for row_scores in scores:
-            best, best_scores = top_k(row_scores, k)
-            out.append(
-                Ranked(
-                    product_ids=self.catalog.product_ids[best],
-                    scores=best_scores,
-                    titles=[t.decode("utf-8") for t in self.catalog.titles[best]],
-                )
-            )
-        return out
+        return [
+            Ranked(product_ids=ids, scores=scores, titles=[t.decode("utf-8") for t in titles])
+            for ids, scores, titles in results
+        ]
 
     def search(self, query: str | bytes, history: Sequence[int] = (), k: int = 10) -> Ranked:
         """Top-k for one query."""

@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 import contract
 from conversion.runtime import cpu_session
 from model_repository.models.common import input_array, invalid, parameters, version_dir
-from model_repository.ops import CatalogIndex, InvalidInput, history_batch, top_k, validate_top_k
+from model_repository.ops import CatalogIndex, InvalidInput, rank, validate_top_k
 
 
 class TritonPythonModel:
@@ -38,27 +38,15 @@ class TritonPythonModel:
             queries.append(input_array(request, contract.QUERY_EMBEDDING.name).reshape(-1))
             histories.append(self.catalog.rows_of(input_array(request, contract.HISTORY.name)))
             slots.append(i)
-        if slots:
-            rows, mask = history_batch(histories)
-            (scores,) = self.session.run(
-                [contract.ONNX_RANKER_SCORES],
-                {
-                    contract.ONNX_RANKER_QUERY: np.stack(queries).astype(np.float32),
-                    contract.ONNX_RANKER_HISTORY_ROWS: rows,
-                    contract.ONNX_RANKER_HISTORY_MASK: mask,
-                },
+        results = (
+            rank(self.session, self.catalog, np.stack(queries), histories, ks) if slots else []
+        )
+        for i, (ids, scores, titles) in zip(slots, results, strict=True):
+            responses[i] = pb_utils.InferenceResponse(
+                [
+                    pb_utils.Tensor(contract.PRODUCT_IDS.name, ids[None, :]),
+                    pb_utils.Tensor(contract.SCORES.name, scores[None, :]),
+                    pb_utils.Tensor(contract.TITLES.name, titles[None, :]),
+                ]
             )
-            for i, k, row_scores in zip(slots, ks, scores, strict=True):
-                best, best_scores = top_k(row_scores, k)
-                responses[i] = pb_utils.InferenceResponse(
-                    [
-                        pb_utils.Tensor(
-                            contract.PRODUCT_IDS.name, self.catalog.product_ids[best][None, :]
-                        ),
-                        pb_utils.Tensor(
-                            contract.SCORES.name, best_scores.astype(np.float32)[None, :]
-                        ),
-                        pb_utils.Tensor(contract.TITLES.name, self.catalog.titles[best][None, :]),
-                    ]
-                )
         return responses
