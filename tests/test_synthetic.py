@@ -176,6 +176,41 @@ def test_purchases_follow_user_preferences(busy):
     assert (sessions >= 2).mean() > 0.8
 
 
+def _reclick_rate(events: pd.DataFrame) -> float:
+    """Click-through of impressions of a product the shopper clicked in an earlier session."""
+    start = events.groupby("session_id")["timestamp"].min()
+    imp = events[events["event_type"] == "impression"][["session_id", "user_id", "product_id"]]
+    clicks = events[events["event_type"] == "click"][["session_id", "user_id", "product_id"]]
+    earlier = imp.merge(clicks, on=["user_id", "product_id"], suffixes=("", "_c"))
+    earlier = earlier[earlier["session_id_c"].map(start) < earlier["session_id"].map(start)]
+    keys = ["session_id", "product_id"]
+    seen = imp.set_index(keys).index.isin(earlier.set_index(keys).index)
+    clicked = imp.set_index(keys).index.isin(clicks.set_index(keys).index)
+    assert seen.sum() > 100
+    return float(clicked[seen].mean())
+
+
+def test_missions_repeat_queries(busy):
+    sessions = (
+        busy.events.groupby("session_id")
+        .agg(user=("user_id", "first"), query=("query_id", "first"), start=("timestamp", "min"))
+        .sort_values(["user", "start"])
+    )
+    same_user = sessions["user"].eq(sessions["user"].shift())
+    repeats = (sessions["query"].eq(sessions["query"].shift()) & same_user).sum()
+    # _MISSION_CONTINUE = 0.4 of return visits repeat the previous query; by chance alone
+    # (300 queries, a few leaves per shopper) it would be a few percent.
+    assert repeats / same_user.sum() > 0.3
+
+
+def test_shoppers_come_back_to_what_they_clicked(busy, monkeypatch):
+    # The same shop without the revisit effect: the first click on each (shopper, product)
+    # draws the same random numbers, so only later re-clicks differ.
+    monkeypatch.setattr(synthetic, "_REVISIT", 0.0)
+    plain = generate(replace(SCALES["tiny"], queries=300, sessions=3000), seed=1)
+    assert _reclick_rate(busy.events) > 1.3 * _reclick_rate(plain.events)
+
+
 def test_events_split_by_session_time(busy):
     ev = busy.events
     start = ev.groupby("session_id").agg(

@@ -18,19 +18,25 @@ How it is built
   the same parent ("Furniture > Living Room": sofas vs armchairs); 0 = anything else.
   Every product graded >= 1 is judged (at most 200 per query, 3s first, then 2s, then
   1s), plus 20 sampled grade-0 products.
-- Users prefer 2-3 leaves, 2-3 brands sold there and a price band.
+- Users prefer 2-3 leaves, one favourite brand in each (big brands have more fans) and a
+  price band.
 - A session is one user issuing one query (80% from a preferred leaf) and being shown the
   top 10 judged products of a noisy "production" ranker (grade + Gaussian noise). Clicks
   follow the position-based examination model, P(click) = examination(position) *
-  attractiveness(grade, brand match, price-band match); add-to-cart and purchase follow
-  clicks with probabilities that rise with brand and price-band match, so a user's
-  earlier sessions predict what they buy later. Users have repeat sessions spread over
-  30 days, and event splits are by session time (80/10/10).
+  attractiveness(grade, brand match, price-band match) * the product's own appeal
+  (lognormal, mean 1); add-to-cart and purchase follow clicks with probabilities that
+  rise with brand and price-band match, so a user's earlier sessions predict what they
+  buy later.
+- Shopping missions: 40% of a user's sessions repeat their previous query, and a product
+  they clicked in an earlier session is twice as attractive and likelier to be carted.
+  Users have repeat sessions spread over 30 days, and event splits are by session time
+  (80/10/10).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -683,14 +689,16 @@ def _make_users(
     pref_leaves = np.full((u, 3), -1, dtype=np.int64)
     pref_brands = np.full((u, 3), -1, dtype=np.int64)
     n_leaves = rng.integers(2, 4, size=u)
-    n_brands = rng.integers(2, 4, size=u)
     bands = rng.choice(3, size=u, p=[0.35, 0.45, 0.2])
     cats, brs = [], []
+    leaf_rows = [np.flatnonzero(cat.leaf == i) for i in range(len(LEAVES))]
     for k in range(u):
         leaves = rng.choice(len(LEAVES), size=n_leaves[k], replace=False, p=popularity)
         pref_leaves[k, : len(leaves)] = leaves
-        pool = np.unique(np.concatenate([cat.leaf_brands[i] for i in leaves]))
-        chosen = rng.choice(pool, size=min(n_brands[k], len(pool)), replace=False)
+        # One favourite brand per preferred leaf ("Sony headphones, Nike running shoes"),
+        # so that every leaf a shopper returns to has a brand they come back for; big
+        # brands have more fans, in proportion to their share of the leaf's products.
+        chosen = pd.unique(np.array([rng.choice(cat.brand[leaf_rows[i]]) for i in leaves]))
         pref_brands[k, : len(chosen)] = chosen
         cats.append(LIST_SEPARATOR.join(LEAVES[i].path for i in leaves))
         brs.append(LIST_SEPARATOR.join(cat.brands[b] for b in chosen))
@@ -705,9 +713,31 @@ def _make_users(
     return users, pref_leaves, pref_brands, bands
 
 
-# Click model constants. Attractiveness by grade, then boosted by preference match.
+# Click model constants. Attractiveness by grade, then boosted by preference match and
+# scaled by the product's own appeal.
 _ATTRACT = np.array([0.02, 0.08, 0.25, 0.5])
 _EXAMINATION_DECAY = 0.8  # examination(p) = (p + 1) ** -0.8: 1.0 at top, 0.16 at rank 10
+_BRAND_LOYALTY = 1.5  # a favourite brand is (1 + this) times as attractive
+_PRICE_FIT = 0.5  # a product in the shopper's price band is (1 + this) times as attractive
+# Per-product appeal (photos, reviews, value for money), lognormal with mean 1: the same
+# grade-3 sofa is not equally clickable in every listing. This is what item CTR learns.
+_APPEAL_SIGMA = 0.6
+# Shopping missions span sessions: a shopper often comes back to the same search days
+# later, and is more likely to click and buy what they already looked at.
+_MISSION_CONTINUE = 0.4  # P(a session repeats the shopper's previous query)
+_REVISIT = 1.0  # a product clicked in an earlier session is (1 + this) times as attractive
+_REVISIT_CART = 0.2  # ... and this much more likely to go in the basket
+
+
+def _missions(rng: np.random.Generator, user: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per session, the session whose query it repeats (itself when it starts a mission)."""
+    order = np.lexsort((start, user))
+    source = np.arange(len(user))
+    cont = rng.random(len(user)) < _MISSION_CONTINUE
+    for prev, cur in itertools.pairwise(order):
+        if cont[cur] and user[prev] == user[cur]:
+            source[cur] = source[prev]
+    return source
 
 
 def _simulate_sessions(
@@ -732,6 +762,7 @@ def _simulate_sessions(
     else:
         user = np.sort(rng.choice(n_users, size=n_sessions, replace=False))
     s = len(user)
+    start = START_TIME + rng.integers(0, DAYS * 86_400, size=s)
 
     # Which leaf each session shops in: a preferred one 80% of the time.
     n_pref = (pref_leaves >= 0).sum(axis=1)
@@ -746,6 +777,7 @@ def _simulate_sessions(
         options = np.flatnonzero(q_leaf == i)
         if len(sessions) and len(options):
             q_index[sessions] = rng.choice(options, size=len(sessions))
+    q_index = q_index[_missions(rng, user, start)]
 
     # Padded judged products per query, ranked by a noisy production ranker.
     width = max(len(r) for r in judged_rows)
@@ -770,16 +802,18 @@ def _simulate_sessions(
     safe = np.where(valid, shown, 0)
     brand_match = (pref_brands[user][:, :, None] == cat.brand[safe][:, None, :]).any(axis=1)
     price_match = cat.band[safe] == bands[user][:, None]
-    attract = np.minimum(_ATTRACT[shown_g] * (1 + 0.6 * brand_match + 0.3 * price_match), 0.95)
+    appeal = rng.lognormal(-0.5 * _APPEAL_SIGMA**2, _APPEAL_SIGMA, size=len(cat.leaf))[safe]
+    preference = 1 + _BRAND_LOYALTY * brand_match + _PRICE_FIT * price_match
+    attract = _ATTRACT[shown_g] * preference * appeal
     examine = (position + 1.0) ** -_EXAMINATION_DECAY
-    click = valid & (rng.random(shown.shape) < examine * attract)
     p_cart = 0.04 + 0.08 * shown_g + 0.3 * brand_match + 0.2 * price_match
-    cart = click & (rng.random(shown.shape) < p_cart)
     p_buy = 0.3 + 0.3 * brand_match + 0.2 * price_match
+    click, cart = _clicks_with_revisits(
+        rng, user, start, shown, examine * attract, p_cart, _REVISIT, _REVISIT_CART
+    )
     buy = cart & (rng.random(shown.shape) < p_buy)
 
-    # Time: session starts over 30 days; ids and splits follow start order.
-    start = START_TIME + rng.integers(0, DAYS * 86_400, size=s)
+    # Ids and splits follow session start order.
     by_time = np.argsort(start, kind="stable")
     rank = np.empty(s, dtype=np.int64)
     rank[by_time] = np.arange(s)
@@ -814,6 +848,35 @@ def _simulate_sessions(
             "split": split[srow],
         }
     )
+
+
+def _clicks_with_revisits(
+    rng: np.random.Generator,
+    user: np.ndarray,
+    start: np.ndarray,
+    shown: np.ndarray,
+    p_click: np.ndarray,
+    p_cart: np.ndarray,
+    revisit: float,
+    revisit_cart: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Click and add-to-cart masks (S, K), walking each shopper's sessions in time order so
+    that a product they clicked before is `1 + revisit` times as likely to be clicked
+    (capped at 0.95) and `revisit_cart` more likely to be carted."""
+    u_click, u_cart = rng.random(shown.shape), rng.random(shown.shape)
+    click = np.zeros(shown.shape, dtype=bool)
+    cart = np.zeros(shown.shape, dtype=bool)
+    clicked_before: set[int] = set()
+    previous_user = -1
+    for j in np.lexsort((start, user)):
+        if user[j] != previous_user:
+            clicked_before, previous_user = set(), user[j]
+        seen = np.array([int(p) in clicked_before for p in shown[j]])
+        pc = np.minimum(p_click[j] * (1 + revisit * seen), 0.95)
+        click[j] = (shown[j] >= 0) & (u_click[j] < pc)
+        cart[j] = click[j] & (u_cart[j] < p_cart[j] + revisit_cart * seen)
+        clicked_before.update(int(p) for p in shown[j][click[j]])
+    return click, cart
 
 
 def _resolve(scale: str | Scale) -> Scale:
