@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.fusion import FUSIONS, FusionRanker, TextOnlyRanker, load_ranker, save_ranker
+from training.fusion import (
+    FUSIONS,
+    USER_ITEM_FEATURES,
+    FusionRanker,
+    TextOnlyRanker,
+    load_ranker,
+    save_ranker,
+)
 
 
 def make(fusion="weighted", n=50, dim=8, seed=0):
@@ -18,7 +25,7 @@ def make(fusion="weighted", n=50, dim=8, seed=0):
         items, torch.randn(n, 2), cats, brands, prices, fusion=fusion, hidden=16, alpha_init=0.3
     )
     with torch.no_grad():  # non-zero weights so that every term shows up in the scores
-        ranker.user_item_weights.copy_(torch.tensor([0.5, 0.3, 0.2]))
+        ranker.user_item_weights.copy_(torch.tensor([0.5, 0.3, 0.4, 0.2, 0.6]))
         ranker.feature_weights.copy_(torch.tensor([0.1, -0.2]))
         ranker.mlp[2].weight.normal_(0, 0.1)
     return ranker
@@ -49,13 +56,31 @@ def test_every_fusion_shapes_and_cold_start(fusion):
 def test_user_item_features_by_hand():
     r = make()
     rows = torch.tensor([[0, 5, 7]])  # categories 0, 0, 2; brands 0, 5, 0
-    feats = r.user_item_features(rows, torch.ones(1, 3), torch.tensor([[10, 12, 1]]))
+    cand = torch.tensor([[10, 12, 1, 35, 5]])
+    feats = r.user_item_features(rows, torch.ones(1, 3), cand)
+    assert feats.shape == (1, 5, len(USER_ITEM_FEATURES))
+    by_name = dict(zip(USER_ITEM_FEATURES, feats[0].T.tolist(), strict=True))
     # item 10: category 0 (2 of 3 in history), brand 3 (0 of 3)
-    # item 12: category 2 (1 of 3), brand 5 (1 of 3); item 1: category 1, brand 1 → 0, 0
-    assert feats[0, :, 0].tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
-    assert feats[0, :, 1].tolist() == pytest.approx([0.0, 1 / 3, 0.0])
-    user_price = r.item_log_prices[[0, 5, 7]].mean()
-    assert float(feats[0, 0, 2]) == pytest.approx(-abs(float(r.item_log_prices[10] - user_price)))
+    # item 12: category 2 (1 of 3), brand 5 (1 of 3, but in category 0: none in category 2)
+    # item 1: category 1, brand 1 → nothing; item 35: category 0, brand 0 (item 0 of the
+    # history: 1 of the 2 in category 0 → 1 / (2 + 1)); item 5 is in the history itself.
+    assert by_name["category_affinity"] == pytest.approx([2 / 3, 1 / 3, 0, 2 / 3, 2 / 3])
+    assert by_name["brand_affinity"] == pytest.approx([0, 1 / 3, 0, 2 / 3, 1 / 3])
+    assert by_name["brand_in_category"] == pytest.approx([0, 0, 0, 1 / 3, 1 / 3])
+    assert by_name["revisit"] == pytest.approx([0, 0, 0, 0, 1 / 3])
+    user_price = float(r.item_log_prices[[0, 5, 7]].mean())
+    want = [-abs(float(r.item_log_prices[i]) - user_price) for i in cand[0].tolist()]
+    assert by_name["price_match"] == pytest.approx(want, abs=1e-6)
+
+
+def test_full_scan_user_terms_equal_the_candidate_features():
+    """The serving scan computes v·g without building g; both paths must agree."""
+    r = make()
+    rows = torch.tensor([[0, 5, 7, 5], [3, 0, 0, 0]])
+    mask = torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0]])
+    all_items = torch.arange(50).expand(2, -1)
+    want = r.user_item_features(rows, mask, all_items) @ r.user_item_weights
+    torch.testing.assert_close(r.user_item_scores(rows, mask), want, atol=1e-6, rtol=1e-6)
 
 
 def test_target_attention_prefers_history_relevant_to_the_query():
@@ -105,15 +130,17 @@ def test_text_only_baseline_ignores_history():
 
 
 def test_learns_alpha_when_history_predicts_clicks():
-    """Clicks that follow the user's history, not the query, must push α up."""
+    """Clicks on products *like* the history (not the query) must push α up."""
     torch.manual_seed(0)
     items = F.normalize(torch.randn(40, 16), dim=-1)
     ranker = FusionRanker(items, torch.zeros(40, 2), alpha_init=0.1)
+    # Not the history item itself: the revisit feature would explain that without α.
+    nearest = (items @ items.T).fill_diagonal_(-2.0).argmax(dim=1)
     opt = torch.optim.Adam(ranker.parameters(), lr=0.05)
     for _ in range(150):
         hist = torch.randint(0, 40, (64, 1))
         q = F.normalize(torch.randn(64, 16), dim=-1)  # query carries no signal
-        pos = hist  # the shopper re-clicks their history item
+        pos = nearest[hist]  # the shopper clicks the product most like their history
         neg = torch.randint(0, 40, (64, 1))
         cand = torch.cat([pos, neg], dim=1)
         logits = ranker.score_candidates(q, hist, torch.ones(64, 1), cand)

@@ -215,8 +215,8 @@ def train_fusion(
             optim.step()
             steps += 1
             if steps % 10 == 0:
-                curve.append({"step": float(steps), "loss": float(loss)})
-                bar.set_postfix(loss=f"{float(loss):.4f}", alpha=f"{float(ranker.alpha):.3f}")
+                curve.append({"step": float(steps), "loss": loss.item()})
+                bar.set_postfix(loss=f"{loss.item():.4f}", alpha=f"{float(ranker.alpha):.3f}")
     ranker.eval()
     return curve
 

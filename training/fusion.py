@@ -12,10 +12,19 @@ and every variant scores the whole catalog as
     score(i) = s·⟨h, e_i⟩ + w·f_i + v·g(history, i) + b      for the retrieve_k items
                                                              with the best s·⟨h, e_i⟩
 
-with per-item behaviour features f (log clicks, position-debiased CTR) and shopper↔item features g
-(share of the history in item i's category, in its brand, and closeness of i's price to
-the history's typical price). With an empty history every user term is switched off, so
-cold start is exactly text-only ranking plus the item prior — never noise.
+with per-item behaviour features f (log clicks, position-debiased CTR) and shopper↔item
+features g (USER_ITEM_FEATURES):
+
+    category_affinity   share of the history in i's category
+    brand_affinity      share of the history in i's brand
+    brand_in_category   n(history in i's category and brand) / (n(history in i's category) + 1):
+                        "which sofa brand does this shopper pick", shrunk when evidence is thin
+    price_match         -|log price of i - mean log price of the history|
+    revisit             share of the history that is i itself: shoppers come back to what
+                        they looked at
+
+With an empty history every user term is switched off, so cold start is exactly text-only
+ranking plus the item prior — never noise.
 
 The scan is one (B, D) × (D, N) matmul plus gathers of tiny per-item tables, so the same
 module exports to ONNX (conversion/) with the catalog as initializers.
@@ -34,7 +43,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 ITEM_FEATURES = ("log_clicks", "clicks_over_expected")
-USER_ITEM_FEATURES = ("category_affinity", "brand_affinity", "price_match")
+USER_ITEM_FEATURES = (
+    "category_affinity",
+    "brand_affinity",
+    "brand_in_category",
+    "price_match",
+    "revisit",
+)
 FUSIONS = ("weighted", "concat_mlp", "target_attention")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
 
@@ -93,6 +108,12 @@ class FusionRanker(nn.Module):
         self.register_buffer("item_log_prices", prices.float().contiguous())  # (N,)
         self.num_categories = int(cats.max()) + 1 if n else 1
         self.num_brands = int(brands.max()) + 1 if n else 1
+        # (category, brand) pairs that occur, numbered densely: "which sofa brand does this
+        # shopper pick" needs a joint histogram, and the dense numbering keeps it at most
+        # N wide instead of categories x brands. Derived, so not saved with the weights.
+        pairs = torch.unique(cats.long() * self.num_brands + brands.long(), return_inverse=True)[1]
+        self.register_buffer("item_pairs", pairs.contiguous(), persistent=False)  # (N,)
+        self.num_pairs = int(pairs.max()) + 1 if n else 1
         self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
@@ -162,23 +183,26 @@ class FusionRanker(nn.Module):
     def user_item_features(
         self, history_rows: torch.Tensor, history_mask: torch.Tensor, item_rows: torch.Tensor | None
     ) -> torch.Tensor:
-        """(B, C, 3) shopper↔item features for candidate rows (all items when None)."""
+        """(B, C, len(USER_ITEM_FEATURES)) shopper↔item features for candidate rows (all
+        items when None); see the module docstring for each feature."""
         count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
         share = history_mask / count  # (B, H)
         cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
         brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
+        pair_share = _histogram(self.item_pairs[history_rows], share, self.num_pairs)
         user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
         if item_rows is None:
-            cat = cat_share[:, self.item_categories]  # (B, N)
-            brand = brand_share[:, self.item_brands]
-            price = self.item_log_prices.unsqueeze(0)  # (1, N)
-        else:
-            cat = torch.gather(cat_share, 1, self.item_categories[item_rows])  # (B, C)
-            brand = torch.gather(brand_share, 1, self.item_brands[item_rows])
-            price = self.item_log_prices[item_rows]
+            item_rows = torch.arange(self.item_embeddings.shape[0]).expand(len(share), -1)
+        cat = torch.gather(cat_share, 1, self.item_categories[item_rows])  # (B, C)
+        brand = torch.gather(brand_share, 1, self.item_brands[item_rows])
+        pair = torch.gather(pair_share, 1, self.item_pairs[item_rows])
+        price = self.item_log_prices[item_rows]
         has = self._has_history(history_mask)
         price_match = -torch.abs(price - user_price) * has
-        return torch.stack([cat, brand, price_match], dim=-1)
+        in_category = pair / (cat + 1.0 / count)
+        same = history_rows.unsqueeze(1) == item_rows.unsqueeze(2)  # (B, C, H)
+        revisit = (same * share.unsqueeze(1)).sum(-1)
+        return torch.stack([cat, brand, in_category, price_match, revisit], dim=-1)
 
     def user_item_scores(
         self,
@@ -190,15 +214,20 @@ class FusionRanker(nn.Module):
         The same value as `user_item_features(...) @ user_item_weights`, computed as three
         weighted gathers so the serving scan never builds a (B, N, 3) tensor.
         """
-        share = history_mask / history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, H)
+        count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+        share = history_mask / count  # (B, H)
         w = self.user_item_weights
         cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
         brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
-        cat_share, brand_share = cat_share * w[0], brand_share * w[1]
+        pair_share = _histogram(self.item_pairs[history_rows], share, self.num_pairs)
+        cat = cat_share[:, self.item_categories]  # (B, N)
+        in_category = pair_share[:, self.item_pairs] / (cat + 1.0 / count)
         user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
         price = torch.abs(self.item_log_prices.unsqueeze(0) - user_price)  # (B, N)
-        price_term = price * (-w[2] * self._has_history(history_mask))
-        return cat_share[:, self.item_categories] + brand_share[:, self.item_brands] + price_term
+        price_term = price * (-w[3] * self._has_history(history_mask))
+        brand = (brand_share * w[1])[:, self.item_brands]
+        revisit = _histogram(history_rows, share * w[4], self.item_embeddings.shape[0])
+        return cat * w[0] + brand + in_category * w[2] + price_term + revisit
 
     # -- scoring ----------------------------------------------------------------------------
     def item_prior(self) -> torch.Tensor:
