@@ -1,8 +1,9 @@
-"""Fine-tuning data: hard negatives are never judged-relevant, graded pairs respect grades."""
+"""Fine-tuning: the losses by hand, hard negatives never judged-relevant, graded pairs."""
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from training import finetune
 from training.synthetic import generate
@@ -83,3 +84,70 @@ def test_embed_does_not_change_the_training_length(tmp_path):
     model = load_encoder(make_tiny_encoder(tmp_path / "enc"), max_seq_length=64)
     embed(model, ["red sofa"], max_seq_length=8)
     assert model.max_seq_length == 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from training.encoder import load_encoder, make_tiny_encoder
+
+    model = load_encoder(make_tiny_encoder(tmp_path_factory.mktemp("enc")))
+    return model.eval()  # no dropout: the same text embeds the same way twice
+
+
+def _unit(model, texts) -> np.ndarray:
+    return model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+
+
+QUERIES = ["grey velvet sofa", "running shoes", "espresso machine"]
+POSITIVES = ["Grey Velvet 3-Seat Sofa", "Knit Running Shoes UK 9", "Silver Coffee Machine"]
+NEGATIVES = ["Oak Coffee Table", "Leather Chelsea Boots", "Glass Kettle 1.7L"]
+
+
+def test_contrastive_loss_is_cross_entropy_over_scaled_cosines(tiny_model):
+    loss = finetune.relevance_losses(tiny_model)["contrastive"]
+    with torch.no_grad():
+        got = loss([tiny_model.tokenize(t) for t in (QUERIES, POSITIVES, NEGATIVES)], None)
+    q, p, n = (_unit(tiny_model, t) for t in (QUERIES, POSITIVES, NEGATIVES))
+    logits = 20.0 * q @ np.concatenate([p, n]).T  # (3, 6): every product in the batch
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    want = -log_softmax[np.arange(3), np.arange(3)].mean()  # target: the query's own positive
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_graded_loss_is_squared_error_of_the_cosine_gap_against_the_grade_margin(tiny_model):
+    loss = finetune.relevance_losses(tiny_model)["graded"]
+    labels = torch.tensor([3.0, 1.0, 2.0]) * finetune.GRADE_MARGIN
+    with torch.no_grad():
+        got = loss([tiny_model.tokenize(t) for t in (QUERIES, POSITIVES, NEGATIVES)], labels)
+    q, p, n = (_unit(tiny_model, t) for t in (QUERIES, POSITIVES, NEGATIVES))
+    gap = (q * p).sum(axis=1) - (q * n).sum(axis=1)
+    want = ((gap - labels.numpy()) ** 2).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-4, abs=1e-7)
+
+
+def test_graded_loss_pulls_the_better_product_ahead(tmp_path):
+    """A few steps on one (query, grade-3, grade-1) row move the cosine gap towards 0.2."""
+    from training.encoder import load_encoder, make_tiny_encoder
+
+    torch.manual_seed(0)
+    model = load_encoder(make_tiny_encoder(tmp_path / "enc"))
+    loss = finetune.relevance_losses(model)["graded"]
+    label = torch.tensor([2.0 * finetune.GRADE_MARGIN])
+    rows = [["grey velvet sofa"], ["Grey Velvet Sofa"], ["Oak Coffee Table"]]
+
+    def gap() -> float:
+        q, p, n = (_unit(model, t) for t in rows)
+        return float((q * p).sum() - (q * n).sum())
+
+    before = gap()
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(20):
+        value = loss([model.tokenize(t) for t in rows], label)
+        optim.zero_grad()
+        value.backward()
+        optim.step()
+    model.eval()
+    after = gap()
+    assert after > before + 0.05
+    assert abs(after - float(label)) < abs(before - float(label))

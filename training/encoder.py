@@ -22,7 +22,8 @@ import contract
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from sentence_transformers import SentenceTransformer, models
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import modules
 from transformers import AutoConfig
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ def make_tiny_encoder(
     hf_dir = out_dir / "_hf"
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    transformer = models.Transformer(str(hf_dir), max_seq_length=contract.MAX_PRODUCT_TOKENS)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
+    transformer = modules.Transformer(str(hf_dir), max_seq_length=contract.MAX_PRODUCT_TOKENS)
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu").save(
         str(out_dir)
     )
     return out_dir

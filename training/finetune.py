@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sentence_transformers.evaluation import SentenceEvaluator
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
 import contract
 from training.datasets import ShopData, product_text
@@ -234,6 +234,22 @@ def validation_evaluator(
     )
 
 
+def relevance_losses(model) -> dict:
+    """The fine-tuning losses by training-set name, as `finetune` applies them.
+
+    contrastive: MultipleNegativesRankingLoss, cross-entropy over 20·cos(query, every
+        positive and negative in the batch) with the query's own positive as the target.
+    graded: MarginMSELoss, (⟨q, better⟩ - ⟨q, worse⟩ - label)² with label = the grade
+        gap x GRADE_MARGIN (the embeddings are unit-length, so ⟨·,·⟩ is the cosine).
+    """
+    from sentence_transformers.sentence_transformer.losses import (
+        MarginMSELoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    return {"contrastive": MultipleNegativesRankingLoss(model), "graded": MarginMSELoss(model)}
+
+
 def finetune(
     model,
     train_sets: dict[str, pd.DataFrame],
@@ -252,15 +268,11 @@ def finetune(
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import (
-        MarginMSELoss,
-        MultipleNegativesRankingLoss,
-    )
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    losses = {"contrastive": MultipleNegativesRankingLoss(model), "graded": MarginMSELoss(model)}
+    losses = relevance_losses(model)
     sets = {k: v for k, v in train_sets.items() if len(v)}
     rows = sum(len(v) for v in sets.values())
     max_steps = min(config.max_steps, max(1, rows // config.batch_size) * 50)

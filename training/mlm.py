@@ -15,7 +15,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer, models
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import modules
 
 import contract
 
@@ -71,9 +72,9 @@ def domain_adapt(
     body_dir = out_dir / "_hf"
     model.base_model.save_pretrained(str(body_dir))
     tokenizer.save_pretrained(str(body_dir))
-    transformer = models.Transformer(str(body_dir), max_seq_length=max_length)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
+    transformer = modules.Transformer(str(body_dir), max_seq_length=max_length)
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu").save(
         str(out_dir)
     )
     curve = [
