@@ -3,7 +3,9 @@
 The pretrained encoder has read the web, not this shop: brand names, attribute words and
 product-type jargon are rare for it. A bounded number of MLM steps on titles,
 attributes and descriptions adapts the token representations before relevance
-fine-tuning. It is off by default (`--mlm-steps 0`); `make eval` measures whether it helps.
+fine-tuning. It is off by default (`--mlm-steps 0`) because of its cost: on the demo shop,
+200 steps added 6 minutes on 2 cores for +0.003 test NDCG@10 after fine-tuning (0.8715 vs
+0.8688; +0.016 on validation). The zero-shot baseline is always the encoder before it.
 
 all-MiniLM-L6-v2 ships without an MLM head, so one is initialised fresh; a short warm-up
 keeps its first random gradients from wrecking the encoder body.

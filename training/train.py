@@ -223,6 +223,21 @@ def run(config: TrainConfig) -> dict:
         base_path = Path(config.encoder_path) if config.encoder_path else None
     base_path = base_path or contract.pretrained_encoder_path()
     model = encoder.load_encoder(base_path, config.max_product_tokens)
+    eval_split = "test"
+
+    # The zero-shot baseline is the pretrained encoder as shipped, before any adaptation.
+    item_emb = embed_catalog(model, base_path, data, config, "embed catalog (zero-shot)")
+    zero_shot = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
+    log.info("zero-shot %s", zero_shot)
+    # Hard negatives are mined with the same (pretrained) encoder that embedded the catalog.
+    query_emb = None
+    if config.hard_negatives:
+        train_q = data.queries[data.queries["split"] == "train"]
+        emb = encoder.embed(
+            model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
+        )
+        query_emb = dict(zip(train_q["query_id"].tolist(), emb, strict=True))
+
     mlm_curve: list[dict[str, float]] = []
     if config.mlm_steps > 0:
         from training.mlm import domain_adapt
@@ -236,19 +251,7 @@ def run(config: TrainConfig) -> dict:
             seed=config.seed,
         )
         model = encoder.load_encoder(base_path, config.max_product_tokens)
-    eval_split = "test"
 
-    item_emb = embed_catalog(model, base_path, data, config, "embed catalog (zero-shot)")
-    zero_shot = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
-    log.info("zero-shot %s", zero_shot)
-
-    query_emb = None
-    if config.hard_negatives:
-        train_q = data.queries[data.queries["split"] == "train"]
-        emb = encoder.embed(
-            model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
-        )
-        query_emb = dict(zip(train_q["query_id"].tolist(), emb, strict=True))
     train_sets = finetune.training_sets(
         data, query_emb, item_emb, config.hard_negatives, config.graded_loss, config.seed
     )
