@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from training.metrics import dcg, mean_metrics, ndcg_at_k, recall_at_k, reciprocal_rank, roc_auc
+from training.metrics import (
+    dcg,
+    mean_metrics,
+    ndcg_at_k,
+    paired_bootstrap_gain,
+    recall_at_k,
+    reciprocal_rank,
+    roc_auc,
+)
 
 
 def test_dcg_by_hand():
@@ -53,3 +61,20 @@ def test_mean_metrics_averages_judged_queries():
     assert m["mrr"] == pytest.approx(0.75)
     with pytest.raises(ValueError):
         mean_metrics({5: [1]}, judgements)
+
+
+def test_paired_bootstrap_gain_by_hand():
+    base = [0.2, 0.4, 0.6, 0.8]
+    # The same scores: no gain, and no resample can show one.
+    same = paired_bootstrap_gain(base, base)
+    assert (same["relative"], same["ci95_low"], same["ci95_high"]) == (0.0, 0.0, 0.0)
+    # Every unit 10% better: every resample's ratio of means is exactly 1.1.
+    scaled = paired_bootstrap_gain(base, [1.1 * b for b in base])
+    assert scaled["relative"] == pytest.approx(0.1)
+    assert scaled["ci95_low"] == pytest.approx(0.1) and scaled["ci95_high"] == pytest.approx(0.1)
+    # Mixed: mean 0.55 vs 0.5 → +10%, with an interval around it that is not a point.
+    mixed = paired_bootstrap_gain(base, [0.4, 0.2, 0.8, 0.8])
+    assert mixed["relative"] == pytest.approx(0.1)
+    assert mixed["ci95_low"] < 0.1 < mixed["ci95_high"]
+    with pytest.raises(ValueError):
+        paired_bootstrap_gain(base, base[:2])

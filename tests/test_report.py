@@ -39,7 +39,11 @@ FULL = {
         "alpha": 0.3,
         "text_only": _session(0.60, 0.40),
         "weighted_fusion": _session(0.62, 0.42),
-        "concat_mlp": {**_session(0.65, 0.45), "loss_curve": [{"step": 1.0, "loss": 0.7}]},
+        "concat_mlp": {
+            **_session(0.65, 0.45),
+            "loss_curve": [{"step": 1.0, "loss": 0.7}],
+            "gain_vs_text_only": {"relative": 0.125, "ci95_low": 0.031, "ci95_high": 0.2},
+        },
         "loss_curve": [{"step": 10.0, "loss": 1.5}, {"step": 20.0, "loss": 0.9}],
         "judged_cold_start": _retrieval(0.78),
     },
@@ -63,6 +67,8 @@ def test_full_report_writes_markdown_and_plots(tmp_path):
         assert name in text
     assert text.count("**pass**") == 3  # 0.80 >= 0.75, 0.80 > 0.60, 0.45 >= 0.44
     assert "| weighted fusion (served) |" in text
+    assert "| +12.5% (+3.1% … +20.0%) |" in text  # the bootstrap interval, when there is one
+    assert "paired bootstrap" in text
     assert "served (chosen on validation): weighted fusion 0.4200" in text
     assert not (tmp_path / "reports" / "loss_mlm.png").exists()
 

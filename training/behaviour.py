@@ -222,21 +222,21 @@ def train_fusion(
 
 
 @torch.no_grad()
-def evaluate_sessions(
-    ranker: FusionRanker,
-    query_embeddings: np.ndarray,
-    examples: Examples,
-) -> dict[str, float]:
-    """Click AUC over impressions and purchase-NDCG@10 over each session's shown items."""
+def _impression_scores(
+    ranker: FusionRanker, query_embeddings: np.ndarray, examples: Examples
+) -> np.ndarray:
     if len(examples) == 0:
         raise ValueError("no held-out impressions to evaluate on")
     q_emb = torch.from_numpy(query_embeddings)
-    scores = torch.cat(
+    return torch.cat(
         [
             _batch_scores(ranker, q_emb, examples, np.arange(s, min(s + 4096, len(examples))))
             for s in range(0, len(examples), 4096)
         ]
     ).numpy()
+
+
+def _purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
     frame = pd.DataFrame(
         {"sid": examples.session_ids, "score": scores, "bought": examples.purchased}
     )
@@ -245,9 +245,28 @@ def evaluate_sessions(
         ranked = g.sort_values("score", ascending=False)
         grades = dict(enumerate(g["bought"].astype(int)))
         ndcgs.append(ndcg_at_k(list(ranked.index.map(g.index.get_loc)), grades, 10))
+    return np.array(ndcgs)
+
+
+def session_purchase_ndcgs(
+    ranker: FusionRanker, query_embeddings: np.ndarray, examples: Examples
+) -> np.ndarray:
+    """Purchase-NDCG@10 of each session with a purchase, in session-id order: paired
+    across rankers scored on the same examples."""
+    return _purchase_ndcgs(_impression_scores(ranker, query_embeddings, examples), examples)
+
+
+def evaluate_sessions(
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    examples: Examples,
+) -> dict[str, float]:
+    """Click AUC over impressions and purchase-NDCG@10 over each session's shown items."""
+    scores = _impression_scores(ranker, query_embeddings, examples)
+    ndcgs = _purchase_ndcgs(scores, examples)
     return {
         "click_auc": roc_auc(examples.clicked, scores),
-        "purchase_ndcg@10": float(np.mean(ndcgs)) if ndcgs else float("nan"),
+        "purchase_ndcg@10": float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
         "sessions_with_purchase": len(ndcgs),
         "impressions": len(examples),
     }

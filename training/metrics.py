@@ -99,3 +99,24 @@ def top_k_rankings(
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     ranked = np.take_along_axis(top, order, axis=1)
     return {int(q): product_ids[row].tolist() for q, row in zip(query_ids, ranked, strict=True)}
+
+
+def paired_bootstrap_gain(
+    base: Sequence[float], new: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Relative gain mean(new) / mean(base) - 1 over paired per-unit scores (e.g. per
+    session), with a 95% percentile interval from resampling the units with replacement."""
+    a, b = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need equally long, non-empty paired scores, got {a.shape}, {b.shape}")
+    if a.mean() == 0:
+        raise ValueError("the base scores average 0: no relative gain")
+    idx = np.random.default_rng(seed).integers(a.size, size=(resamples, a.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gains = b[idx].mean(axis=1) / a[idx].mean(axis=1) - 1.0
+    lo, hi = np.nanquantile(gains, [0.025, 0.975])
+    return {
+        "relative": float(b.mean() / a.mean() - 1.0),
+        "ci95_low": float(lo),
+        "ci95_high": float(hi),
+    }

@@ -335,12 +335,17 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
     if variants:
         base = _num(variants.get("text_only", {}).get("purchase_ndcg@10"))
         lines += [
-            "| variant | click AUC | purchase-NDCG@10 | vs text-only | sessions with purchase |",
+            "| variant | click AUC | purchase-NDCG@10 | vs text-only (95% CI) "
+            "| sessions with purchase |",
             "|---|---|---|---|---|",
         ]
         for name, m in variants.items():
             value = _num(m.get("purchase_ndcg@10"))
             rel = f"{(value / base - 1) * 100:+.1f}%" if value is not None and base else "—"
+            gain = m.get("gain_vs_text_only")
+            if isinstance(gain, Mapping):
+                lo, hi = gain["ci95_low"] * 100, gain["ci95_high"] * 100
+                rel += f" ({lo:+.1f}% … {hi:+.1f}%)"
             shown = label(name) + (" (served)" if name == served else "")
             lines.append(
                 f"| {shown} | {_fmt(m.get('click_auc'))} | {_fmt(m.get('purchase_ndcg@10'))}"
@@ -352,6 +357,11 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
             notes.append(f"Served variant (best on validation sessions): {label(served)}.")
         if alpha is not None:
             notes.append(f"Its learned α: {alpha:.3f}.")
+        if any(isinstance(m.get("gain_vs_text_only"), Mapping) for m in variants.values()):
+            notes.append(
+                "Intervals: paired bootstrap over the held-out sessions with a purchase "
+                "(2,000 resamples)."
+            )
         if notes:
             lines += ["", " ".join(notes)]
     else:

@@ -22,7 +22,7 @@ import contract
 from configargs import config_to_dict, parse_config, setup_logging
 from training import behaviour, datasets, encoder, finetune
 from training.fusion import FusionRanker, TextOnlyRanker, save_ranker
-from training.metrics import mean_metrics, top_k_rankings
+from training.metrics import mean_metrics, paired_bootstrap_gain, top_k_rankings
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,14 @@ def run(config: TrainConfig) -> dict:
                 ranker, q_emb[test_rows], query_ids[test_rows], product_ids, data
             ),
         }
+        # How sure is "better than text-only"? Paired bootstrap over the test sessions.
+        base = behaviour.session_purchase_ndcgs(text_only, q_emb, examples["test"])
+        if len(base) and base.mean() > 0:
+            for name, result in results.items():
+                new = behaviour.session_purchase_ndcgs(result.ranker, q_emb, examples["test"])
+                fusion_report[name]["gain_vs_text_only"] = paired_bootstrap_gain(
+                    base, new, seed=config.seed
+                )
         log.info("served fusion %s: %s", best, results[best].test)
     save_ranker(ranker, paths.ranker)
 
