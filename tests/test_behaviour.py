@@ -64,9 +64,9 @@ def test_session_purchase_ndcg_by_hand():
     items = F.normalize(torch.tensor([[0.0, 0, 1], [0.2, 0, 1], [1, 0, 0], [0.8, 0.6, 0]]), dim=-1)
     ranker = TextOnlyRanker(items, torch.zeros(4, 2))
     query = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
-    ndcgs = behaviour.session_purchase_ndcgs(ranker, query, ex)
+    metrics, ndcgs = behaviour.score_sessions(ranker, query, ex)
     assert ndcgs.tolist() == pytest.approx([1 / math.log2(4)])  # only session 2 has a purchase
-    metrics = behaviour.evaluate_sessions(ranker, query, ex)
+    assert behaviour.evaluate_sessions(ranker, query, ex) == metrics
     assert metrics["purchase_ndcg@10"] == pytest.approx(float(ndcgs.mean()))
     assert metrics["sessions_with_purchase"] == 1
     # Click AUC: the clicked 11 scores below every unclicked impression.

@@ -248,12 +248,21 @@ def _purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
     return np.array(ndcgs)
 
 
-def session_purchase_ndcgs(
+def score_sessions(
     ranker: FusionRanker, query_embeddings: np.ndarray, examples: Examples
-) -> np.ndarray:
-    """Purchase-NDCG@10 of each session with a purchase, in session-id order: paired
-    across rankers scored on the same examples."""
-    return _purchase_ndcgs(_impression_scores(ranker, query_embeddings, examples), examples)
+) -> tuple[dict[str, float], np.ndarray]:
+    """`evaluate_sessions`' metrics and the per-session purchase-NDCG@10 behind them (each
+    session with a purchase, in session-id order: paired across rankers scored on the same
+    examples), from one scoring pass."""
+    scores = _impression_scores(ranker, query_embeddings, examples)
+    ndcgs = _purchase_ndcgs(scores, examples)
+    metrics = {
+        "click_auc": roc_auc(examples.clicked, scores),
+        "purchase_ndcg@10": float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
+        "sessions_with_purchase": len(ndcgs),
+        "impressions": len(examples),
+    }
+    return metrics, ndcgs
 
 
 def evaluate_sessions(
@@ -262,14 +271,7 @@ def evaluate_sessions(
     examples: Examples,
 ) -> dict[str, float]:
     """Click AUC over impressions and purchase-NDCG@10 over each session's shown items."""
-    scores = _impression_scores(ranker, query_embeddings, examples)
-    ndcgs = _purchase_ndcgs(scores, examples)
-    return {
-        "click_auc": roc_auc(examples.clicked, scores),
-        "purchase_ndcg@10": float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
-        "sessions_with_purchase": len(ndcgs),
-        "impressions": len(examples),
-    }
+    return score_sessions(ranker, query_embeddings, examples)[0]
 
 
 def item_attributes(catalog: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -312,6 +314,7 @@ class FusionResult:
     curve: list[dict[str, float]]
     val: dict[str, float]
     test: dict[str, float]
+    test_session_ndcgs: np.ndarray  # per test session with a purchase, session-id order
 
     def summary(self) -> dict:
         r = self.ranker
@@ -346,10 +349,8 @@ def train_fusions(
     for fusion in fusions:
         ranker = make_ranker(fusion, item_emb, feats, attributes)
         curve = train_fusion(ranker, q_emb, train_ex, **train_kwargs)
+        test, test_ndcgs = score_sessions(ranker, q_emb, test_ex)
         out[fusion] = FusionResult(
-            ranker,
-            curve,
-            evaluate_sessions(ranker, q_emb, val_ex),
-            evaluate_sessions(ranker, q_emb, test_ex),
+            ranker, curve, evaluate_sessions(ranker, q_emb, val_ex), test, test_ndcgs
         )
     return out

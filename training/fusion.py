@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,17 @@ class FusionConfig:
     hidden: int = 128
     alpha_init: float = 0.2
     retrieve_k: int = 256
+
+
+class _HistorySummary(NamedTuple):
+    """What the shopper↔item features need from a history, each row summed once."""
+
+    count: torch.Tensor  # (B, 1) history length, at least 1
+    share: torch.Tensor  # (B, H) each present item's weight, 1 / count
+    categories: torch.Tensor  # (B, num_categories) share of the history per category
+    brands: torch.Tensor  # (B, num_brands)
+    pairs: torch.Tensor  # (B, num_pairs) per (category, brand) pair
+    log_price: torch.Tensor  # (B, 1) mean log price
 
 
 def _histogram(ids: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
@@ -180,28 +192,35 @@ class FusionRanker(nn.Module):
         alpha = self.alpha * has  # (B, 1)
         return (1.0 - alpha) * query_embedding + alpha * user
 
-    def user_item_features(
-        self, history_rows: torch.Tensor, history_mask: torch.Tensor, item_rows: torch.Tensor | None
-    ) -> torch.Tensor:
-        """(B, C, len(USER_ITEM_FEATURES)) shopper↔item features for candidate rows (all
-        items when None); see the module docstring for each feature."""
+    def _history_summary(
+        self, history_rows: torch.Tensor, history_mask: torch.Tensor
+    ) -> _HistorySummary:
         count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
         share = history_mask / count  # (B, H)
-        cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
-        brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
-        pair_share = _histogram(self.item_pairs[history_rows], share, self.num_pairs)
-        user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
-        if item_rows is None:
-            item_rows = torch.arange(self.item_embeddings.shape[0]).expand(len(share), -1)
-        cat = torch.gather(cat_share, 1, self.item_categories[item_rows])  # (B, C)
-        brand = torch.gather(brand_share, 1, self.item_brands[item_rows])
-        pair = torch.gather(pair_share, 1, self.item_pairs[item_rows])
+        return _HistorySummary(
+            count=count,
+            share=share,
+            categories=_histogram(self.item_categories[history_rows], share, self.num_categories),
+            brands=_histogram(self.item_brands[history_rows], share, self.num_brands),
+            pairs=_histogram(self.item_pairs[history_rows], share, self.num_pairs),
+            log_price=(self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True),
+        )
+
+    def user_item_features(
+        self, history_rows: torch.Tensor, history_mask: torch.Tensor, item_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, C, len(USER_ITEM_FEATURES)) shopper↔item features for candidate rows (B, C);
+        see the module docstring for each feature."""
+        h = self._history_summary(history_rows, history_mask)
+        cat = torch.gather(h.categories, 1, self.item_categories[item_rows])  # (B, C)
+        brand = torch.gather(h.brands, 1, self.item_brands[item_rows])
+        pair = torch.gather(h.pairs, 1, self.item_pairs[item_rows])
         price = self.item_log_prices[item_rows]
         has = self._has_history(history_mask)
-        price_match = -torch.abs(price - user_price) * has
-        in_category = pair / (cat + 1.0 / count)
+        price_match = -torch.abs(price - h.log_price) * has
+        in_category = pair / (cat + 1.0 / h.count)
         same = history_rows.unsqueeze(1) == item_rows.unsqueeze(2)  # (B, C, H)
-        revisit = (same * share.unsqueeze(1)).sum(-1)
+        revisit = (same * h.share.unsqueeze(1)).sum(-1)
         return torch.stack([cat, brand, in_category, price_match, revisit], dim=-1)
 
     def user_item_scores(
@@ -211,22 +230,17 @@ class FusionRanker(nn.Module):
     ) -> torch.Tensor:
         """v·g(history, i) for every catalog item, (B, N).
 
-        The same value as `user_item_features(...) @ user_item_weights`, computed as three
-        weighted gathers so the serving scan never builds a (B, N, 3) tensor.
+        The same value as `user_item_features(...) @ user_item_weights`, computed as weighted
+        gathers of the history tables so the serving scan never builds a (B, N, F) tensor.
         """
-        count = history_mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
-        share = history_mask / count  # (B, H)
+        h = self._history_summary(history_rows, history_mask)
         w = self.user_item_weights
-        cat_share = _histogram(self.item_categories[history_rows], share, self.num_categories)
-        brand_share = _histogram(self.item_brands[history_rows], share, self.num_brands)
-        pair_share = _histogram(self.item_pairs[history_rows], share, self.num_pairs)
-        cat = cat_share[:, self.item_categories]  # (B, N)
-        in_category = pair_share[:, self.item_pairs] / (cat + 1.0 / count)
-        user_price = (self.item_log_prices[history_rows] * share).sum(dim=1, keepdim=True)
-        price = torch.abs(self.item_log_prices.unsqueeze(0) - user_price)  # (B, N)
+        cat = h.categories[:, self.item_categories]  # (B, N)
+        in_category = h.pairs[:, self.item_pairs] / (cat + 1.0 / h.count)
+        price = torch.abs(self.item_log_prices.unsqueeze(0) - h.log_price)  # (B, N)
         price_term = price * (-w[3] * self._has_history(history_mask))
-        brand = (brand_share * w[1])[:, self.item_brands]
-        revisit = _histogram(history_rows, share * w[4], self.item_embeddings.shape[0])
+        brand = (h.brands * w[1])[:, self.item_brands]
+        revisit = _histogram(history_rows, h.share * w[4], self.item_embeddings.shape[0])
         return cat * w[0] + brand + in_category * w[2] + price_term + revisit
 
     # -- scoring ----------------------------------------------------------------------------

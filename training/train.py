@@ -320,25 +320,24 @@ def run(config: TrainConfig) -> dict:
             data,
             config.max_relevance_loss,
         )
+        text_metrics, base = behaviour.score_sessions(text_only, q_emb, examples["test"])
         fusion_report = {
             "trained": True,
             "served": best,
             "rerank_depth": depth,
             "alpha": float(ranker.alpha.detach()),
             "train_impressions": len(examples["train"]),
-            "text_only": behaviour.evaluate_sessions(text_only, q_emb, examples["test"]),
+            "text_only": text_metrics,
             **{name: r.summary() for name, r in results.items()},
             "judged_cold_start": ranker_judged_metrics(
                 ranker, q_emb[test_rows], query_ids[test_rows], product_ids, data
             ),
         }
         # How sure is "better than text-only"? Paired bootstrap over the test sessions.
-        base = behaviour.session_purchase_ndcgs(text_only, q_emb, examples["test"])
         if len(base) and base.mean() > 0:
             for name, result in results.items():
-                new = behaviour.session_purchase_ndcgs(result.ranker, q_emb, examples["test"])
                 fusion_report[name]["gain_vs_text_only"] = paired_bootstrap_gain(
-                    base, new, seed=config.seed
+                    base, result.test_session_ndcgs, seed=config.seed
                 )
         log.info("served fusion %s: %s", best, results[best].test)
     save_ranker(ranker, paths.ranker)
