@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 import contract
 from configargs import config_to_dict, parse_config, setup_logging
 from training import encoder, finetune
-from training.baselines import build_bm25, top_k_rankings
+from training.baselines import build_bm25
 from training.datasets import ShopData, judgement_grades, product_text, validate
-from training.metrics import mean_metrics
+from training.metrics import mean_metrics, top_k_rankings
 
 # Named, not __name__: under `python -m` that would be "__main__", outside setup_logging.
 log = logging.getLogger("training.crossval")
@@ -224,15 +224,6 @@ def paired_differences(fold_results: Sequence[Mapping], metric: str = "ndcg@10")
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-def base_encoder_path(config: CrossvalConfig, work_dir: Path) -> Path:
-    """The encoder every fold starts from: --encoder-path, a tiny random BERT, or MiniLM."""
-    if config.tiny_encoder:
-        return encoder.make_tiny_encoder(work_dir / "tiny_init", seed=config.seed)
-    if config.encoder_path:
-        return Path(config.encoder_path)
-    return contract.pretrained_encoder_path()
-
-
 def _settings(config: CrossvalConfig | Mapping) -> dict:
     """The settings that decide the results (all but `resume`), JSON-friendly."""
     values = config if isinstance(config, Mapping) else config_to_dict(config)
@@ -264,7 +255,10 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
 
     # BM25 and the zero-shot encoder do not train: score every query once.
     bm25 = build_bm25(data.catalog)
-    base_path = base_encoder_path(config, work_dir)
+    # The encoder every fold starts from.
+    base_path = encoder.base_encoder_path(
+        config.encoder_path, config.tiny_encoder, work_dir, config.seed
+    )
     torch.manual_seed(config.seed)
     model = encoder.load_encoder(base_path, config.max_product_tokens)
     cache = work_dir / "zero_shot.npz"  # kept for --resume; removed with work_dir at the end

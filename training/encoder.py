@@ -69,12 +69,30 @@ def make_tiny_encoder(
     hf_dir = out_dir / "_hf"
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    transformer = modules.Transformer(str(hf_dir), max_seq_length=contract.MAX_PRODUCT_TOKENS)
+    return save_sentence_encoder(hf_dir, out_dir)
+
+
+def save_sentence_encoder(
+    hf_dir: Path, out_dir: Path, max_seq_length: int = contract.MAX_PRODUCT_TOKENS
+) -> Path:
+    """Wrap the Hugging Face BERT body + tokenizer in `hf_dir` as this project's bi-encoder
+    (mean pooling + L2 norm) and save it to `out_dir`."""
+    transformer = modules.Transformer(str(hf_dir), max_seq_length=max_seq_length)
     pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu").save(
         str(out_dir)
     )
     return out_dir
+
+
+def base_encoder_path(encoder_path: str, tiny_encoder: bool, work_dir: Path, seed: int) -> Path:
+    """The encoder training starts from: a tiny random BERT written below `work_dir`
+    (tests), `encoder_path` when given, else the packaged all-MiniLM-L6-v2."""
+    if tiny_encoder:
+        return make_tiny_encoder(work_dir / "tiny_init", seed=seed)
+    if encoder_path:
+        return Path(encoder_path)
+    return contract.pretrained_encoder_path()
 
 
 def embedding_dim(model: SentenceTransformer) -> int:

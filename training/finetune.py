@@ -30,7 +30,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 import contract
 from training.datasets import ShopData, product_text
 from training.encoder import embed
-from training.metrics import mean_metrics
+from training.metrics import mean_metrics, top_k_rankings
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ class GradedNDCGEvaluator(SentenceEvaluator):
         q_emb = embed(
             model, list(self.queries.values()), self.batch_size, contract.MAX_QUERY_TOKENS
         )
-        top = np.argsort(-(q_emb @ c_emb.T), axis=1)[:, :100]
-        rankings = {q: corpus_ids[row].tolist() for q, row in zip(self.queries, top, strict=True)}
+        rankings = top_k_rankings(q_emb @ c_emb.T, list(self.queries), corpus_ids)
         value = mean_metrics(rankings, self.grades)["ndcg@10"]
         log.info("step %d: validation NDCG@10 %.4f", steps, value)
         return {self.primary_metric: value}

@@ -17,10 +17,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer import modules
-
 import contract
+from training.encoder import save_sentence_encoder
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +72,7 @@ def domain_adapt(
     body_dir = out_dir / "_hf"
     model.base_model.save_pretrained(str(body_dir))
     tokenizer.save_pretrained(str(body_dir))
-    transformer = modules.Transformer(str(body_dir), max_seq_length=max_length)
-    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu").save(
-        str(out_dir)
-    )
+    save_sentence_encoder(body_dir, out_dir, max_length)
     curve = [
         {"step": float(h["step"]), "loss": float(h["loss"])}
         for h in trainer.state.log_history

@@ -167,7 +167,7 @@ def embed_catalog(
         return encoder.embed_onnx(
             encoder_dir,
             list(texts),
-            Path(config.out) / "model" / "tmp",
+            contract.ArtifactPaths(Path(config.out)).model / "tmp",
             batch_size=config.embed_batch_size,
             max_seq_length=config.max_product_tokens,
             desc=desc,
@@ -217,11 +217,9 @@ def run(config: TrainConfig) -> dict:
         "no" if data.events is None else len(data.events),
     )
 
-    if config.tiny_encoder:
-        base_path = encoder.make_tiny_encoder(paths.model / "tiny_init", seed=config.seed)
-    else:
-        base_path = Path(config.encoder_path) if config.encoder_path else None
-    base_path = base_path or contract.pretrained_encoder_path()
+    base_path = encoder.base_encoder_path(
+        config.encoder_path, config.tiny_encoder, paths.model, config.seed
+    )
     model = encoder.load_encoder(base_path, config.max_product_tokens)
     eval_split = "test"
 
