@@ -401,7 +401,8 @@ def product_text(product: pd.DataFrame | pd.Series | Mapping[str, object]) -> st
     " | "-separated with empty fields skipped, e.g.
     "Nordvik Aria Grey Velvet 3-Seat Sofa | brand Nordvik | Sofas | color grey |
     material velvet | size 3-Seat | The Nordvik Aria sofa ...". The description goes
-    last so truncation at 96 tokens drops only its tail. Missing columns count as empty.
+    last so truncation at `contract.MAX_PRODUCT_TOKENS` drops only its tail. Missing columns
+    count as empty.
     """
     if isinstance(product, pd.DataFrame):
         cols = ["title", *_TEXT_ATTRIBUTES, "description"]

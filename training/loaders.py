@@ -629,10 +629,10 @@ def load_esci(
         }
     )
     if "split" in exf.columns:
-        source_split = exf["split"].str.strip().str.lower()
+        all_splits = ex.frame["split"].str.strip().str.lower()
+        source_split = all_splits[keep]
         ex.first_bad(
-            ~ex.frame["split"].str.strip().str.lower().isin(["train", "test", ""]).to_numpy()
-            & keep,
+            ~all_splits.isin(["train", "test", ""]).to_numpy() & keep,
             "split",
             "split {value} is not train or test",
         )
@@ -735,7 +735,6 @@ def load_wands(
             "query_id": qkeys.astype(np.int64).to_numpy(),
         }
     )
-    queries["split"] = split_by_key(list(queries["query"]), seed)
     judged = pd.DataFrame(
         {
             "qkey": lt.frame["query_id"].str.strip().to_numpy(),

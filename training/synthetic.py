@@ -40,6 +40,7 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,10 @@ from tqdm import tqdm
 from contract import ArtifactPaths
 from training.datasets import (
     CATEGORY_SEPARATOR,
+    EVENT_TYPES,
     LIST_SEPARATOR,
     PRICE_BANDS,
+    SPLITS,
     ShopData,
     save,
     split_by_key,
@@ -370,6 +373,11 @@ class _Catalog:
     brands: list[str]
     leaf_brands: list[np.ndarray]
 
+    @cached_property
+    def leaf_rows(self) -> list[np.ndarray]:
+        """Product rows of each leaf, in LEAVES order."""
+        return [np.flatnonzero(self.leaf == i) for i in range(len(LEAVES))]
+
 
 def _assign_brands(rng: np.random.Generator, n_brands: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Brand tiers and, per leaf, the brands selling there (>= 3 each, one department)."""
@@ -617,7 +625,7 @@ def _judge(
     """Judgements per query plus, per query, the judged product rows and their grades."""
     n = len(cat.leaf)
     parents = [lf.parent for lf in LEAVES]
-    leaf_rows = [np.flatnonzero(cat.leaf == i) for i in range(len(LEAVES))]
+    leaf_rows = cat.leaf_rows
     parent_of_leaf = np.array([parents.index(p) for p in parents])
     parent_of_row = parent_of_leaf[cat.leaf]
     sibling_rows = [
@@ -625,13 +633,12 @@ def _judge(
         for i in range(len(LEAVES))
     ]
     attrs = (cat.color, cat.material, cat.brand, cat.size)
-    q_ids, p_rows, grades = [], [], []
     per_query_rows: list[np.ndarray] = []
     per_query_grades: list[np.ndarray] = []
     rows_iter = tqdm(
         intent.itertuples(index=False), total=len(intent), desc="judging", disable=not progress
     )
-    for q, i, c, m, b, s in rows_iter:
+    for _q, i, c, m, b, s in rows_iter:
         same = leaf_rows[i]
         stated = 0
         matched_arr = np.zeros(len(same), dtype=np.int64)
@@ -663,19 +670,16 @@ def _judge(
         cand = pd.unique(cand)[: scale.negatives]
         chosen.append(cand)
         chosen_g.append(np.zeros(len(cand), dtype=np.int64))
-        rows = np.concatenate(chosen)
-        g = np.concatenate(chosen_g)
-        per_query_rows.append(rows)
-        per_query_grades.append(g)
-        q_ids.append(np.full(len(rows), q, dtype=np.int64))
-        p_rows.append(rows)
-        grades.append(g)
+        per_query_rows.append(np.concatenate(chosen))
+        per_query_grades.append(np.concatenate(chosen_g))
     product_ids = cat.frame["product_id"].to_numpy()
     judgements = pd.DataFrame(
         {
-            "query_id": np.concatenate(q_ids),
-            "product_id": product_ids[np.concatenate(p_rows)],
-            "relevance": np.concatenate(grades),
+            "query_id": np.repeat(
+                intent["query_id"].to_numpy(np.int64), [len(r) for r in per_query_rows]
+            ),
+            "product_id": product_ids[np.concatenate(per_query_rows)],
+            "relevance": np.concatenate(per_query_grades),
         }
     )
     return judgements, per_query_rows, per_query_grades
@@ -691,14 +695,13 @@ def _make_users(
     n_leaves = rng.integers(2, 4, size=u)
     bands = rng.choice(3, size=u, p=[0.35, 0.45, 0.2])
     cats, brs = [], []
-    leaf_rows = [np.flatnonzero(cat.leaf == i) for i in range(len(LEAVES))]
     for k in range(u):
         leaves = rng.choice(len(LEAVES), size=n_leaves[k], replace=False, p=popularity)
         pref_leaves[k, : len(leaves)] = leaves
         # One favourite brand per preferred leaf ("Sony headphones, Nike running shoes"),
         # so that every leaf a shopper returns to has a brand they come back for; big
         # brands have more fans, in proportion to their share of the leaf's products.
-        chosen = pd.unique(np.array([rng.choice(cat.brand[leaf_rows[i]]) for i in leaves]))
+        chosen = pd.unique(np.array([rng.choice(cat.brand[cat.leaf_rows[i]]) for i in leaves]))
         pref_brands[k, : len(chosen)] = chosen
         cats.append(LIST_SEPARATOR.join(LEAVES[i].path for i in leaves))
         brs.append(LIST_SEPARATOR.join(cat.brands[b] for b in chosen))
@@ -729,12 +732,12 @@ _REVISIT = 1.0  # a product clicked in an earlier session is (1 + this) times as
 _REVISIT_CART = 0.2  # ... and this much more likely to go in the basket
 
 
-def _missions(rng: np.random.Generator, user: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Per session, the session whose query it repeats (itself when it starts a mission)."""
-    order = np.lexsort((start, user))
+def _missions(rng: np.random.Generator, user: np.ndarray, by_shopper: np.ndarray) -> np.ndarray:
+    """Per session, the session whose query it repeats (itself when it starts a mission);
+    `by_shopper` orders the sessions by shopper, then start time."""
     source = np.arange(len(user))
     cont = rng.random(len(user)) < _MISSION_CONTINUE
-    for prev, cur in itertools.pairwise(order):
+    for prev, cur in itertools.pairwise(by_shopper):
         if cont[cur] and user[prev] == user[cur]:
             source[cur] = source[prev]
     return source
@@ -777,7 +780,8 @@ def _simulate_sessions(
         options = np.flatnonzero(q_leaf == i)
         if len(sessions) and len(options):
             q_index[sessions] = rng.choice(options, size=len(sessions))
-    q_index = q_index[_missions(rng, user, start)]
+    by_shopper = np.lexsort((start, user))
+    q_index = q_index[_missions(rng, user, by_shopper)]
 
     # Padded judged products per query, ranked by a noisy production ranker.
     width = max(len(r) for r in judged_rows)
@@ -809,7 +813,7 @@ def _simulate_sessions(
     p_cart = 0.04 + 0.08 * shown_g + 0.3 * brand_match + 0.2 * price_match
     p_buy = 0.3 + 0.3 * brand_match + 0.2 * price_match
     click, cart = _clicks_with_revisits(
-        rng, user, start, shown, examine * attract, p_cart, _REVISIT, _REVISIT_CART
+        rng, user, by_shopper, shown, examine * attract, p_cart, _REVISIT, _REVISIT_CART
     )
     buy = cart & (rng.random(shown.shape) < p_buy)
 
@@ -818,7 +822,7 @@ def _simulate_sessions(
     rank = np.empty(s, dtype=np.int64)
     rank[by_time] = np.arange(s)
     session_id = rank + 1
-    split = np.where(rank < round(0.8 * s), "train", np.where(rank < round(0.9 * s), "val", "test"))
+    split = np.array(SPLITS)[(rank >= round(0.8 * s)).astype(int) + (rank >= round(0.9 * s))]
     t_click = start[:, None] + 4 + 3 * position + rng.exponential(15.0, size=shown.shape)
     t_cart = t_click + 10 + rng.exponential(40.0, size=shown.shape)
     t_buy = t_cart + 30 + rng.exponential(120.0, size=shown.shape)
@@ -835,7 +839,7 @@ def _simulate_sessions(
     srow, col, type_rank, ts = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = np.lexsort((col, type_rank, ts, session_id[srow]))
     srow, col, type_rank, ts = srow[order], col[order], type_rank[order], ts[order]
-    event_types = np.array(["impression", "click", "add_to_cart", "purchase"], dtype=object)
+    event_types = np.array(EVENT_TYPES, dtype=object)
     return pd.DataFrame(
         {
             "session_id": session_id[srow].astype(np.int64),
@@ -853,14 +857,15 @@ def _simulate_sessions(
 def _clicks_with_revisits(
     rng: np.random.Generator,
     user: np.ndarray,
-    start: np.ndarray,
+    by_shopper: np.ndarray,
     shown: np.ndarray,
     p_click: np.ndarray,
     p_cart: np.ndarray,
     revisit: float,
     revisit_cart: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Click and add-to-cart masks (S, K), walking each shopper's sessions in time order so
+    """Click and add-to-cart masks (S, K), walking the sessions in `by_shopper` order (each
+    shopper's sessions in time order) so
     that a product they clicked before is `1 + revisit` times as likely to be clicked
     (capped at 0.95) and `revisit_cart` more likely to be carted."""
     u_click, u_cart = rng.random(shown.shape), rng.random(shown.shape)
@@ -868,7 +873,7 @@ def _clicks_with_revisits(
     cart = np.zeros(shown.shape, dtype=bool)
     clicked_before: set[int] = set()
     previous_user = -1
-    for j in np.lexsort((start, user)):
+    for j in by_shopper:
         if user[j] != previous_user:
             clicked_before, previous_user = set(), user[j]
         seen = np.array([int(p) in clicked_before for p in shown[j]])
