@@ -155,7 +155,7 @@ def _measure_rows(
             m = measure(make_caller, workload, c, mconfig)
         except Exception as exc:
             _log(f"  {system} ×{c}: FAILED {exc}")
-            rows.append(Row(system, c, None, error=str(exc).splitlines()[0][:200]))
+            rows.append(Row(system, c, None, error=_error_text(exc)))
             continue
         s = m.summary
         _log(
@@ -168,10 +168,14 @@ def _measure_rows(
     return rows
 
 
+def _error_text(exc: Exception) -> str:
+    """First line of the exception's message (its type when it has none), for a table cell."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 def _failed(system: str, concurrencies: list[int], exc: Exception) -> list[Row]:
     _log(f"  {system}: FAILED {exc}")
-    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return [Row(system, c, None, error=message) for c in concurrencies]
+    return [Row(system, c, None, error=_error_text(exc)) for c in concurrencies]
 
 
 def run_system(

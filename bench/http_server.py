@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +25,7 @@ from pydantic import BaseModel, Field
 
 import contract
 from model_repository.ops import InvalidInput
-
-DEFAULT_HOST = "127.0.0.1"
+from model_repository.server import DEFAULT_HOST, free_ports, http_get_ok, log_tail
 
 
 class SearchRequest(BaseModel):
@@ -70,14 +67,6 @@ def create_app(pipeline) -> FastAPI:
     return app
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM the server we started (its own process group), SIGKILL if it lingers."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -98,8 +87,6 @@ def running_http_server(
     A separate process, like the Triton server, so the load generator's threads do not
     share the server's GIL and both servers are measured the same way.
     """
-    from model_repository.server import free_ports
-
     port = port or free_ports(1)[0]
     url = f"http://{DEFAULT_HOST}:{port}"
     if log_path is None:
@@ -114,9 +101,9 @@ def running_http_server(
         )
     try:
         deadline = time.monotonic() + wait_s
-        while not _healthy(url):
+        while not http_get_ok(f"{url}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+                tail = log_tail(log_path, 20)
                 raise RuntimeError(f"naive HTTP server did not come up on {url}:\n{tail}")
             time.sleep(0.2)
         yield url

@@ -15,6 +15,7 @@ from contract import (
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_MODEL,
+    ENSEMBLE_OUTPUTS,
     HISTORY,
     MAX_TOP_K,
     PRODUCT_IDS,
@@ -96,8 +97,8 @@ def _inputs(query: str, history: np.ndarray, top_k: int) -> list[grpcclient.Infe
     return inputs
 
 
-def _outputs() -> list[grpcclient.InferRequestedOutput]:
-    return [grpcclient.InferRequestedOutput(s.name) for s in (PRODUCT_IDS, SCORES, TITLES)]
+# Built once: every request asks for the same outputs, and the request copies them.
+_OUTPUTS = [grpcclient.InferRequestedOutput(s.name) for s in ENSEMBLE_OUTPUTS]
 
 
 def parse_response(response: grpcclient.InferResult) -> list[SearchResult]:
@@ -158,7 +159,7 @@ class SearchClient:
         inputs = _inputs(query, _validate(query, history, top_k), top_k)
         try:
             response = self._client.infer(
-                self.model, inputs, outputs=_outputs(), client_timeout=self.timeout_s
+                self.model, inputs, outputs=_OUTPUTS, client_timeout=self.timeout_s
             )
         except InferenceServerException as err:
             raise SearchError.from_exception(err) from None
@@ -204,7 +205,7 @@ class SearchClient:
                     self.model,
                     inputs,
                     callback=lambda result, error, i=index: callback(i, result, error),
-                    outputs=_outputs(),
+                    outputs=_OUTPUTS,
                     client_timeout=self.timeout_s,
                 )
             except InferenceServerException as err:

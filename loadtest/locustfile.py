@@ -30,11 +30,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from client.search_client import SearchClient, SearchError  # noqa: E402
 from contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K  # noqa: E402
-
-URL_ENV = "SHOPRANK_GRPC_URL"
-WORKLOAD_ENV = "SHOPRANK_WORKLOAD"
-# Written next to locust's own <prefix>_stats.csv, in the same format, at exit.
-FINAL_STATS_SUFFIX = "_final_stats.csv"
+from loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV  # noqa: E402
 
 BUILTIN_QUERIES = (
     "red leather sofa",

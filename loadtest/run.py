@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from contract import DEFAULT_ARTIFACTS, DEFAULT_GRPC_URL, ArtifactPaths
+from loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV
+from model_repository.server import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
-# Must match locustfile.FINAL_STATS_SUFFIX (not imported: that module patches grpc for gevent).
-FINAL_STATS_SUFFIX = "_final_stats.csv"
 # Startup, ramp-up and shutdown on top of --run-time before the run counts as hung.
 TIMEOUT_MARGIN_S = 60.0
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -152,11 +152,11 @@ def run_loadtest(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, SHOPRANK_GRPC_URL=url)
+    env = dict(os.environ, **{URL_ENV: url})
     if workload is not None:
-        env["SHOPRANK_WORKLOAD"] = str(Path(workload).resolve())
+        env[WORKLOAD_ENV] = str(Path(workload).resolve())
     else:
-        env.pop("SHOPRANK_WORKLOAD", None)
+        env.pop(WORKLOAD_ENV, None)
     command = locust_command(
         users=users,
         spawn_rate=spawn_rate if spawn_rate is not None else users,
@@ -188,7 +188,7 @@ def run_loadtest(
     try:
         summary = summarize(stats)
     except (OSError, ValueError) as err:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        tail = log_tail(log_path, 30)
         raise RuntimeError(
             f"locust exited with code {completed.returncode} and wrote no usable stats "
             f"({err})\n--- last lines of {log_path} ---\n{tail}"

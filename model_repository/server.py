@@ -256,7 +256,8 @@ def log_errors(log_path: Path, limit: int = 20) -> list[str]:
     ][:limit]
 
 
-def _http_get_ok(url: str) -> bool:
+def http_get_ok(url: str) -> bool:
+    """Whether GET `url` answers 200 within 2 s."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -289,7 +290,7 @@ def wait_until_ready(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise TritonServerError(f"tritonserver exited with code {proc.returncode}")
-        if _http_get_ok(f"http://{http_url}/v2/health/ready"):
+        if http_get_ok(f"http://{http_url}/v2/health/ready"):
             try:
                 index = model_states(http_url)
             except (urllib.error.URLError, OSError, ValueError) as err:
@@ -588,7 +589,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     http_url = f"{host}:{options.get('http-port', HTTP_PORT)}"
     print(f"tritonserver pid {pid}, repository {options.get('model-repository', '?')}")
     print(f"  gRPC {host}:{options.get('grpc-port', GRPC_PORT)}   HTTP http://{http_url}")
-    if not _http_get_ok(f"http://{http_url}/v2/health/ready"):
+    if not http_get_ok(f"http://{http_url}/v2/health/ready"):
         print("  server: NOT READY")
         return 1
     try:
