@@ -207,5 +207,23 @@ class ArtifactPaths:
     def loadtest(self) -> Path:
         return self.root / "loadtest"
 
+    @property
+    def workload(self) -> Path:
+        """Requests for the load test and the benchmark (loadtest.workload writes it)."""
+        return self.loadtest / "workload.json"
+
+    @property
+    def loadtest_summary(self) -> Path:
+        return self.loadtest / LOADTEST_SUMMARY_FILE
+
 
 DEFAULT_ARTIFACTS = Path("artifacts") / "demo"
+
+# Files inside a generated model repository's version folders (model_repository.build
+# writes them, the Python-backend models and the in-process pipeline read them).
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_ONNX_FILE = "model.onnx"
+RANKER_ONNX_FILE = "ranker.onnx"
+CATALOG_FILE = "catalog.npz"
+# What `python -m loadtest.run` writes into its --out folder.
+LOADTEST_SUMMARY_FILE = "summary.json"

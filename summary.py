@@ -23,7 +23,7 @@ def lines(paths: contract.ArtifactPaths) -> list[str]:
     if paths.conversion_report.exists():
         report = json.loads(paths.conversion_report.read_text())
         out += ["## conversion", *report_lines(report)[2:], ""]
-    load = paths.loadtest / "summary.json"
+    load = paths.loadtest_summary
     if load.exists():
         s = json.loads(load.read_text())
         out += [

@@ -203,7 +203,7 @@ def run_system(
 def run(config: BenchConfig) -> BenchResult:
     """Run the whole benchmark and write the reports."""
     paths = contract.ArtifactPaths(Path(config.out))
-    workload_path = Path(config.workload) if config.workload else paths.loadtest / "workload.json"
+    workload_path = Path(config.workload) if config.workload else paths.workload
     workload = load_workload(workload_path, config.max_requests)
     concurrencies = _concurrencies(config.concurrency)
     systems = _systems(config.systems)

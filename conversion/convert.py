@@ -230,6 +230,16 @@ def _static_qdq_variant(
     }
 
 
+def _apply_gate(gate: quantize.QualityGate, name: str, entry: dict, fp32_ndcg: float) -> None:
+    """Mark a variant's report `entry` accepted, or refused with the gate's reason."""
+    try:
+        gate.check(name, entry["cosine"], entry["quality"]["ndcg@10"], fp32_ndcg)
+        entry["accepted"], entry["reason"] = True, ""
+    except quantize.QualityError as exc:
+        entry["accepted"], entry["reason"] = False, str(exc)
+        log.warning("refused: %s", exc)
+
+
 def _tensorrt_engines(
     paths: contract.ArtifactPaths,
     config: ConversionConfig,
@@ -304,17 +314,7 @@ def _tensorrt_engines(
         cos = quantize.row_cosine(reference, emb)
         engine["cosine"], engine["min_cosine"] = float(cos.mean()), float(cos.min())
         engine["quality"] = ndcg_of(emb, data, index)
-        try:
-            gate.check(
-                f"tensorrt_{precision}",
-                engine["cosine"],
-                engine["quality"]["ndcg@10"],
-                fp32_quality["ndcg@10"],
-            )
-            engine["accepted"], engine["reason"] = True, ""
-        except quantize.QualityError as exc:
-            engine["accepted"], engine["reason"] = False, str(exc)
-            log.warning("refused: %s", exc)
+        _apply_gate(gate, f"tensorrt_{precision}", engine, fp32_quality["ndcg@10"])
     accepted = [p for p, e in report["engines"].items() if e.get("accepted")]
     timed = all("latency" in report["engines"][p] for p in accepted)
     best = min(
@@ -401,12 +401,7 @@ def run(config: ConversionConfig) -> dict:
         v["latency"] = asdict(
             quantize.measure_latency(v["path"], feeds, config.latency_runs, threads=config.threads)
         )
-        try:
-            gate.check(name, v["cosine"], v["quality"]["ndcg@10"], fp32_quality["ndcg@10"])
-            v["accepted"], v["reason"] = True, ""
-        except quantize.QualityError as exc:
-            v["accepted"], v["reason"] = False, str(exc)
-            log.warning("refused: %s", exc)
+        _apply_gate(gate, name, v, fp32_quality["ndcg@10"])
     accepted = [n for n, v in variants.items() if v["accepted"]]
     selected = min(accepted, key=lambda n: variants[n]["latency"]["p50_ms"])
 

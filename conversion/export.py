@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import contract
+from conversion.quantize import row_cosine
 from conversion.runtime import cpu_session
 from training.fusion import FusionRanker
 
@@ -131,9 +132,7 @@ class Parity:
 
 def cosine_parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     """Row-wise cosine between two embedding matrices of the same shape."""
-    ref = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
-    cand = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
-    cos = np.sum(ref * cand, axis=1)
+    cos = row_cosine(reference, candidate)
     return Parity(
         min_cosine=float(cos.min()),
         mean_cosine=float(cos.mean()),

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contract import DEFAULT_ARTIFACTS, DEFAULT_GRPC_URL, ArtifactPaths
+from contract import DEFAULT_ARTIFACTS, DEFAULT_GRPC_URL, LOADTEST_SUMMARY_FILE, ArtifactPaths
 from loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV
 from model_repository.server import log_tail
 
@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         "locust_exit_code": locust_code,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
-    (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / LOADTEST_SUMMARY_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(summary.line())
-    print(f"details: {args.out}/summary.json, {args.out}/report.html")
+    print(f"details: {args.out / LOADTEST_SUMMARY_FILE}, {args.out}/report.html")
     if summary.failures or not summary.requests:
         failures_csv = args.out / f"{CSV_PREFIX}_failures.csv"
         print(f"error: the run had failures or no requests; see {failures_csv}", file=sys.stderr)

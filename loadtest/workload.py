@@ -66,16 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     paths = contract.ArtifactPaths(args.out)
     workload = make_workload(datasets.load(paths), args.requests, args.seed)
     paths.loadtest.mkdir(parents=True, exist_ok=True)
-    (paths.loadtest / "workload.json").write_text(json.dumps(workload))
+    paths.workload.write_text(json.dumps(workload))
     example = max(workload, key=lambda w: len(w["history"]))
     (paths.loadtest / "example_history.txt").write_text(
         ",".join(str(p) for p in example["history"][-5:])
     )
     with_history = sum(bool(w["history"]) for w in workload)
-    print(
-        f"wrote {len(workload)} requests ({with_history} with history) to "
-        f"{paths.loadtest / 'workload.json'}"
-    )
+    print(f"wrote {len(workload)} requests ({with_history} with history) to {paths.workload}")
 
 
 if __name__ == "__main__":

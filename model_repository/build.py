@@ -203,7 +203,7 @@ def encoder_gpu_config(
         config.max_batch_size = min(serving.max_batch_size, profile.max_batch)
     else:
         config.backend = "onnxruntime"
-        config.default_model_filename = "model.onnx"
+        config.default_model_filename = contract.ENCODER_ONNX_FILE
     return config
 
 
@@ -231,11 +231,10 @@ def build(
         contract.TOKENIZER_MODEL, serving, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS, {}
     )
     cfg.backend = "python"
-    cfg.parameters["tokenizer_file"].string_value = "tokenizer.json"
+    cfg.parameters["tokenizer_file"].string_value = contract.TOKENIZER_FILE
     _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
-    model_dir = _write_model(
-        repo, cfg, v, {"tokenizer.json": tokenizer_file(paths.encoder)}, python_source="tokenizer"
-    )
+    files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
+    model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")
     _write_warmup(model_dir, {"query": _bytes_tensor(b"red leather sofa")})
 
     # encoder
@@ -250,9 +249,9 @@ def build(
             emb_dims,
         )
         cfg.backend = "python"
-        cfg.parameters["onnx_file"].string_value = "model.onnx"
+        cfg.parameters["onnx_file"].string_value = contract.ENCODER_ONNX_FILE
         cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.ENCODER_MODEL])
-        files = {"model.onnx": encoder_onnx}
+        files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
         source: str | None = "encoder"
     else:
         engine = served_plan(paths)
@@ -282,14 +281,14 @@ def build(
         contract.RANKER_MODEL, serving, contract.RANKER_INPUTS, contract.RANKER_OUTPUTS, emb_dims
     )
     cfg.backend = "python"
-    cfg.parameters["onnx_file"].string_value = "ranker.onnx"
+    cfg.parameters["onnx_file"].string_value = contract.RANKER_ONNX_FILE
     # On GPU hosts the catalog scan runs on the container's ONNX Runtime CUDA provider.
     cfg.parameters["providers"].string_value = (
         "CUDAExecutionProvider,CPUExecutionProvider"
         if serving.target == "gpu"
         else "CPUExecutionProvider"
     )
-    cfg.parameters["catalog_file"].string_value = "catalog.npz"
+    cfg.parameters["catalog_file"].string_value = contract.CATALOG_FILE
     cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.RANKER_MODEL])
     _warmup(
         cfg,
@@ -300,7 +299,7 @@ def build(
         },
     )
     catalog = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
-    catalog_file = paths.onnx / "catalog.npz"
+    catalog_file = paths.onnx / contract.CATALOG_FILE
     CatalogIndex(
         product_ids=catalog["product_id"].to_numpy(np.int64),
         titles=catalog["title"].to_numpy(object),
@@ -309,7 +308,7 @@ def build(
         repo,
         cfg,
         v,
-        {"ranker.onnx": paths.ranker_onnx, "catalog.npz": catalog_file},
+        {contract.RANKER_ONNX_FILE: paths.ranker_onnx, contract.CATALOG_FILE: catalog_file},
         python_source="ranker",
     )
     query = np.zeros(dim, dtype=np.float32)

@@ -39,12 +39,13 @@ class InProcessPipeline:
 
     def __init__(self, repository: Path, version: int = 1, threads: int = 1) -> None:
         v = str(version)
-        self.tokenizer = QueryTokenizer(
-            repository / contract.TOKENIZER_MODEL / v / "tokenizer.json"
-        )
-        self.encoder = cpu_session(repository / contract.ENCODER_MODEL / v / "model.onnx", threads)
-        self.ranker = cpu_session(repository / contract.RANKER_MODEL / v / "ranker.onnx", threads)
-        self.catalog = CatalogIndex.load(repository / contract.RANKER_MODEL / v / "catalog.npz")
+        tokenizer_dir = repository / contract.TOKENIZER_MODEL / v
+        encoder_dir = repository / contract.ENCODER_MODEL / v
+        ranker_dir = repository / contract.RANKER_MODEL / v
+        self.tokenizer = QueryTokenizer(tokenizer_dir / contract.TOKENIZER_FILE)
+        self.encoder = cpu_session(encoder_dir / contract.ENCODER_ONNX_FILE, threads)
+        self.ranker = cpu_session(ranker_dir / contract.RANKER_ONNX_FILE, threads)
+        self.catalog = CatalogIndex.load(ranker_dir / contract.CATALOG_FILE)
 
     def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
         """Query embeddings (B, D) exactly as the served tokenizer + encoder compute them."""
@@ -74,6 +75,8 @@ class InProcessPipeline:
             for ids, scores, titles in results
         ]
 
-    def search(self, query: str | bytes, history: Sequence[int] = (), k: int = 10) -> Ranked:
+    def search(
+        self, query: str | bytes, history: Sequence[int] = (), k: int = contract.DEFAULT_TOP_K
+    ) -> Ranked:
         """Top-k for one query."""
         return self.search_many([query], [history], k)[0]
