@@ -84,11 +84,6 @@ class ConversionConfig:
         )
 
 
-def _encoder_dims(encoder_dir: Path) -> tuple[int, int]:
-    cfg = json.loads((encoder_dir / "config.json").read_text())
-    return int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
-
-
 def heldout_texts(data: datasets.ShopData, n: int) -> tuple[list[str], list[str]]:
     """Held-out query texts (test split) and a sample of product texts."""
     queries = data.queries[data.queries["split"] == "test"]["query"].tolist()
@@ -339,11 +334,8 @@ def run(config: ConversionConfig) -> dict:
     paths.onnx.mkdir(parents=True, exist_ok=True)
 
     # fp32: export, fuse, parity against PyTorch on held-out queries and products.
-    raw = export.export_encoder(paths.encoder, paths.onnx / "encoder.raw.onnx")
-    heads, hidden = _encoder_dims(paths.encoder)
-    fused = export.fuse_encoder(raw, paths.encoder_onnx, heads, hidden)
-    if not fused:
-        shutil.copyfile(raw, paths.encoder_onnx)
+    raw = paths.onnx / "encoder.raw.onnx"
+    fused = export.export_fused_encoder(paths.encoder, raw, paths.encoder_onnx)
     parity_q = export.check_encoder_parity(
         paths.encoder_onnx,
         paths.encoder,

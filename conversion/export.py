@@ -7,7 +7,9 @@ drift, so a broken export can never reach the model repository.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,22 @@ def fuse_encoder(raw_path: Path, out_path: Path, num_heads: int, hidden_size: in
     except Exception as exc:  # the optimizer raises many types on unknown patterns
         log.warning("transformer fusion failed (%s); keeping the unfused graph", exc)
         return False
+
+
+def encoder_dims(encoder_dir: Path) -> tuple[int, int]:
+    """(attention heads, hidden size) of the BERT encoder saved in `encoder_dir`."""
+    cfg = json.loads((Path(encoder_dir) / "config.json").read_text())
+    return int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+
+
+def export_fused_encoder(encoder_dir: Path, raw_path: Path, out_path: Path) -> bool:
+    """Export the encoder to `raw_path`, then fuse it into `out_path`; when fusion fails,
+    `out_path` is a copy of the raw graph. Returns whether the graph was fused."""
+    raw = export_encoder(encoder_dir, raw_path)
+    fused = fuse_encoder(raw, out_path, *encoder_dims(encoder_dir))
+    if not fused:
+        shutil.copyfile(raw, out_path)
+    return fused
 
 
 @dataclass

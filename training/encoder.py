@@ -24,7 +24,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import modules
-from transformers import AutoConfig
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +151,14 @@ def embed_onnx(
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from conversion.export import export_encoder, fuse_encoder
+    from conversion.export import encoder_dims, export_fused_encoder
+    from conversion.quantize import query_feeds
     from conversion.runtime import cpu_session
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    raw = export_encoder(encoder_dir, work_dir / "embed.raw.onnx")
-    cfg = AutoConfig.from_pretrained(str(encoder_dir))
-    fused = work_dir / "embed.onnx"
-    graph = fused if fuse_encoder(raw, fused, cfg.num_attention_heads, cfg.hidden_size) else raw
+    raw, graph = work_dir / "embed.raw.onnx", work_dir / "embed.onnx"
+    export_fused_encoder(encoder_dir, raw, graph)
+    hidden_size = encoder_dims(encoder_dir)[1]
     session = cpu_session(graph, threads=threads)
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
     texts = list(texts)
@@ -167,7 +166,7 @@ def embed_onnx(
         len(ids) for ids in tok(texts, truncation=True, max_length=max_seq_length)["input_ids"]
     ]
     order = np.argsort(lengths, kind="stable")
-    out = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
+    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
     for start in tqdm(range(0, len(texts), batch_size), desc=desc):
         idx = order[start : start + batch_size]
         enc = tok(
@@ -179,12 +178,9 @@ def embed_onnx(
         )
         out[idx] = session.run(
             [contract.ONNX_SENTENCE_EMBEDDING],
-            {
-                contract.ONNX_INPUT_IDS: enc["input_ids"].astype(np.int64),
-                contract.ONNX_ATTENTION_MASK: enc["attention_mask"].astype(np.int64),
-            },
+            query_feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)),
         )[0]
-    for path in (raw, fused):
+    for path in (raw, graph):
         path.unlink(missing_ok=True)
     return out
 
