@@ -144,12 +144,8 @@ class ShopData:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The present tables by name, in schema order."""
-        out = {"catalog": self.catalog, "queries": self.queries, "judgements": self.judgements}
-        if self.users is not None:
-            out["users"] = self.users
-        if self.events is not None:
-            out["events"] = self.events
-        return out
+        tables = {name: getattr(self, name) for name in SCHEMA}
+        return {name: table for name, table in tables.items() if table is not None}
 
     def summary(self) -> str:
         """One line of row counts, e.g. for a CLI to print."""
@@ -167,13 +163,8 @@ def _as_paths(paths: ArtifactPaths | str | Path) -> ArtifactPaths:
 
 
 def _table_paths(paths: ArtifactPaths) -> dict[str, Path]:
-    return {
-        "catalog": paths.catalog,
-        "queries": paths.queries,
-        "judgements": paths.judgements,
-        "users": paths.users,
-        "events": paths.events,
-    }
+    # Each table's ArtifactPaths property is named as in SCHEMA.
+    return {name: getattr(paths, name) for name in SCHEMA}
 
 
 def save(data: ShopData, paths: ArtifactPaths | str | Path) -> None:
