@@ -235,19 +235,13 @@ def _check_columns(table: str, df: pd.DataFrame, columns: Mapping[str, str]) -> 
             source=table,
             column=missing[0],
         )
+    numeric = {"int": np.dtype(np.int64), "float": np.dtype(np.float64)}
     for col, kind in columns.items():
         s = df[col]
-        if kind == "int":
-            if s.dtype != np.int64:
+        if kind in numeric:
+            if s.dtype != numeric[kind]:
                 raise DataError(
-                    f"{table}: column '{col}' must be int64, got dtype {s.dtype}",
-                    source=table,
-                    column=col,
-                )
-        elif kind == "float":
-            if s.dtype != np.float64:
-                raise DataError(
-                    f"{table}: column '{col}' must be float64, got dtype {s.dtype}",
+                    f"{table}: column '{col}' must be {numeric[kind]}, got dtype {s.dtype}",
                     source=table,
                     column=col,
                 )
