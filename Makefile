@@ -5,7 +5,7 @@
 #   make test    the test suite
 #
 # Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu),
-# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m training`).
+# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m shoprank.training`).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -31,51 +31,51 @@ PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_FIND) -e '.[dev]'
+	$(PY) -m pip install --quiet $(PIP_FIND) -e ./client -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed ## create .venv and install shoprank with its dependencies
+venv: $(VENV)/.installed ## create .venv and install shoprank (and ./client) with their dependencies
 
 data: venv ## generate the synthetic shop (SCALE=tiny|demo|full)
-	$(PY) -m training.synthetic --scale $(SCALE) --out $(OUT)
+	$(PY) -m shoprank.training.synthetic --scale $(SCALE) --out $(OUT)
 
 train: venv ## fine-tune the encoder, train the fusion ranker, write metrics.json
-	$(PY) -m training --out $(OUT) --scale $(SCALE) $(TRAIN_ARGS)
+	$(PY) -m shoprank.training --out $(OUT) --scale $(SCALE) $(TRAIN_ARGS)
 
 eval: venv ## train, then baselines (BM25, popularity) + report under OUT/reports
 	$(MAKE) train
-	$(PY) -m training.evaluate --out $(OUT)
+	$(PY) -m shoprank.training.evaluate --out $(OUT)
 
 crossval: venv ## query-grouped k-fold on your own data: make crossval DATA=file.csv
-	$(PY) -m training.crossval --data $(DATA) --folds 5 --out $(OUT)/crossval
+	$(PY) -m shoprank.training.crossval --data $(DATA) --folds 5 --out $(OUT)/crossval
 
 convert: venv ## ONNX export, parity check, int8 quantization, conversion report
-	$(PY) -m conversion --out $(OUT)
+	$(PY) -m shoprank.conversion --out $(OUT)
 
 repo: venv ## generate the Triton model repository (TARGET=cpu|gpu)
-	$(PY) -m model_repository.build --out $(OUT) --target $(TARGET)
+	$(PY) -m shoprank.model_repository.build --out $(OUT) --target $(TARGET)
 
 serve: venv ## start the embedded Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002)
-	$(PY) -m model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log
+	$(PY) -m shoprank.model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log
 
 stop: ## stop the embedded Triton server
-	@if [ -x $(PY) ]; then $(PY) -m model_repository.server stop --pidfile $(PIDFILE); fi
+	@if [ -x $(PY) ]; then $(PY) -m shoprank.model_repository.server stop --pidfile $(PIDFILE); fi
 
 search: venv ## one search through the client CLI
-	$(PY) -m client search "red leather sofa" --top-k 5
-	$(PY) -m client search "running shoes" --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 5
+	$(PY) -m shoprank_client search "red leather sofa" --top-k 5
+	$(PY) -m shoprank_client search "running shoes" --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 5
 
 workload: venv ## realistic (query, history) requests from the held-out sessions
-	$(PY) -m loadtest.workload --out $(OUT)
+	$(PY) -m shoprank.loadtest.workload --out $(OUT)
 
 loadtest: venv ## Locust against the gRPC endpoint (USERS, RUN_TIME); prints p50/p95/p99
-	$(PY) -m loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json
+	$(PY) -m shoprank.loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json
 
 summary: venv ## print the demo summary from the artifacts
-	$(PY) -m summary --out $(OUT)
+	$(PY) -m shoprank.summary --out $(OUT)
 
 demo: venv ## the whole product end to end on the embedded defaults
 	$(MAKE) train convert repo workload
@@ -84,7 +84,7 @@ demo: venv ## the whole product end to end on the embedded defaults
 	trap '$(MAKE) stop' EXIT; $(MAKE) search loadtest summary
 
 bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratios under reports/
-	$(PY) -m bench --out $(OUT) $(BENCH_ARGS)
+	$(PY) -m shoprank.bench --out $(OUT) $(BENCH_ARGS)
 
 test: venv ## run the test suite
 	$(PY) -m pytest -q
@@ -98,7 +98,7 @@ serve-gpu: ## on a GPU host: serve the gpu repository in NVIDIA's Triton contain
 	docker run --gpus=all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
 	  -v $(CURDIR):/workspace/shoprank -w /workspace/shoprank \
 	  nvcr.io/nvidia/tritonserver:24.10-py3 bash -c \
-	  "pip install --quiet --no-deps -e . && pip install --quiet tokenizers 'numpy<2' onnxruntime-gpu && \
+	  "pip install --quiet --no-deps -e ./client -e . && pip install --quiet tokenizers 'numpy<2' onnxruntime-gpu && \
 	   tritonserver --model-repository=$(OUT)/repository_gpu"
 
 clean: stop ## remove the artifacts of OUT

@@ -1,4 +1,4 @@
-"""`python -m bench`: naive PyTorch vs ONNX Runtime vs the Triton ensemble, one machine.
+"""`python -m shoprank.bench`: naive PyTorch vs ONNX Runtime vs the Triton ensemble, one machine.
 
 Modules, one idea each:
 

@@ -1,4 +1,4 @@
-"""`python -m bench --out artifacts/demo`: the naive baseline vs ONNX Runtime vs Triton.
+"""`python -m shoprank.bench --out artifacts/demo`: the naive baseline vs ONNX Runtime vs Triton.
 
 Runs, on this machine and over the same workload (`<out>/loadtest/workload.json`):
 
@@ -10,7 +10,7 @@ Runs, on this machine and over the same workload (`<out>/loadtest/workload.json`
 4. the encoder's FLOP floor on this machine.
 
 Writes `<reports>/bench.md`, `bench.csv` and `bench_latency.png` and prints the table.
-Every field of BenchConfig is a flag (`python -m bench --help`). Exit code 1 when a
+Every field of BenchConfig is a flag (`python -m shoprank.bench --help`). Exit code 1 when a
 system could not be measured.
 """
 
@@ -26,18 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import contract
-from bench import report
-from bench.flops import FlopFloor, encoder_floor
-from bench.measure import Caller, MeasureConfig, measure
-from bench.report import Row, Target
-from bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
-from configargs import parse_config
+from shoprank import contract
+from shoprank.bench import report
+from shoprank.bench.flops import FlopFloor, encoder_floor
+from shoprank.bench.measure import Caller, MeasureConfig, measure
+from shoprank.bench.report import Row, Target
+from shoprank.bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
+from shoprank.configargs import parse_config
 
 
 @dataclass
 class BenchConfig:
-    """Everything `python -m bench` can be told; each field is a `--flag`."""
+    """Everything `python -m shoprank.bench` can be told; each field is a `--flag`."""
 
     out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifact folder"})
     reports: Path = field(default=Path("reports"), metadata={"help": "where to write reports"})

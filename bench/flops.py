@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import contract
-from model_repository.ops import QueryTokenizer
+from shoprank import contract
+from shoprank.runtime import QueryTokenizer
 
 
 def bert_flops(
@@ -58,9 +58,9 @@ def count_flops(module: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 def load_counting_encoder(encoder_dir: Path) -> nn.Module:
     """The encoder with eager attention: FlopCounterMode has no formula for CPU SDPA."""
-    from conversion.export import load_sentence_encoder
+    from shoprank.encoder import load_embedder
 
-    return load_sentence_encoder(encoder_dir)
+    return load_embedder(encoder_dir)
 
 
 def typical_query(tokenizer_json: Path, queries: Sequence[str]) -> tuple[str, int, int]:
@@ -160,8 +160,8 @@ def encoder_floor(
     min_time_s: float = 0.5,
 ) -> FlopFloor:
     """Count, time and compare: the floor next to PyTorch eager and ONNX Runtime latencies."""
-    from conversion.runtime import cpu_session
-    from training.encoder import tokenizer_file
+    from shoprank.encoder import tokenizer_file
+    from shoprank.runtime import cpu_session
 
     tokenizer_json = tokenizer_file(paths.encoder)
     query, tokens, width = typical_query(tokenizer_json, queries)

@@ -1,6 +1,6 @@
 """The naive baseline behind a simple HTTP server: FastAPI + uvicorn, JSON in and out.
 
-    python -m bench.http_server --out artifacts/demo --port 8080
+    python -m shoprank.bench.http_server --out artifacts/demo --port 8080
 
 One uvicorn worker; the endpoint is a plain `def`, so FastAPI runs each request on its
 thread pool, which is what most first deployments of a PyTorch model look like. The
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +21,9 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-import contract
-from model_repository.ops import InvalidInput
-from model_repository.server import DEFAULT_HOST, free_ports, http_get_ok, log_tail
+from shoprank import contract
+from shoprank.runtime import InvalidInput
+from shoprank.tritonserver import DEFAULT_HOST, free_ports, log_tail, stop_process_group
 
 
 class SearchRequest(BaseModel):
@@ -67,22 +65,21 @@ def create_app(pipeline) -> FastAPI:
     return app
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the server we started (its own process group), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
+def _health_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 @contextlib.contextmanager
 def running_http_server(
     out: Path, *, port: int | None = None, wait_s: float = 180.0, log_path: Path | None = None
 ) -> Iterator[str]:
-    """Run `python -m bench.http_server` in a subprocess for a `with` block; yields its URL.
+    """Run `python -m shoprank.bench.http_server` in a subprocess for a `with` block; yield
+    its URL.
 
     A separate process, like the Triton server, so the load generator's threads do not
     share the server's GIL and both servers are measured the same way.
@@ -93,7 +90,15 @@ def running_http_server(
         log_path = Path(tempfile.mkdtemp(prefix="shoprank-bench-")) / "http_server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.http_server", "--out", str(out), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "shoprank.bench.http_server",
+                "--out",
+                str(out),
+                "--port",
+                str(port),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,21 +106,21 @@ def running_http_server(
         )
     try:
         deadline = time.monotonic() + wait_s
-        while not http_get_ok(f"{url}/health"):
+        while not _health_ok(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_tail(log_path, 20)
                 raise RuntimeError(f"naive HTTP server did not come up on {url}:\n{tail}")
             time.sleep(0.2)
         yield url
     finally:
-        stop_process(proc)
+        stop_process_group(proc, timeout=10.0)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: load the naive pipeline from `--out` and serve it with one uvicorn worker."""
     import uvicorn
 
-    from bench.naive import NaivePipeline
+    from shoprank.bench.naive import NaivePipeline
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-import contract
-from model_repository.ops import decode_query, validate_top_k
-from model_repository.pipeline import Ranked
+from shoprank import contract
+from shoprank.pipeline import Ranked
+from shoprank.runtime import decode_query, validate_top_k
 
 
 def _titles(catalog: Path, product_ids: np.ndarray) -> list[str]:
@@ -37,8 +37,8 @@ class NaivePipeline:
     """PyTorch-eager search: sentence-transformers encoder + FusionRanker, one request at a time."""
 
     def __init__(self, paths: contract.ArtifactPaths) -> None:
-        from training.encoder import load_encoder
-        from training.fusion import load_ranker
+        from shoprank.encoder import load_encoder
+        from shoprank.fusion import load_ranker
 
         # Queries are truncated where the served tokenizer truncates them, so both paths
         # embed the same tokens.

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.flops import FlopFloor
-from bench.measure import Summary
-from bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON
+from shoprank.bench.flops import FlopFloor
+from shoprank.bench.measure import Summary
+from shoprank.bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON
 
 # The targets (benchmarks, not timed tests).
 TARGET_TRITON_P50_MS = 5.0

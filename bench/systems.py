@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import contract
-from bench.measure import Caller
-from model_repository.pipeline import InProcessPipeline
+from shoprank import contract
+from shoprank.bench.measure import Caller
+from shoprank.pipeline import InProcessPipeline
 
 # (system key, label in the report, transport)
 NAIVE = "naive"
@@ -47,7 +47,7 @@ def onnx_pipeline(
     loaded from `<out>/onnx/` with the same session settings (`cpu_session`), so fp32 and
     int8 differ in the encoder graph and nothing else.
     """
-    from conversion.runtime import cpu_session
+    from shoprank.runtime import cpu_session
 
     pipeline = InProcessPipeline(paths.repository("cpu"), threads=threads)
     pipeline.encoder = cpu_session(encoder_onnx, threads)
@@ -87,7 +87,7 @@ class TritonCaller:
     """The project's gRPC SearchClient (one channel per worker), results parsed."""
 
     def __init__(self, url: str) -> None:
-        from client import SearchClient
+        from shoprank_client import SearchClient
 
         self.client = SearchClient(url)
 
@@ -110,21 +110,21 @@ def open_system(
     (empty: start the embedded server on free loopback ports).
     """
     if system == NAIVE:
-        from bench.naive import NaivePipeline
+        from shoprank.bench.naive import NaivePipeline
 
         yield pipeline_caller(NaivePipeline(paths))
     elif system in (ONNX_FP32, ONNX_INT8):
         onnx = paths.encoder_onnx if system == ONNX_FP32 else paths.encoder_int8_onnx
         yield pipeline_caller(onnx_pipeline(paths, onnx, threads=ort_threads))
     elif system == NAIVE_HTTP:
-        from bench.http_server import running_http_server
+        from shoprank.bench.http_server import running_http_server
 
         with running_http_server(paths.root) as http_url:
             yield lambda: HttpCaller(http_url)
     elif system == TRITON and url:
         yield lambda: TritonCaller(url)
     elif system == TRITON:
-        from model_repository.server import running_server
+        from shoprank.tritonserver import running_server
 
         with running_server(paths.repository("cpu")) as handle:
             yield lambda: TritonCaller(handle.grpc_url)

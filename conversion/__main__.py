@@ -1,5 +1,5 @@
-"""`python -m conversion`: run the conversion stage (see conversion/convert.py)."""
+"""`python -m shoprank.conversion`: run the conversion stage (see conversion/convert.py)."""
 
-from conversion.convert import main
+from shoprank.conversion.convert import main
 
 main()

@@ -1,6 +1,6 @@
 """The conversion stage: export, fuse, check parity, quantize, gate on quality, report.
 
-    python -m conversion --out artifacts/demo
+    python -m shoprank.conversion --out artifacts/demo
 
 reads the trained encoder and ranker from `--out`, writes the ONNX variants and
 `onnx/conversion_report.{json,md}`, and records which encoder variant the model
@@ -20,18 +20,23 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-import contract
-from configargs import config_to_dict, parse_config, setup_logging
-from conversion import export, quantize, tensorrt
-from training import datasets
-from training.encoder import tokenizer_file
-from training.fusion import load_ranker
-from training.metrics import mean_metrics, top_k_rankings
-from training.train import load_item_index
+from shoprank import contract, datasets
+from shoprank.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
+from shoprank.configargs import config_to_dict, parse_config, setup_logging
+from shoprank.conversion import export, int8, tensorrt
+from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, search_exclusions
+from shoprank.conversion.latency import Speed, file_mb, measure_latency
+from shoprank.conversion.quality import QualityGate, row_cosine
+from shoprank.conversion.report import report_lines
+from shoprank.encoder import export_fused_encoder, tokenizer_file
+from shoprank.fusion import load_ranker
+from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
+from shoprank.runtime import tokenized_feeds
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,9 @@ class ConversionConfig:
     """Knobs of the conversion stage; each is a command-line flag."""
 
     out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifact folder"})
-    min_parity_cosine: float = field(default=0.999, metadata={"help": "fp32 ONNX vs PyTorch"})
+    min_parity_cosine: float = field(
+        default=0.999, metadata={"help": "fp32 ONNX vs SentenceTransformer.encode"}
+    )
     min_cosine: float = field(default=0.95, metadata={"help": "quantized vs fp32, mean"})
     max_ndcg_loss: float = field(default=0.01, metadata={"help": "relative NDCG@10 budget"})
     latency_runs: int = 50
@@ -72,7 +79,7 @@ class ConversionConfig:
     )
     trt_workspace_gb: float = 2.0
 
-    def trt_profile(self) -> tensorrt.OptimizationProfile:
+    def trt_profile(self) -> OptimizationProfile:
         """The TensorRT optimization profile these fields describe."""
         return tensorrt.profile_from_config(
             max_batch=self.trt_max_batch,
@@ -132,7 +139,34 @@ def ndcg_of(
     return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
-STATIC_QDQ_ONNX = "encoder.int8_qdq.onnx"
+@dataclass
+class Variant:
+    """One converted encoder, how it measured against fp32, and the gate's verdict."""
+
+    name: str
+    path: Path | None  # None: the variant could not be produced (`reason` says why)
+    cosine: float = float("nan")  # mean over held-out queries, vs fp32
+    min_cosine: float = float("nan")
+    quality: dict[str, float] = field(default_factory=dict)  # retrieval metrics, test split
+    size_mb: float | None = None
+    latency: Speed | None = None
+    accepted: bool = False
+    reason: str = ""
+    static_qdq: dict[str, Any] | None = None  # the exclusion search behind it, if any
+
+    def judge(self, gate: QualityGate, fp32_ndcg: float) -> None:
+        """Record the gate's verdict on this variant."""
+        self.accepted, self.reason = gate.verdict(
+            self.name, self.cosine, self.quality.get(NDCG_AT_10), fp32_ndcg
+        )
+        if not self.accepted:
+            log.warning("refused: %s", self.reason)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report entry (paths as strings; absent measurements left out)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "name"}
+        out["path"] = str(self.path) if self.path is not None else None
+        return out
 
 
 @dataclass
@@ -154,13 +188,11 @@ def _qdq_inputs(
     sel = selection_queries(data, config.selection_texts)
     test = data.queries[data.queries["split"] == "test"]["query"].tolist()
     return QDQInputs(
-        calibration=quantize.calibration_feeds(tok, cal_q, contract.MAX_QUERY_TOKENS)
-        + quantize.calibration_feeds(tok, cal_p, contract.MAX_PRODUCT_TOKENS),
-        selection=quantize.calibration_feeds(tok, sel, contract.MAX_QUERY_TOKENS, 64),
-        test=quantize.calibration_feeds(
-            tok, test, contract.MAX_QUERY_TOKENS, min(64, config.trt_max_batch)
-        ),
-        sample=quantize.calibration_feeds(tok, ["red leather sofa"])[0],
+        calibration=tokenized_feeds(tok, cal_q, contract.MAX_QUERY_TOKENS)
+        + tokenized_feeds(tok, cal_p, contract.MAX_PRODUCT_TOKENS),
+        selection=tokenized_feeds(tok, sel, contract.MAX_QUERY_TOKENS, 64),
+        test=tokenized_feeds(tok, test, contract.MAX_QUERY_TOKENS, min(64, config.trt_max_batch)),
+        sample=tokenized_feeds(tok, ["red leather sofa"])[0],
         counts={
             "calibration_queries": len(cal_q),
             "calibration_products": len(cal_p),
@@ -169,7 +201,7 @@ def _qdq_inputs(
     )
 
 
-def _search_summary(search: quantize.ExclusionSearch, inputs: QDQInputs) -> dict:
+def _search_summary(search: ExclusionSearch, inputs: QDQInputs) -> dict[str, Any]:
     chosen = next(t for t in search.trials if t.name == search.best)
     return {
         "exclusion": search.best,
@@ -186,7 +218,6 @@ def _search_summary(search: quantize.ExclusionSearch, inputs: QDQInputs) -> dict
 
 def _static_qdq_variant(
     paths: contract.ArtifactPaths,
-    unfused: Path,
     inputs: QDQInputs,
     config: ConversionConfig,
     fp32_q: np.ndarray,
@@ -194,13 +225,13 @@ def _static_qdq_variant(
     data: datasets.ShopData,
     index: dict[str, np.ndarray],
     latency_feeds: dict[str, np.ndarray],
-) -> dict:
+) -> Variant:
     """The int8_static_qdq variant: exclusion search, then the same measures as the others."""
-    out = paths.onnx / STATIC_QDQ_ONNX
-    work = paths.onnx / "qdq_work"
+    out = paths.encoder_qdq_onnx
+    work = paths.quantization_work
     try:
-        search = quantize.search_exclusions(
-            unfused,
+        search = search_exclusions(
+            paths.encoder_unfused_onnx,
             out,
             inputs.calibration,
             inputs.selection,
@@ -211,28 +242,19 @@ def _static_qdq_variant(
         )
     except Exception as exc:  # onnxruntime.quantization raises many types; fp32/dynamic stand
         log.exception("static QDQ quantization failed")
-        return {"path": None, "accepted": False, "reason": f"static QDQ failed: {exc}"}
+        return Variant("int8_static_qdq", None, reason=f"static QDQ failed: {exc}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     emb = export.onnx_embeddings(out, paths.encoder, queries, contract.MAX_QUERY_TOKENS)
     cos = export.cosine_parity(fp32_q, emb)
-    return {
-        "path": out,
-        "cosine": cos.mean_cosine,
-        "min_cosine": cos.min_cosine,
-        "quality": ndcg_of(emb, data, index),
-        "static_qdq": _search_summary(search, inputs),
-    }
-
-
-def _apply_gate(gate: quantize.QualityGate, name: str, entry: dict, fp32_ndcg: float) -> None:
-    """Mark a variant's report `entry` accepted, or refused with the gate's reason."""
-    try:
-        gate.check(name, entry["cosine"], entry["quality"]["ndcg@10"], fp32_ndcg)
-        entry["accepted"], entry["reason"] = True, ""
-    except quantize.QualityError as exc:
-        entry["accepted"], entry["reason"] = False, str(exc)
-        log.warning("refused: %s", exc)
+    return Variant(
+        "int8_static_qdq",
+        out,
+        cosine=cos.mean_cosine,
+        min_cosine=cos.min_cosine,
+        quality=ndcg_of(emb, data, index),
+        static_qdq=_search_summary(search, inputs),
+    )
 
 
 def _tensorrt_engines(
@@ -240,12 +262,11 @@ def _tensorrt_engines(
     config: ConversionConfig,
     available: bool,
     inputs: QDQInputs | None,
-    unfused: Path,
-    gate: quantize.QualityGate,
-    fp32_quality: dict[str, float],
+    gate: QualityGate,
+    fp32_ndcg: float,
     data: datasets.ShopData,
     index: dict[str, np.ndarray],
-) -> dict:
+) -> tensorrt.TensorRTReport:
     """Build, check and select TensorRT plans; without a GPU, the reason they were skipped."""
     trt_config = tensorrt.TensorRTConfig(
         profile=config.trt_profile(),
@@ -254,26 +275,17 @@ def _tensorrt_engines(
     )
     if not config.tensorrt:
         log.info("TensorRT engines skipped: disabled (--no-tensorrt)")
-        return {
-            "available": False,
-            "reason": "disabled (--no-tensorrt)",
-            "profile": asdict(trt_config.profile),
-            "engines": {},
-            "selected_plan": None,
-        }
+        return tensorrt.TensorRTReport(False, "disabled (--no-tensorrt)", trt_config)
     if not available or inputs is None:
-        report = tensorrt.build_all(paths, trt_config)  # logs and records why it skipped
-        report["selected_plan"] = None
-        return report
+        return tensorrt.build_all(paths, trt_config)  # logs and records why it skipped
 
     # TensorRT takes symmetric int8 only: a QDQ graph of its own, chosen the same way.
-    sym = paths.onnx / tensorrt.SOURCE_INT8_QDQ_ONNX
-    work = paths.onnx / "qdq_work"
-    int8_qdq: dict
+    work = paths.quantization_work
+    int8_qdq: dict[str, Any]
     try:
-        search = quantize.search_exclusions(
-            unfused,
-            sym,
+        search = search_exclusions(
+            paths.encoder_unfused_onnx,
+            paths.encoder_qdq_sym_onnx,
             inputs.calibration,
             inputs.selection,
             symmetric_activations=True,
@@ -287,38 +299,32 @@ def _tensorrt_engines(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = tensorrt.build_all(paths, trt_config, sample_feeds=inputs.sample)
-    report["int8_qdq"] = int8_qdq
+    report.int8_qdq = int8_qdq
 
     can_run, why_not = tensorrt.can_run_engines()
-    reference = quantize.embed_feeds(paths.encoder_onnx, inputs.test) if can_run else None
-    for precision, engine in report["engines"].items():
-        if not engine["built"]:
-            engine["accepted"], engine["reason"] = False, engine.get("error", "not built")
+    reference = embed_feeds(paths.encoder_onnx, inputs.test) if can_run else None
+    for engine in report.engines.values():
+        if not engine.built:
+            engine.accepted, engine.reason = False, engine.error or "not built"
             continue
         if reference is None:
             # Unchecked: fp16 of a parity-checked graph is served, int8 never unchecked.
-            engine["accepted"] = precision == "fp16"
-            engine["reason"] = f"not checked on the GPU: {why_not}"
+            engine.accepted = engine.precision == "fp16"
+            engine.reason = f"not checked on the GPU: {why_not}"
             continue
         try:
-            emb = tensorrt.engine_embeddings(Path(engine["plan"]), inputs.test)
+            emb = tensorrt.engine_embeddings(engine.plan, inputs.test)
         except Exception as exc:  # a plan that builds but cannot run must not be served
-            engine["accepted"], engine["reason"] = False, f"engine failed to run: {exc}"
-            log.warning("TensorRT %s engine failed to run: %s", precision, exc)
+            engine.accepted, engine.reason = False, f"engine failed to run: {exc}"
+            log.warning("TensorRT %s engine failed to run: %s", engine.precision, exc)
             continue
-        cos = quantize.row_cosine(reference, emb)
-        engine["cosine"], engine["min_cosine"] = float(cos.mean()), float(cos.min())
-        engine["quality"] = ndcg_of(emb, data, index)
-        _apply_gate(gate, f"tensorrt_{precision}", engine, fp32_quality["ndcg@10"])
-    accepted = [p for p, e in report["engines"].items() if e.get("accepted")]
-    timed = all("latency" in report["engines"][p] for p in accepted)
-    best = min(
-        accepted,
-        # Fastest if every candidate was timed; otherwise fp16, the safer plan.
-        key=lambda p: report["engines"][p]["latency"]["p50_ms"] if timed else p != "fp16",
-        default=None,
-    )
-    report["selected_plan"] = tensorrt.PLAN_FILES[best] if best else None
+        cos = row_cosine(reference, emb)
+        engine.cosine, engine.min_cosine = float(cos.mean()), float(cos.min())
+        engine.quality = ndcg_of(emb, data, index)
+        engine.accepted, engine.reason = gate.verdict(
+            f"tensorrt_{engine.precision}", engine.cosine, engine.quality[NDCG_AT_10], fp32_ndcg
+        )
+    report.select_plan()
     return report
 
 
@@ -330,12 +336,13 @@ def run(config: ConversionConfig) -> dict:
     data = datasets.load(paths)
     index = load_item_index(paths.item_index)
     queries, products = heldout_texts(data, config.parity_texts)
-    gate = quantize.QualityGate(min_cosine=config.min_cosine, max_ndcg_loss=config.max_ndcg_loss)
+    gate = QualityGate(min_cosine=config.min_cosine, max_ndcg_loss=config.max_ndcg_loss)
     paths.onnx.mkdir(parents=True, exist_ok=True)
 
-    # fp32: export, fuse, parity against PyTorch on held-out queries and products.
-    raw = paths.onnx / "encoder.raw.onnx"
-    fused = export.export_fused_encoder(paths.encoder, raw, paths.encoder_onnx)
+    # fp32: export from the saved sentence-transformers model, fuse, check parity against
+    # its own `encode` on held-out queries and products.
+    raw = paths.encoder_raw_onnx
+    fused = export_fused_encoder(paths.encoder, raw, paths.encoder_onnx)
     parity_q = export.check_encoder_parity(
         paths.encoder_onnx,
         paths.encoder,
@@ -355,53 +362,51 @@ def run(config: ConversionConfig) -> dict:
     )
     fp32_quality = ndcg_of(fp32_q, data, index)
 
-    quantize.quantize_dynamic_int8(paths.encoder_onnx, paths.encoder_int8_onnx)
+    int8.quantize_dynamic_int8(paths.encoder_onnx, paths.encoder_int8_onnx)
     int8_q = export.onnx_embeddings(
         paths.encoder_int8_onnx, paths.encoder, queries, contract.MAX_QUERY_TOKENS
     )
     int8_cos = export.cosine_parity(fp32_q, int8_q)
-    int8_quality = ndcg_of(int8_q, data, index)
 
     feeds = export.tokenize(paths.encoder, ["red leather sofa"], contract.MAX_QUERY_TOKENS)
-    variants: dict[str, dict] = {
-        "fp32": {"path": paths.encoder_onnx, "cosine": 1.0, "quality": fp32_quality},
-        "int8_dynamic": {
-            "path": paths.encoder_int8_onnx,
-            "cosine": int8_cos.mean_cosine,
-            "min_cosine": int8_cos.min_cosine,
-            "quality": int8_quality,
-        },
-    }
+    variants = [
+        Variant("fp32", paths.encoder_onnx, cosine=1.0, quality=fp32_quality),
+        Variant(
+            "int8_dynamic",
+            paths.encoder_int8_onnx,
+            cosine=int8_cos.mean_cosine,
+            min_cosine=int8_cos.min_cosine,
+            quality=ndcg_of(int8_q, data, index),
+        ),
+    ]
 
     # Static QDQ and TensorRT start from the unfused graph (standard ONNX ops only).
     trt_ok = tensorrt.available()[0] if config.tensorrt else False
-    unfused = paths.onnx / tensorrt.SOURCE_FP32_ONNX
     qdq_inputs = None
     if config.static_qdq or trt_ok:
-        quantize.prepare_for_qdq(raw, unfused)
+        int8.prepare_for_qdq(raw, paths.encoder_unfused_onnx)
         qdq_inputs = _qdq_inputs(paths, data, config)
     raw.unlink()
     if config.static_qdq and qdq_inputs is not None:
-        variants["int8_static_qdq"] = _static_qdq_variant(
-            paths, unfused, qdq_inputs, config, fp32_q, queries, data, index, feeds
+        variants.append(
+            _static_qdq_variant(paths, qdq_inputs, config, fp32_q, queries, data, index, feeds)
         )
 
-    for name, v in variants.items():
-        if v.get("path") is None:
+    for v in variants:
+        if v.path is None:
             continue  # the variant could not be produced; its reason says why
-        v["size_mb"] = quantize.file_mb(v["path"])
-        v["latency"] = asdict(
-            quantize.measure_latency(v["path"], feeds, config.latency_runs, threads=config.threads)
-        )
-        _apply_gate(gate, name, v, fp32_quality["ndcg@10"])
-    accepted = [n for n, v in variants.items() if v["accepted"]]
-    selected = min(accepted, key=lambda n: variants[n]["latency"]["p50_ms"])
+        v.size_mb = file_mb(v.path)
+        v.latency = measure_latency(v.path, feeds, config.latency_runs, threads=config.threads)
+        v.judge(gate, fp32_quality[NDCG_AT_10])
+    accepted = [v for v in variants if v.accepted]
+    selected = min(accepted, key=lambda v: v.latency.p50_ms if v.latency else float("inf"))
 
     trt_report = _tensorrt_engines(
-        paths, config, trt_ok, qdq_inputs, unfused, gate, fp32_quality, data, index
+        paths, config, trt_ok, qdq_inputs, gate, fp32_quality[NDCG_AT_10], data, index
     )
-    if not trt_report.get("engines"):
-        unfused.unlink(missing_ok=True)  # only TensorRT needs it once the variants exist
+    if not trt_report.engines:
+        # only TensorRT needs it once the variants exist
+        paths.encoder_unfused_onnx.unlink(missing_ok=True)
 
     ranker = load_ranker(paths.ranker)
     export.export_ranker(ranker, paths.ranker_onnx)
@@ -418,114 +423,18 @@ def run(config: ConversionConfig) -> dict:
             "products": asdict(parity_p),
             "ranker_max_abs_diff": ranker_diff,
         },
-        "variants": {
-            n: {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-            for n, d in variants.items()
-        },
-        "selected_encoder": selected,
-        "tensorrt": trt_report,
-        "ranker": {"path": str(paths.ranker_onnx), "size_mb": quantize.file_mb(paths.ranker_onnx)},
+        "variants": {v.name: v.to_json() for v in variants},
+        SELECTED_ENCODER_KEY: selected.name,
+        "tensorrt": trt_report.to_json(),
+        "ranker": {"path": str(paths.ranker_onnx), "size_mb": file_mb(paths.ranker_onnx)},
     }
     paths.conversion_report.write_text(json.dumps(report, indent=2))
-    paths.conversion_report.with_suffix(".md").write_text("\n".join(report_lines(report)) + "\n")
+    paths.conversion_report_md.write_text("\n".join(report_lines(report)) + "\n")
     return report
-
-
-def selected_encoder_path(paths: contract.ArtifactPaths) -> Path:
-    """The encoder ONNX the conversion report selected (fp32 if there is no report)."""
-    if paths.conversion_report.exists():
-        report = json.loads(paths.conversion_report.read_text())
-        return Path(report["variants"][report["selected_encoder"]]["path"])
-    return paths.encoder_onnx
-
-
-def report_lines(report: dict) -> list[str]:
-    """The conversion report as a Markdown table."""
-    p = report["parity"]
-    lines = [
-        "# Conversion report",
-        "",
-        f"fp32 ONNX vs PyTorch: min cosine {p['queries']['min_cosine']:.6f} (queries), "
-        f"{p['products']['min_cosine']:.6f} (products); ranker max |Δscore| "
-        f"{p['ranker_max_abs_diff']:.2e}; graph fused: {report['fused']}",
-        "",
-        "| variant | size MB | p50 ms (batch 1) | cosine vs fp32 | NDCG@10 | accepted |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, v in report["variants"].items():
-        if v.get("path") is None:
-            lines.append(f"| {name} | - | - | - | - | no: {v['reason']} |")
-            continue
-        lines.append(
-            f"| {name} | {v['size_mb']} | {v['latency']['p50_ms']:.2f} | "
-            f"{v['cosine']:.4f} | {v['quality']['ndcg@10']:.4f} | "
-            f"{'yes' if v['accepted'] else 'no: ' + v['reason']} |"
-        )
-    lines += ["", f"Served encoder: **{report['selected_encoder']}**"]
-    qdq = report["variants"].get("int8_static_qdq", {}).get("static_qdq")
-    if qdq:
-        lines += ["", *_search_lines("Static QDQ exclusion search (CPU, uint8 activations)", qdq)]
-    lines += ["", *_tensorrt_lines(report.get("tensorrt", {}))]
-    return lines
-
-
-def _search_lines(title: str, qdq: dict) -> list[str]:
-    lines = [
-        f"## {title}",
-        "",
-        f"Calibrated on {qdq['calibration_queries']} train queries + "
-        f"{qdq['calibration_products']} product texts; chosen on "
-        f"{qdq['selection_queries']} val queries ({qdq['rule']}): **{qdq['exclusion']}** "
-        f"({qdq['description']}); {qdq['seconds']:.0f}s.",
-        "",
-        "| exclusion set | mean cosine | min cosine | Q/DQ nodes | size MB | p50 ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in qdq["trials"]:
-        p50 = f"{t['p50_ms']:.2f}" if t["p50_ms"] is not None else "-"
-        lines.append(
-            f"| {t['name']} | {t['mean_cosine']:.4f} | {t['min_cosine']:.4f} | "
-            f"{t['qdq_nodes']} | {t['size_mb']} | {p50} |"
-        )
-    return lines
-
-
-def _tensorrt_lines(trt: dict) -> list[str]:
-    profile = trt.get("profile", {})
-    shape = (
-        f"batch {profile['min_batch']}/{profile['opt_batch']}/{profile['max_batch']}, "
-        f"tokens {profile['min_seq']}/{profile['opt_seq']}/{profile['max_seq']} (min/opt/max)"
-        if profile
-        else ""
-    )
-    if not trt.get("engines"):
-        why = trt.get("reason", "not attempted")
-        return [f"TensorRT engines skipped: {why}. Profile: {shape}."]
-    lines = [
-        f"## TensorRT ({trt['reason']}); profile {shape}",
-        "",
-        "| plan | build s | size MB | p50 ms (batch 1) | cosine vs fp32 | NDCG@10 | accepted |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in trt["engines"].values():
-        lat = e.get("latency", {}).get("p50_ms")
-        verdict = "yes" if e.get("accepted") else "no"
-        cos, ndcg = e.get("cosine"), e.get("quality", {}).get("ndcg@10")
-        lines.append(
-            f"| {Path(e['plan']).name} | {e.get('build_s', '-')} | {e.get('size_mb', '-')} | "
-            f"{f'{lat:.2f}' if lat is not None else '-'} | "
-            f"{f'{cos:.4f}' if cos is not None else '-'} | "
-            f"{f'{ndcg:.4f}' if ndcg is not None else '-'} | "
-            f"{verdict}{': ' + e['reason'] if e.get('reason') else ''} |"
-        )
-    if "int8_qdq" in trt and "exclusion" in trt["int8_qdq"]:
-        lines += ["", *_search_lines("Static QDQ for TensorRT (int8 symmetric)", trt["int8_qdq"])]
-    lines += ["", f"Served plan (GPU repository): **{trt.get('selected_plan')}**"]
-    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    setup_logging("conversion")
+    setup_logging("shoprank")
     report = run(parse_config(ConversionConfig, argv, description=__doc__ or ""))
     print("\n".join(report_lines(report)))

@@ -1,15 +1,14 @@
-"""PyTorch → ONNX for the encoder (pooling and L2 norm inside the graph) and the ranker.
+"""Parity of the exported graphs, and the ranker's export.
 
-Both graphs have dynamic batch (and, for the encoder, sequence) axes. `check_*_parity`
-compare ONNX Runtime against PyTorch on held-out inputs and raise `ParityError` when they
-drift, so a broken export can never reach the model repository.
+The encoder is exported by `shoprank.encoder` from the sentence-transformers model training
+saved (its own pooling inside the graph). `check_encoder_parity` compares ONNX Runtime
+against `SentenceTransformer.encode` of that same saved model, and `check_ranker_parity`
+the ranker graph against its PyTorch module, on held-out inputs; both raise `ParityError`
+when they drift, so a broken export can never reach the model repository.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,122 +19,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import contract
-from conversion.quantize import row_cosine
-from conversion.runtime import cpu_session
-from training.fusion import FusionRanker
-
-log = logging.getLogger(__name__)
-
-OPSET = 17
+from shoprank import contract
+from shoprank.conversion.quality import row_cosine
+from shoprank.encoder import ONNX_OPSET, embed, load_encoder
+from shoprank.fusion import FusionRanker
+from shoprank.runtime import cpu_session, encoder_feeds
 
 
 class ParityError(RuntimeError):
-    """ONNX output differs from PyTorch beyond the allowed tolerance."""
-
-
-class SentenceEncoder(nn.Module):
-    """BERT + masked mean pooling + L2 norm: exactly the sentence-transformers stack."""
-
-    def __init__(self, bert: nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)  # (B, S, 1)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # (B, D)
-        return F.normalize(pooled, p=2.0, dim=-1)
-
-
-def load_sentence_encoder(encoder_dir: Path) -> SentenceEncoder:
-    """The fine-tuned encoder folder as a traceable module (eager attention)."""
-    from transformers import AutoModel
-
-    bert = AutoModel.from_pretrained(str(encoder_dir), attn_implementation="eager")
-    return SentenceEncoder(bert).eval()
+    """ONNX output differs from its reference beyond the allowed tolerance."""
 
 
 def tokenize(encoder_dir: Path, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-    """Reference tokenization (Hugging Face) for parity checks: int64 ids and mask."""
+    """The encoder folder's own tokenization (as `SentenceTransformer.encode` does it), as
+    int64 ONNX feeds padded to the longest text."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
     enc = tok(
         list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
     )
-    return {
-        contract.ONNX_INPUT_IDS: enc["input_ids"].astype(np.int64),
-        contract.ONNX_ATTENTION_MASK: enc["attention_mask"].astype(np.int64),
-    }
-
-
-def export_encoder(encoder_dir: Path, out_path: Path) -> Path:
-    """Export the encoder to ONNX (legacy TorchScript exporter, opset 17)."""
-    model = load_sentence_encoder(encoder_dir)
-    dummy = tokenize(encoder_dir, ["red leather sofa", "a longer query about shoes"], 16)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    batch, seq = "batch", "sequence"
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (
-                torch.from_numpy(dummy[contract.ONNX_INPUT_IDS]),
-                torch.from_numpy(dummy[contract.ONNX_ATTENTION_MASK]),
-            ),
-            str(out_path),
-            input_names=[contract.ONNX_INPUT_IDS, contract.ONNX_ATTENTION_MASK],
-            output_names=[contract.ONNX_SENTENCE_EMBEDDING],
-            dynamic_axes={
-                contract.ONNX_INPUT_IDS: {0: batch, 1: seq},
-                contract.ONNX_ATTENTION_MASK: {0: batch, 1: seq},
-                contract.ONNX_SENTENCE_EMBEDDING: {0: batch},
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(out_path))
-    return out_path
-
-
-def fuse_encoder(raw_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> bool:
-    """ONNX Runtime transformer fusion (attention, LayerNorm, GELU); False if it fails.
-
-    A fused graph runs faster and quantizes better; if the optimizer cannot handle a
-    graph we keep the unfused one rather than fail the conversion.
-    """
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        optimized = optimize_model(
-            str(raw_path),
-            model_type="bert",
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            opt_level=1,
-        )
-        optimized.save_model_to_file(str(out_path))
-        log.info("fused ops: %s", optimized.get_fused_operator_statistics())
-        return True
-    except Exception as exc:  # the optimizer raises many types on unknown patterns
-        log.warning("transformer fusion failed (%s); keeping the unfused graph", exc)
-        return False
-
-
-def encoder_dims(encoder_dir: Path) -> tuple[int, int]:
-    """(attention heads, hidden size) of the BERT encoder saved in `encoder_dir`."""
-    cfg = json.loads((Path(encoder_dir) / "config.json").read_text())
-    return int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
-
-
-def export_fused_encoder(encoder_dir: Path, raw_path: Path, out_path: Path) -> bool:
-    """Export the encoder to `raw_path`, then fuse it into `out_path`; when fusion fails,
-    `out_path` is a copy of the raw graph. Returns whether the graph was fused."""
-    raw = export_encoder(encoder_dir, raw_path)
-    fused = fuse_encoder(raw, out_path, *encoder_dims(encoder_dir))
-    if not fused:
-        shutil.copyfile(raw, out_path)
-    return fused
+    return encoder_feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
 
 
 @dataclass
@@ -159,12 +63,10 @@ def cosine_parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
-def torch_embeddings(encoder_dir: Path, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """PyTorch reference embeddings for `texts`."""
-    model = load_sentence_encoder(encoder_dir)
-    inputs = tokenize(encoder_dir, texts, max_length)
-    with torch.no_grad():
-        return model(*(torch.from_numpy(inputs[k]) for k in inputs)).numpy()
+def reference_embeddings(encoder_dir: Path, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """`SentenceTransformer.encode` of the saved encoder (normalised): what training
+    evaluated and what the export must reproduce."""
+    return embed(load_encoder(encoder_dir), texts, max_seq_length=max_length)
 
 
 def onnx_embeddings(
@@ -188,12 +90,15 @@ def check_encoder_parity(
     min_cosine: float = 0.999,
     reference: np.ndarray | None = None,
 ) -> Parity:
-    """Cosine of ONNX vs PyTorch embeddings on `texts`; raise ParityError below `min_cosine`."""
-    ref = reference if reference is not None else torch_embeddings(encoder_dir, texts, max_length)
+    """Cosine of ONNX vs `SentenceTransformer.encode` on `texts`; raise ParityError below
+    `min_cosine`."""
+    ref = (
+        reference if reference is not None else reference_embeddings(encoder_dir, texts, max_length)
+    )
     parity = cosine_parity(ref, onnx_embeddings(onnx_path, encoder_dir, texts, max_length))
     if parity.min_cosine < min_cosine:
         raise ParityError(
-            f"{onnx_path.name}: min cosine vs PyTorch {parity.min_cosine:.5f} "
+            f"{onnx_path.name}: min cosine vs SentenceTransformer.encode {parity.min_cosine:.5f} "
             f"< {min_cosine} over {parity.n} inputs"
         )
     return parity
@@ -236,7 +141,7 @@ def export_ranker(ranker: FusionRanker, out_path: Path) -> Path:
                 contract.ONNX_RANKER_HISTORY_MASK: {0: "batch", 1: "history"},
                 contract.ONNX_RANKER_SCORES: {0: "batch"},
             },
-            opset_version=OPSET,
+            opset_version=ONNX_OPSET,
             dynamo=False,
         )
     onnx.checker.check_model(str(out_path))

@@ -22,7 +22,6 @@ reason (recorded in the conversion report) instead of failing the conversion.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import shutil
 import time
@@ -33,63 +32,13 @@ from typing import Any
 
 import numpy as np
 
-import contract
+from shoprank import contract
+from shoprank.artifacts import SELECTED_PLAN_KEY, OptimizationProfile, write_plan_info
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "int8")
-# File names below ArtifactPaths.onnx.
-SOURCE_FP32_ONNX = "encoder.unfused.onnx"
-SOURCE_INT8_QDQ_ONNX = "encoder.int8_qdq_sym.onnx"
-PLAN_FILES = {"fp16": "encoder.fp16.plan", "int8": "encoder.int8.plan"}
+PRECISIONS = contract.TENSORRT_PRECISIONS
 ENGINE_INPUTS = (contract.ONNX_INPUT_IDS, contract.ONNX_ATTENTION_MASK)
-
-
-@dataclass(frozen=True)
-class OptimizationProfile:
-    """(batch, sequence) bounds of the encoder inputs an engine accepts, tuned at `opt`.
-
-    The defaults fit served queries: the tokenizer pads every query to a multiple of
-    SEQUENCE_BUCKET (so at least 8 tokens) and truncates at MAX_QUERY_TOKENS (32); a
-    dynamic batch holds up to MAX_BATCH_SIZE requests, typically a few.
-    """
-
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = contract.MAX_BATCH_SIZE
-    min_seq: int = contract.SEQUENCE_BUCKET
-    opt_seq: int = 2 * contract.SEQUENCE_BUCKET
-    max_seq: int = contract.MAX_QUERY_TOKENS
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(
-                f"batch must satisfy 1 <= min <= opt <= max, got "
-                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
-            )
-        if not 1 <= self.min_seq <= self.opt_seq <= self.max_seq:
-            raise ValueError(
-                f"sequence must satisfy 1 <= min <= opt <= max, got "
-                f"{self.min_seq}/{self.opt_seq}/{self.max_seq}"
-            )
-        # An engine that rejected a servable query would fail requests at run time.
-        if self.min_seq > contract.SEQUENCE_BUCKET:
-            raise ValueError(
-                f"min sequence {self.min_seq} > {contract.SEQUENCE_BUCKET}: "
-                "the shortest served queries would not fit the engine"
-            )
-        if self.max_seq < contract.MAX_QUERY_TOKENS:
-            raise ValueError(
-                f"max sequence {self.max_seq} < {contract.MAX_QUERY_TOKENS}: "
-                "the longest served queries would not fit the engine"
-            )
-
-    def shapes(self) -> dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
-        """(min, opt, max) shape per engine input, as `IOptimizationProfile.set_shape` takes."""
-        lo = (self.min_batch, self.min_seq)
-        opt = (self.opt_batch, self.opt_seq)
-        hi = (self.max_batch, self.max_seq)
-        return {name: (lo, opt, hi) for name in ENGINE_INPUTS}
 
 
 def profile_from_config(
@@ -174,19 +123,6 @@ def can_run_engines() -> tuple[bool, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def plan_info_path(plan_path: Path) -> Path:
-    """The JSON written beside a plan: precision, profile, TensorRT version, GPU."""
-    return plan_path.with_suffix(plan_path.suffix + ".json")
-
-
-def read_plan_profile(plan_path: Path) -> OptimizationProfile | None:
-    """The profile a plan was built with (None if its info file is missing)."""
-    info = plan_info_path(plan_path)
-    if not info.exists():
-        return None
-    return OptimizationProfile(**json.loads(info.read_text())["profile"])
-
-
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
@@ -229,17 +165,13 @@ def build_engine(
         raise RuntimeError(f"TensorRT failed to build a {precision} engine from {onnx_path.name}")
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_bytes(bytes(serialized))
-    plan_info_path(plan_path).write_text(
-        json.dumps(
-            {
-                "precision": precision,
-                "onnx": onnx_path.name,
-                "profile": asdict(profile),
-                "tensorrt_version": trt.__version__,
-                "strongly_typed": strongly_typed,
-            },
-            indent=2,
-        )
+    write_plan_info(
+        plan_path,
+        profile,
+        precision=precision,
+        onnx=onnx_path.name,
+        tensorrt_version=trt.__version__,
+        strongly_typed=strongly_typed,
     )
     return plan_path
 
@@ -319,74 +251,113 @@ def measure_engine_latency(
     }
 
 
+@dataclass
+class Engine:
+    """One TensorRT plan: how it was built, how it measured, and the gate's verdict."""
+
+    precision: str
+    plan: Path
+    source: Path
+    built: bool = False
+    error: str | None = None
+    build_s: float | None = None
+    size_mb: float | None = None
+    latency: dict[str, float] | None = None
+    latency_error: str | None = None
+    latency_skipped: str | None = None
+    cosine: float | None = None
+    min_cosine: float | None = None
+    quality: dict[str, float] | None = None
+    accepted: bool = False
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "precision"}
+        return {**out, "plan": str(self.plan), "source": str(self.source)}
+
+
+@dataclass
+class TensorRTReport:
+    """What `build_all` did (or why it did not), and which plan the GPU repository serves."""
+
+    available: bool
+    reason: str
+    config: TensorRTConfig
+    engines: dict[str, Engine] = field(default_factory=dict)
+    int8_qdq: dict[str, Any] | None = None  # the symmetric QDQ search behind the int8 plan
+    selected_plan: str | None = None  # a file name below ArtifactPaths.onnx
+
+    def select_plan(self) -> str | None:
+        """Serve the fastest accepted plan if every accepted one was timed, else fp16."""
+        accepted = [e for e in self.engines.values() if e.accepted]
+        timed = all(e.latency is not None for e in accepted)
+        best = min(
+            accepted,
+            key=lambda e: e.latency["p50_ms"] if timed and e.latency else e.precision != "fp16",
+            default=None,
+        )
+        self.selected_plan = best.plan.name if best else None
+        return self.selected_plan
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "available": self.available,
+            "reason": self.reason,
+            "profile": asdict(self.config.profile),
+            "workspace_gb": self.config.workspace_gb,
+            "engines": {p: e.to_json() for p, e in self.engines.items()},
+            SELECTED_PLAN_KEY: self.selected_plan,
+        }
+        if self.int8_qdq is not None:
+            out["int8_qdq"] = self.int8_qdq
+        return out
+
+
 def build_all(
     paths: contract.ArtifactPaths,
     config: TensorRTConfig,
     sample_feeds: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
+) -> TensorRTReport:
     """Build every requested plan whose source ONNX exists; report what happened.
 
-    Returns {"available", "reason", "profile", "engines": {precision: {...}}}; each engine
-    records its plan, source, build seconds and size, or the error that stopped it, and,
-    when `sample_feeds` is given and engines can run here, its latency. Never raises for
-    a missing GPU/TensorRT or a failed build: the CPU variants are still valid output.
+    Each engine records its plan, source, build seconds and size, or the error that
+    stopped it, and, when `sample_feeds` is given and engines can run here, its latency.
+    Never raises for a missing GPU/TensorRT or a failed build: the CPU variants are still
+    valid output.
     """
     ok, reason = available()
-    report: dict[str, Any] = {
-        "available": ok,
-        "reason": reason,
-        "profile": asdict(config.profile),
-        "workspace_gb": config.workspace_gb,
-        "engines": {},
-    }
+    report = TensorRTReport(ok, reason, config)
     if not ok:
         log.warning("TensorRT engines skipped: %s", reason)
         return report
     can_run, why_not = can_run_engines()
-    sources = {"fp16": SOURCE_FP32_ONNX, "int8": SOURCE_INT8_QDQ_ONNX}
+    sources = {"fp16": paths.encoder_unfused_onnx, "int8": paths.encoder_qdq_sym_onnx}
     for precision in config.precisions:
-        source = paths.onnx / sources[precision]
-        plan = paths.onnx / PLAN_FILES[precision]
-        entry: dict[str, Any] = {"plan": str(plan), "source": str(source), "built": False}
-        report["engines"][precision] = entry
-        if not source.exists():
-            entry["error"] = f"{source.name} missing"
-            log.warning("TensorRT %s engine skipped: %s", precision, entry["error"])
+        engine = Engine(precision, paths.encoder_plan(precision), sources[precision])
+        report.engines[precision] = engine
+        if not engine.source.exists():
+            engine.error = f"{engine.source.name} missing"
+            log.warning("TensorRT %s engine skipped: %s", precision, engine.error)
             continue
         t0 = time.perf_counter()
         try:
-            build_engine(source, plan, precision, config.profile, config.workspace_gb)
+            build_engine(engine.source, engine.plan, precision, config.profile, config.workspace_gb)
         except Exception as exc:  # TensorRT raises plain RuntimeError/TypeError variants
-            entry["error"] = str(exc)
+            engine.error = str(exc)
             log.warning("TensorRT %s engine failed: %s", precision, exc)
             continue
-        entry.update(
-            built=True,
-            build_s=round(time.perf_counter() - t0, 1),
-            size_mb=round(plan.stat().st_size / 1e6, 2),
-        )
+        engine.built = True
+        engine.build_s = round(time.perf_counter() - t0, 1)
+        engine.size_mb = round(engine.plan.stat().st_size / 1e6, 2)
         if sample_feeds is not None and can_run:
             try:
-                entry["latency"] = measure_engine_latency(plan, sample_feeds, config.latency_runs)
+                engine.latency = measure_engine_latency(
+                    engine.plan, sample_feeds, config.latency_runs
+                )
             except Exception as exc:  # recorded; the conversion's gate refuses the plan
-                entry["latency_error"] = str(exc)
+                engine.latency_error = str(exc)
                 log.warning("TensorRT %s engine could not be timed: %s", precision, exc)
         elif sample_feeds is not None:
-            entry["latency_skipped"] = why_not
-        log.info("TensorRT %s engine: %s (%.0fs)", precision, plan.name, entry["build_s"])
+            engine.latency_skipped = why_not
+        log.info("TensorRT %s engine: %s (%.0fs)", precision, engine.plan.name, engine.build_s)
     return report
-
-
-def served_plan(paths: contract.ArtifactPaths) -> Path | None:
-    """The plan the GPU repository should serve: the conversion report's choice, else fp16.
-
-    The report selects the int8 plan only when it passed the quality gate; without a
-    report (or a selection) an existing fp16 plan is served; None if no plan exists.
-    """
-    if paths.conversion_report.exists():
-        chosen = json.loads(paths.conversion_report.read_text()).get("tensorrt", {})
-        name = chosen.get("selected_plan")
-        if name and (paths.onnx / name).exists():
-            return paths.onnx / name
-    fp16 = paths.onnx / PLAN_FILES["fp16"]
-    return fp16 if fp16.exists() else None

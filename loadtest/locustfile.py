@@ -1,6 +1,6 @@
 """Locust user that searches the shoprank ensemble over gRPC.
 
-Run it through `python -m loadtest.run` (headless, bounded, summarized), or directly:
+Run it through `python -m shoprank.loadtest.run` (headless, bounded, summarized), or directly:
 
     SHOPRANK_GRPC_URL=localhost:8001 locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s
 
@@ -28,9 +28,9 @@ from locust import User, constant, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
-from client.search_client import SearchClient, SearchError  # noqa: E402
-from contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K  # noqa: E402
-from loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV  # noqa: E402
+from shoprank.contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K  # noqa: E402
+from shoprank.loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV  # noqa: E402
+from shoprank_client.search_client import SearchClient, SearchError  # noqa: E402
 
 BUILTIN_QUERIES = (
     "red leather sofa",

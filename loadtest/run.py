@@ -1,7 +1,7 @@
 """Run the Locust gRPC load test headless, bounded in time, and summarize it.
 
-    python -m loadtest.run --users 8 --spawn-rate 8 --run-time 30s --out artifacts/demo/loadtest
-    python -m loadtest.run --url localhost:8001 --workload workload.json
+    python -m shoprank.loadtest.run --users 8 --run-time 30s --out artifacts/demo/loadtest
+    python -m shoprank.loadtest.run --url localhost:8001 --workload workload.json
 
 Writes <out>/locust_*.csv, <out>/report.html, <out>/locust.log and <out>/summary.json and
 prints "p50 … ms, p95 … ms, p99 … ms, … req/s, failures …".
@@ -15,22 +15,28 @@ import csv
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contract import DEFAULT_ARTIFACTS, DEFAULT_GRPC_URL, LOADTEST_SUMMARY_FILE, ArtifactPaths
-from loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV
-from model_repository.server import log_tail
+from shoprank.contract import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_GRPC_URL,
+    LOADTEST_SUMMARY_FILE,
+    LOADTEST_SUMMARY_MD,
+    ArtifactPaths,
+)
+from shoprank.loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV
+from shoprank.tritonserver import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
 # Startup, ramp-up and shutdown on top of --run-time before the run counts as hung.
 TIMEOUT_MARGIN_S = 60.0
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+SKIP_MONKEY_PATCH = "LOCUST_SKIP_MONKEY_PATCH"  # read by locust/__init__.py
 
 
 @dataclass(frozen=True)
@@ -96,15 +102,23 @@ def summarize(stats_csv: Path) -> LoadSummary:
 
 
 def parse_run_time(text: str) -> float:
-    """Seconds in a Locust --run-time value: "30", "30s", "2m", "1h30m"."""
-    text = text.strip().lower()
-    if text.isdigit():
-        return float(text)
-    parts = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
-    if not text or parts is None:
-        raise ValueError(f"invalid run time {text!r}; use e.g. 30s, 2m, 1h30m")
-    hours, minutes, seconds = (int(p or 0) for p in parts.groups())
-    return float(hours * 3600 + minutes * 60 + seconds)
+    """Seconds in a Locust --run-time value ("30", "30s", "2m", "1h30m"), parsed by Locust."""
+    # Importing the `locust` package monkey-patches this whole process for gevent (which
+    # stalls the gRPC and thread code around it); the runner needs only the parser, and
+    # runs Locust itself in a subprocess with a clean environment.
+    saved = os.environ.get(SKIP_MONKEY_PATCH)
+    os.environ[SKIP_MONKEY_PATCH] = "1"
+    try:
+        from locust.util.timespan import parse_timespan
+    finally:
+        if saved is None:
+            os.environ.pop(SKIP_MONKEY_PATCH, None)
+        else:
+            os.environ[SKIP_MONKEY_PATCH] = saved
+    try:
+        return float(parse_timespan(text))
+    except ValueError:
+        raise ValueError(f"invalid run time {text!r}; use e.g. 30s, 2m, 1h30m") from None
 
 
 def locust_command(
@@ -198,21 +212,21 @@ def run_loadtest(
 
 def _preflight(url: str) -> str | None:
     # Fail in a second with a clear message instead of a full run of connection errors.
-    from client.search_client import SearchClient
+    from shoprank_client.search_client import SearchClient
 
     with SearchClient(url, timeout_s=5) as client:
         if client.is_ready():
             return None
     return (
-        f"server at {url} is not ready; start it with `python -m model_repository.server "
+        f"server at {url} is not ready; start it with `python -m shoprank.model_repository.server "
         "start` (or pass --url)"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m loadtest.run`."""
+    """Entry point of `python -m shoprank.loadtest.run`."""
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.run",
+        prog="python -m shoprank.loadtest.run",
         description="Headless Locust load test of the search ensemble over gRPC.",
     )
     parser.add_argument("--users", type=int, default=8, help="concurrent users (%(default)s)")
@@ -270,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
     (args.out / LOADTEST_SUMMARY_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / LOADTEST_SUMMARY_MD).write_text(
+        f"{summary.line()} ({args.users} users, {args.run_time})\n"
+    )
     print(summary.line())
     print(f"details: {args.out / LOADTEST_SUMMARY_FILE}, {args.out}/report.html")
     if summary.failures or not summary.requests:

@@ -4,7 +4,7 @@ Each request is a real (query, history) pair: the query of a test-split session 
 ids the shopper clicked or bought before it, so the load test exercises the same mix of
 cold-start and long-history requests the model will meet.
 
-    python -m loadtest.workload --out artifacts/demo [--requests 2000]
+    python -m shoprank.loadtest.workload --out artifacts/demo [--requests 2000]
 
 writes `<out>/loadtest/workload.json` (the format `SHOPRANK_WORKLOAD` reads) and
 `<out>/loadtest/example_history.txt` (a comma-separated history for the CLI example).
@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import contract
-from training import datasets
-from training.behaviour import HISTORY_EVENTS
+from shoprank import contract, datasets
+from shoprank.datasets import HISTORY_EVENTS
 
 
 def make_workload(data: datasets.ShopData, requests: int = 2000, seed: int = 0) -> list[dict]:

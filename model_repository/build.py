@@ -1,6 +1,6 @@
 """Generate the Triton model repository from `contract` and the converted artifacts.
 
-    python -m model_repository.build --out artifacts/demo --target cpu|gpu
+    python -m shoprank.model_repository.build --out artifacts/demo --target cpu|gpu
 
 - cpu: the embedded server in nvidia-pytriton (Python backend only). Tokenizer, encoder
   and ranker are Python-backend models; encoder and ranker run ONNX Runtime inside.
@@ -27,12 +27,20 @@ import pandas as pd
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-import contract
-from conversion.tensorrt import OptimizationProfile, read_plan_profile, served_plan
-from model_repository import models as model_sources
-from model_repository.ops import CatalogIndex
+from shoprank import contract
+from shoprank.artifacts import (
+    OptimizationProfile,
+    read_plan_profile,
+    selected_encoder_path,
+    served_plan,
+)
+from shoprank.encoder import tokenizer_file
+from shoprank.model_repository import models as model_sources
+from shoprank.runtime import CatalogIndex, QueryTokenizer
 
 TARGETS = ("cpu", "gpu")
+# Every model is warmed up at load with this query (the encoder with its token ids).
+WARMUP_QUERY = "red leather sofa"
 
 
 @dataclass
@@ -199,7 +207,7 @@ def encoder_gpu_config(
     if engine is not None:
         profile = profile or OptimizationProfile()
         config.platform = "tensorrt_plan"
-        config.default_model_filename = "model.plan"
+        config.default_model_filename = contract.ENCODER_PLAN_FILE
         config.max_batch_size = min(serving.max_batch_size, profile.max_batch)
     else:
         config.backend = "onnxruntime"
@@ -211,9 +219,6 @@ def build(
     paths: contract.ArtifactPaths, serving: ServingConfig, encoder_onnx: Path | None = None
 ) -> Path:
     """Write the repository for `serving.target` below `paths.repository(target)`."""
-    from conversion.convert import selected_encoder_path
-    from training.encoder import tokenizer_file
-
     if serving.target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {serving.target!r}")
     encoder_onnx = encoder_onnx or selected_encoder_path(paths)
@@ -235,11 +240,11 @@ def build(
     _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
     files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
     model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")
-    _write_warmup(model_dir, {"query": _bytes_tensor(b"red leather sofa")})
+    _write_warmup(model_dir, {"query": _bytes_tensor(WARMUP_QUERY.encode())})
 
-    # encoder
+    # encoder: warmed up with the tokenizer's own ids for the tokenizer's warm-up query
     build_extra: dict = {}
-    sample = np.array([101, 2417, 7731, 10682, 102, 0, 0, 0], dtype=np.int64)
+    sample, sample_mask = QueryTokenizer(tokenizer_file(paths.encoder)).encode([WARMUP_QUERY])[0]
     if serving.target == "cpu":
         cfg = _base(
             contract.ENCODER_MODEL,
@@ -267,14 +272,12 @@ def build(
     _warmup(
         cfg,
         {
-            contract.INPUT_IDS.name: (contract.INPUT_IDS, (8,), "input_ids"),
-            contract.ATTENTION_MASK.name: (contract.ATTENTION_MASK, (8,), "mask"),
+            contract.INPUT_IDS.name: (contract.INPUT_IDS, sample.shape, "input_ids"),
+            contract.ATTENTION_MASK.name: (contract.ATTENTION_MASK, sample.shape, "mask"),
         },
     )
     model_dir = _write_model(repo, cfg, v, files, python_source=source)
-    _write_warmup(
-        model_dir, {"input_ids": sample.tobytes(), "mask": (sample > 0).astype(np.int64).tobytes()}
-    )
+    _write_warmup(model_dir, {"input_ids": sample.tobytes(), "mask": sample_mask.tobytes()})
 
     # ranker
     cfg = _base(
@@ -299,7 +302,7 @@ def build(
         },
     )
     catalog = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
-    catalog_file = paths.onnx / contract.CATALOG_FILE
+    catalog_file = paths.catalog_npz
     CatalogIndex(
         product_ids=catalog["product_id"].to_numpy(np.int64),
         titles=catalog["title"].to_numpy(object),
@@ -325,7 +328,7 @@ def build(
     # ensemble (needs an empty version folder)
     cfg = ensemble_config(serving, dim)
     _write_model(repo, cfg, v, {})
-    (repo / "BUILD.json").write_text(
+    (repo / contract.REPOSITORY_BUILD_FILE).write_text(
         json.dumps(
             {
                 "target": serving.target,
@@ -341,7 +344,7 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m model_repository.build --out DIR --target cpu|gpu`."""
+    """CLI: `python -m shoprank.model_repository.build --out DIR --target cpu|gpu`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)
     parser.add_argument("--target", choices=TARGETS, default="cpu")

@@ -15,8 +15,8 @@ import pytest
 @pytest.fixture(scope="session")
 def search_workload(tiny_artifacts) -> list[dict]:
     """Realistic {"query", "history", "top_k"} requests with real product ids."""
-    from loadtest.workload import make_workload
-    from training import datasets
+    from shoprank import datasets
+    from shoprank.loadtest.workload import make_workload
 
     requests = make_workload(datasets.load(tiny_artifacts), requests=20, seed=3)
     assert any(len(r["history"]) >= 2 for r in requests)

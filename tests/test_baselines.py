@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.baselines import (
+from shoprank.datasets import ShopData, validate
+from shoprank.training.baselines import (
     NO_EVENTS,
     bm25_metrics,
     bm25_rankings,
@@ -20,8 +21,7 @@ from training.baselines import (
     session_popularity_metrics,
     top_k_rankings,
 )
-from training.datasets import ShopData, validate
-from training.synthetic import generate
+from shoprank.training.synthetic import generate
 
 TITLES = [
     "Nordvik Aria Grey Velvet Sofa",

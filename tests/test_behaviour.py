@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training import behaviour
-from training.fusion import TextOnlyRanker
+from shoprank.fusion import TextOnlyRanker
+from shoprank.training import behaviour
 
 
 def _events() -> pd.DataFrame:

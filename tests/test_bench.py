@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from bench.measure import (
+from shoprank.bench.measure import (
     BenchError,
     MeasureConfig,
     Summary,
@@ -24,7 +24,7 @@ from bench.measure import (
     summarize,
     windows_agree,
 )
-from bench.report import Row, add_ratios, markdown, naive_http_best_rps, targets
+from shoprank.bench.report import Row, add_ratios, markdown, naive_http_best_rps, targets
 
 # -- stable windows (pure) ----------------------------------------------------------------------
 
@@ -137,10 +137,10 @@ def test_ratios_and_targets() -> None:
 def test_flop_counter_matches_the_bert_formula(tiny_artifacts, seq_len: int) -> None:
     import torch
 
-    from bench.flops import bert_flops, count_flops, load_counting_encoder
+    from shoprank.bench.flops import bert_flops, count_flops, load_counting_encoder
 
     model = load_counting_encoder(tiny_artifacts.encoder)
-    cfg = model.bert.config
+    cfg = model.transformer.config
     ids = torch.randint(1000, 2000, (1, seq_len))
     mask = torch.ones_like(ids)
     expected = bert_flops(
@@ -148,13 +148,13 @@ def test_flop_counter_matches_the_bert_formula(tiny_artifacts, seq_len: int) -> 
         cfg.hidden_size,
         cfg.intermediate_size,
         seq_len,
-        pooler=getattr(model.bert, "pooler", None) is not None,
+        pooler=getattr(model.transformer, "pooler", None) is not None,
     )
     assert count_flops(model, ids, mask) == expected
 
 
 def test_matmul_peak_is_positive() -> None:
-    from bench.flops import matmul_peak_gflops
+    from shoprank.bench.flops import matmul_peak_gflops
 
     rates = matmul_peak_gflops(n=256, min_time_s=0.05)
     assert set(rates) == {"torch", "numpy"} and min(rates.values()) > 0
@@ -166,14 +166,14 @@ def test_matmul_peak_is_positive() -> None:
 
 @pytest.fixture(scope="module")
 def naive(tiny_artifacts):
-    from bench.naive import NaivePipeline
+    from shoprank.bench.naive import NaivePipeline
 
     return NaivePipeline(tiny_artifacts)
 
 
 def test_naive_ranks_like_the_onnx_pipeline(naive, tiny_artifacts, search_workload) -> None:
     # The fp32 graph: the repository may serve int8, whose rounding can swap near-ties.
-    from bench.systems import onnx_pipeline
+    from shoprank.bench.systems import onnx_pipeline
 
     onnx = onnx_pipeline(tiny_artifacts, tiny_artifacts.encoder_onnx)
     requests_ = [search_workload[0], search_workload[1], {**search_workload[2], "history": []}]
@@ -190,8 +190,8 @@ def test_naive_ranks_like_the_onnx_pipeline(naive, tiny_artifacts, search_worklo
 def test_fastapi_app_answers_over_real_uvicorn(naive, search_workload) -> None:
     import uvicorn
 
-    from bench.http_server import create_app
-    from model_repository.server import free_ports
+    from shoprank.bench.http_server import create_app
+    from shoprank.tritonserver import free_ports
 
     port = free_ports(1)[0]
     server = uvicorn.Server(
@@ -227,7 +227,7 @@ def test_fastapi_app_answers_over_real_uvicorn(naive, search_workload) -> None:
 def test_short_bench_run_writes_reports(
     tiny_artifacts, ensemble_server, search_workload, tmp_path: Path
 ) -> None:
-    from bench.__main__ import BenchConfig, run
+    from shoprank.bench.__main__ import BenchConfig, run
 
     workload = tmp_path / "workload.json"
     workload.write_text(json.dumps(search_workload))
@@ -258,7 +258,21 @@ def test_short_bench_run_writes_reports(
         ("triton", 1),
         ("triton", 2),
     }
-    assert all(float(r["p50_ms"]) > 0 and float(r["throughput_rps"]) > 0 for r in rows)
+    # The numbers hang together: percentiles in order, throughput = requests over the
+    # windows' time, and every ratio recomputed from the same CSV's rows.
+    best_http = max(float(r["throughput_rps"]) for r in rows if r["system"] == "naive-http")
+    p50 = {(r["system"], int(r["concurrency"])): float(r["p50_ms"]) for r in rows}
+    for r in rows:
+        assert int(r["requests"]) > 0 and r["errors"] == "0", r
+        assert 0 < float(r["p50_ms"]) <= float(r["p95_ms"]) <= float(r["p99_ms"]), r
+        windows = [float(t) for t in r["window_throughputs"].split()]
+        assert min(windows[-2:]) <= float(r["throughput_rps"]) * 1.0001
+        assert float(r["throughput_rps"]) <= max(windows[-2:]) * 1.0001
+        ratio = float(r["throughput_rps"]) / best_http
+        assert float(r["throughput_ratio_vs_naive_http_best"]) == pytest.approx(ratio, rel=1e-3)
+        base = ("naive", 1) if r["transport"] == "in-process" else ("naive-http", r["concurrency"])
+        want = p50[(base[0], int(base[1]))] / float(r["p50_ms"])
+        assert float(r["latency_ratio_vs_naive"]) == pytest.approx(want, rel=1e-3)
     text = result.markdown.read_text()
     assert "## Targets" in text and "## Encoder FLOP floor" in text
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

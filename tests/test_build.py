@@ -7,8 +7,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-import contract
-from model_repository.build import ServingConfig, build
+from shoprank import contract
+from shoprank.model_repository.build import ServingConfig, build
 
 MODELS = (
     contract.TOKENIZER_MODEL,

@@ -7,9 +7,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import contract
-from conversion import export, quantize
-from training.fusion import load_ranker
+from shoprank import contract
+from shoprank.conversion import export, quality
+from shoprank.fusion import load_ranker
+from shoprank.metrics import NDCG_AT_10
 
 
 def test_report_records_parity_and_variants(tiny_artifacts):
@@ -61,19 +62,73 @@ def test_quality_gate_refuses_collapsed_embeddings(tiny_artifacts, tmp_path):
     texts = ["red leather sofa", "blue running shoes", "oak dining table", "kids toys"]
     fp32 = export.onnx_embeddings(tiny_artifacts.encoder_onnx, tiny_artifacts.encoder, texts, 32)
     collapsed = np.tile(fp32.mean(axis=0, keepdims=True), (len(texts), 1))
-    gate = quantize.QualityGate(min_cosine=0.999)
-    with pytest.raises(quantize.QualityError, match="collapsed"):
+    gate = quality.QualityGate(min_cosine=0.999)
+    with pytest.raises(quality.QualityError, match="collapsed"):
         gate.check("collapsed", export.cosine_parity(fp32, collapsed).mean_cosine)
-    with pytest.raises(quantize.QualityError, match="NDCG"):
-        quantize.QualityGate().check("lossy", 1.0, ndcg=0.5, ndcg_fp32=0.6)
+    with pytest.raises(quality.QualityError, match="NDCG"):
+        quality.QualityGate().check("lossy", 1.0, ndcg=0.5, ndcg_fp32=0.6)
     gate.check("fp32", export.cosine_parity(fp32, fp32).mean_cosine, 0.6, 0.6)
 
 
-def test_int8_is_smaller_and_close(tiny_artifacts):
+def test_int8_is_smaller_and_passes_the_gate_the_conversion_used(tiny_artifacts):
     report = json.loads(tiny_artifacts.conversion_report.read_text())
     fp32, int8 = report["variants"]["fp32"], report["variants"]["int8_dynamic"]
     assert int8["size_mb"] < fp32["size_mb"]
-    assert int8["cosine"] > 0.9
+    assert int8["cosine"] >= report["config"]["min_cosine"]  # the gate's own threshold
+    assert int8["accepted"], int8["reason"]
+
+
+def test_every_verdict_in_the_report_is_the_gates(tiny_artifacts):
+    """Recompute each variant's verdict from its recorded measures with the configured gate."""
+    report = json.loads(tiny_artifacts.conversion_report.read_text())
+    config = report["config"]
+    gate = quality.QualityGate(config["min_cosine"], config["max_ndcg_loss"])
+    fp32 = report["variants"]["fp32"]["quality"][NDCG_AT_10]
+    for name, v in report["variants"].items():
+        if v.get("path") is None:
+            assert not v["accepted"] and v["reason"]
+            continue
+        assert (v["accepted"], v["reason"]) == gate.verdict(
+            name, v["cosine"], v["quality"][NDCG_AT_10], fp32
+        )
+    chosen = report["variants"][report["selected_encoder"]]
+    fastest = min(
+        (v for v in report["variants"].values() if v["accepted"]),
+        key=lambda v: v["latency"]["p50_ms"],
+    )
+    assert chosen is fastest or chosen["latency"] == fastest["latency"]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_export_is_the_saved_sentence_transformer(tmp_path, pooling):
+    """One encoder definition: whatever pooling training saved is what the graph computes,
+    and parity is measured against `SentenceTransformer.encode` of that saved model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+
+    from shoprank.encoder import embed, export_fused_encoder
+    from shoprank.training.encoder import make_tiny_encoder
+
+    encoder_dir = make_tiny_encoder(tmp_path / "enc", pooling=pooling)
+    graph = tmp_path / "encoder.onnx"
+    export_fused_encoder(encoder_dir, tmp_path / "raw.onnx", graph)
+    texts = ["red leather sofa", "blue running shoes for men", "oak table", "kids toys"]
+    parity = export.check_encoder_parity(graph, encoder_dir, texts, contract.MAX_QUERY_TOKENS)
+    assert parity.min_cosine >= 0.999
+    # The other pooling of the same network gives other embeddings: the check can tell.
+    other = "mean" if pooling == "cls" else "cls"
+    transformer = modules.Transformer(str(encoder_dir))
+    swapped = SentenceTransformer(
+        modules=[
+            transformer,
+            modules.Pooling(transformer.get_embedding_dimension(), pooling_mode=other),
+            modules.Normalize(),
+        ],
+        device="cpu",
+    )
+    wrong = embed(swapped, texts, max_seq_length=contract.MAX_QUERY_TOKENS)
+    onnx_emb = export.onnx_embeddings(graph, encoder_dir, texts, contract.MAX_QUERY_TOKENS)
+    assert export.cosine_parity(wrong, onnx_emb).min_cosine < 0.99
 
 
 def test_ranker_parity_and_cold_start(tiny_artifacts):

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from configargs import config_to_dict
-from training.crossval import (
+from shoprank.configargs import config_to_dict
+from shoprank.datasets import ShopData
+from shoprank.training.crossval import (
     MODES,
     PARTIAL,
     SYSTEMS,
@@ -20,8 +21,7 @@ from training.crossval import (
     query_folds,
     write_results,
 )
-from training.datasets import ShopData
-from training.synthetic import generate
+from shoprank.training.synthetic import generate
 
 
 @pytest.fixture(scope="module")

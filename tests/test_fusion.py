@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.fusion import (
+from shoprank.fusion import (
     FUSIONS,
     USER_ITEM_FEATURES,
     FusionRanker,

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contract import ArtifactPaths
-from training.datasets import DataError, save, validate
-from training.loaders import (
+from shoprank.contract import ArtifactPaths
+from shoprank.datasets import DataError, save, validate
+from shoprank.training.loaders import (
     ESCI_EXAMPLES,
     ESCI_PRODUCTS,
     grades_to_0_3,
@@ -25,7 +25,7 @@ from training.loaders import (
     load_table,
     load_wands,
 )
-from training.synthetic import generate
+from shoprank.training.synthetic import generate
 
 CROWDFLOWER = """\
 id,query,product_title,product_description,median_relevance,relevance_variance
@@ -206,7 +206,7 @@ def test_csv_table_with_numeric_ids_and_duplicates(tmp_path, caplog):
         "lamp,Lamp,Bright,2,501\n"
         "lamp,Rug,,0,502\n",
     )
-    with caplog.at_level(logging.WARNING, logger="training.loaders"):
+    with caplog.at_level(logging.WARNING, logger="shoprank.training.loaders"):
         data = load_table(path)
     assert data.catalog["product_id"].tolist() == [501, 502]  # numeric ids are kept
     # The repeated pair is averaged (2.5 rounds half up to 3), and the merge is logged.
@@ -254,7 +254,7 @@ def test_esci_parquet(tmp_path, caplog):
     examples, products = _esci_frames()
     examples.to_parquet(tmp_path / f"{ESCI_EXAMPLES}.parquet")
     products.to_parquet(tmp_path / f"{ESCI_PRODUCTS}.parquet")
-    with caplog.at_level(logging.INFO, logger="training.loaders"):
+    with caplog.at_level(logging.INFO, logger="shoprank.training.loaders"):
         data = load_esci(
             tmp_path / f"{ESCI_EXAMPLES}.parquet", tmp_path / f"{ESCI_PRODUCTS}.parquet"
         )

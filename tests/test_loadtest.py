@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.run import LoadSummary, main, parse_run_time, summarize
+from shoprank.loadtest.run import LoadSummary, main, parse_run_time, summarize
 
 _COLUMNS = [
     "Type", "Name", "Request Count", "Failure Count", "Median Response Time",

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from training.metrics import (
+from shoprank.metrics import (
     dcg,
     mean_metrics,
     ndcg_at_k,

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from training.datasets import product_text
-from training.encoder import load_encoder, make_tiny_encoder
-from training.mlm import domain_adapt
-from training.synthetic import generate
+from shoprank.datasets import product_text
+from shoprank.encoder import load_encoder
+from shoprank.training.encoder import make_tiny_encoder
+from shoprank.training.mlm import domain_adapt
+from shoprank.training.synthetic import generate
 
 
 def test_domain_adapt_writes_a_trained_bi_encoder(tmp_path):
@@ -25,7 +26,7 @@ def test_domain_adapt_writes_a_trained_bi_encoder(tmp_path):
 
 def test_zero_shot_baseline_is_measured_before_domain_adaptation(tmp_path, tiny_artifacts):
     """With MLM on, "zero-shot" must still be the encoder as shipped (the fixture's run)."""
-    from training.train import TrainConfig, run
+    from shoprank.training.train import TrainConfig, run
 
     metrics = run(
         TrainConfig(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import contract
-from model_repository.ops import (
+from shoprank import contract
+from shoprank.runtime import (
     CatalogIndex,
     InvalidInput,
     QueryTokenizer,

@@ -6,18 +6,19 @@ import numpy as np
 import onnx
 import pytest
 
-import contract
-from conversion import export, quantize
-from training import datasets
-from training.encoder import tokenizer_file
+from shoprank import contract, datasets
+from shoprank.conversion import exclusion_search, graph_surgery, int8, latency, quality
+from shoprank.encoder import export_encoder, tokenizer_file
+from shoprank.metrics import NDCG_AT_10
+from shoprank.runtime import tokenized_feeds
 
 
 @pytest.fixture(scope="module")
 def unfused(tiny_artifacts, tmp_path_factory):
     """The tiny encoder exported unfused and prepared for QDQ, as conversion does."""
     work = tmp_path_factory.mktemp("qdq")
-    raw = export.export_encoder(tiny_artifacts.encoder, work / "raw.onnx")
-    return quantize.prepare_for_qdq(raw, work / "unfused.onnx")
+    raw = export_encoder(tiny_artifacts.encoder, work / "raw.onnx")
+    return int8.prepare_for_qdq(raw, work / "unfused.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def feeds(tiny_artifacts):
     train = queries[queries["split"] == "train"]["query"].tolist()
     test = queries[queries["split"] == "test"]["query"].tolist()
     return (
-        quantize.calibration_feeds(tok, train, contract.MAX_QUERY_TOKENS),
-        quantize.calibration_feeds(tok, test, contract.MAX_QUERY_TOKENS, 64),
+        tokenized_feeds(tok, train, contract.MAX_QUERY_TOKENS),
+        tokenized_feeds(tok, test, contract.MAX_QUERY_TOKENS, 64),
     )
 
 
@@ -38,11 +39,11 @@ def _graph(path):
 
 
 def test_calibration_feeds_are_tokenized_like_the_server(tiny_artifacts):
-    from model_repository.ops import QueryTokenizer
+    from shoprank.runtime import QueryTokenizer
 
     tok = tokenizer_file(tiny_artifacts.encoder)
     texts = ["red leather sofa", "a " * 100, "oak dining table for six people"]
-    (batch,) = quantize.calibration_feeds(tok, texts, contract.MAX_QUERY_TOKENS)
+    (batch,) = tokenized_feeds(tok, texts, contract.MAX_QUERY_TOKENS)
     ids, mask = batch[contract.ONNX_INPUT_IDS], batch[contract.ONNX_ATTENTION_MASK]
     assert ids.dtype == mask.dtype == np.int64
     assert ids.shape == (3, contract.MAX_QUERY_TOKENS)  # padded to the longest, truncated
@@ -59,7 +60,7 @@ def test_exclusion_candidates_find_the_roles_in_the_graph(unfused):
     graph = _graph(unfused)
     nodes = {n.name: n for n in graph.node}
     inits = {t.name for t in graph.initializer}
-    cands = {c.name: c for c in quantize.exclusion_candidates(unfused)}
+    cands = {c.name: c for c in graph_surgery.exclusion_candidates(unfused)}
     assert next(iter(cands)) == "none" and not cands["none"].exclude_nodes
     # The additive attention mask feeds every Softmax: its Add must stay float.
     mask_set = set(cands["mask_softmax"].exclude_nodes)
@@ -91,7 +92,7 @@ def test_static_qdq_inserts_qdq_nodes_and_respects_exclusions(unfused, feeds, tm
     alone = next(n for n in linear if readers[n.input[0]] == 1)
     shared = next(n for n in linear if readers[n.input[0]] > 1)
     excluded = {alone.name, shared.name}
-    out = quantize.quantize_static_qdq(
+    out = int8.quantize_static_qdq(
         unfused,
         tmp_path / "qdq.onnx",
         calibration,
@@ -151,33 +152,33 @@ def test_gate_refuses_a_collapsed_static_qdq_and_the_search_avoids_it(unfused, f
     """
     calibration, heldout = feeds
     degenerate = _mask_zeroed(calibration[:2])
-    gate = quantize.QualityGate()
-    reference = quantize.embed_feeds(unfused, heldout)
+    gate = quality.QualityGate()
+    reference = exclusion_search.embed_feeds(unfused, heldout)
 
-    naive = quantize.quantize_static_qdq(unfused, tmp_path / "naive.onnx", degenerate)
-    cos = quantize.row_cosine(reference, quantize.embed_feeds(naive, heldout))
+    naive = int8.quantize_static_qdq(unfused, tmp_path / "naive.onnx", degenerate)
+    cos = quality.row_cosine(reference, exclusion_search.embed_feeds(naive, heldout))
     assert cos.mean() < gate.min_cosine
-    with pytest.raises(quantize.QualityError, match="collapsed"):
+    with pytest.raises(quality.QualityError, match="collapsed"):
         gate.check("int8_static_qdq", float(cos.mean()))
 
-    search = quantize.search_exclusions(
+    search = exclusion_search.search_exclusions(
         unfused, tmp_path / "best.onnx", degenerate, heldout, work_dir=tmp_path / "work"
     )
     trials = {t.name: t for t in search.trials}
-    assert set(trials) == {c.name for c in quantize.exclusion_candidates(unfused)}
+    assert set(trials) == {c.name for c in graph_surgery.exclusion_candidates(unfused)}
     assert trials["none"].mean_cosine < gate.min_cosine
     assert search.best != "none"
-    chosen = quantize.row_cosine(reference, quantize.embed_feeds(search.path, heldout))
+    chosen = quality.row_cosine(reference, exclusion_search.embed_feeds(search.path, heldout))
     gate.check("int8_static_qdq", float(chosen.mean()))  # the searched choice passes
     # Only the chosen model is left behind: no trial files, no calibration caches.
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []
-    assert quantize.count_qdq_nodes(search.path) == trials[search.best].qdq_nodes
+    assert graph_surgery.count_qdq_nodes(search.path) == trials[search.best].qdq_nodes
 
 
 def test_row_cosine_counts_nan_as_broken():
     a = np.ones((2, 4), dtype=np.float32)
     b = np.array([[1, 1, 1, 1], [np.nan] * 4], dtype=np.float32)
-    np.testing.assert_allclose(quantize.row_cosine(a, b), [1.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(quality.row_cosine(a, b), [1.0, -1.0], atol=1e-6)
 
 
 def test_report_records_the_static_qdq_variant(tiny_artifacts):
@@ -189,9 +190,14 @@ def test_report_records_the_static_qdq_variant(tiny_artifacts):
     assert qdq["calibration_queries"] > 0 and qdq["selection_queries"] > 0
     assert qdq["activations"] == "uint8 asymmetric"
     assert tiny_artifacts.onnx.joinpath("encoder.int8_qdq.onnx").exists()
-    assert quantize.count_qdq_nodes(tiny_artifacts.onnx / "encoder.int8_qdq.onnx") > 0
-    assert isinstance(v["accepted"], bool)
-    assert v["accepted"] or v["reason"]  # a refusal always says why
-    assert v["size_mb"] > 0 and v["latency"]["p50_ms"] > 0
+    assert graph_surgery.count_qdq_nodes(tiny_artifacts.onnx / "encoder.int8_qdq.onnx") > 0
+    # The verdict is the gate's on the recorded measures, and a refusal says why.
+    gate = quality.QualityGate(report["config"]["min_cosine"], report["config"]["max_ndcg_loss"])
+    fp32 = report["variants"]["fp32"]["quality"][NDCG_AT_10]
+    assert (v["accepted"], v["reason"]) == gate.verdict(
+        "int8_static_qdq", v["cosine"], v["quality"][NDCG_AT_10], fp32
+    )
+    assert v["accepted"] or "int8_static_qdq" in v["reason"]
+    assert v["size_mb"] == latency.file_mb(tiny_artifacts.encoder_qdq_onnx)
     md = tiny_artifacts.conversion_report.with_suffix(".md").read_text()
     assert "int8_static_qdq" in md and "Static QDQ exclusion search" in md

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from training.report import fusion_variants, loss_curves, targets, write_report
+from shoprank.training.report import fusion_variants, loss_curves, targets, write_report
 
 
 def _retrieval(ndcg: float) -> dict:
@@ -121,9 +121,9 @@ def test_skipped_baselines_and_nan_are_shown(tmp_path):
 
 
 def test_evaluate_merges_baselines_and_writes_the_report(tmp_path):
-    from training import datasets
-    from training.evaluate import EvalConfig, evaluate
-    from training.synthetic import generate
+    from shoprank import datasets
+    from shoprank.training.evaluate import EvalConfig, evaluate
+    from shoprank.training.synthetic import generate
 
     datasets.save(generate("tiny"), tmp_path)
     run = copy.deepcopy(FULL)
@@ -139,7 +139,7 @@ def test_evaluate_merges_baselines_and_writes_the_report(tmp_path):
 
 
 def test_evaluate_needs_a_training_run(tmp_path):
-    from training.evaluate import EvalConfig, evaluate
+    from shoprank.training.evaluate import EvalConfig, evaluate
 
-    with pytest.raises(FileNotFoundError, match="python -m training"):
+    with pytest.raises(FileNotFoundError, match=r"python -m shoprank\.training"):
         evaluate(EvalConfig(out=tmp_path))

@@ -9,11 +9,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
-from model_repository import server
-from model_repository.server import TritonServerError
+from shoprank import tritonserver as server
+from shoprank.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from shoprank.tritonserver import TritonServerError
 
 # A model unrelated to shoprank: this file tests the launcher, not the search I/O.
 _DOUBLER = """
@@ -22,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 
 # The stub must see this venv, where shoprank is installed editable: real models import it.
-import contract
+from shoprank import contract
 
 
 class TritonPythonModel:
@@ -51,15 +52,9 @@ def _write_model(repository: Path, name: str, config: str, model_py: str) -> Non
 
 def _processes_mentioning(text: str) -> list[int]:
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and server.pid_alive(int(entry.name)):
-            found.append(int(entry.name))
+    for proc in psutil.process_iter(["cmdline"]):
+        if text in " ".join(proc.info["cmdline"] or ()) and server.pid_alive(proc.pid):
+            found.append(proc.pid)
     return found
 
 
@@ -135,7 +130,7 @@ def test_start_on_a_broken_repository_raises_with_the_log(tmp_path: Path) -> Non
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "model_repository.server", *args],
+        [sys.executable, "-m", "shoprank.model_repository.server", *args],
         capture_output=True,
         text=True,
         timeout=120,

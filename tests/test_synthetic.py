@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contract import ArtifactPaths
-from training import synthetic
-from training.datasets import (
+from shoprank.contract import ArtifactPaths
+from shoprank.datasets import (
     CATEGORY_SEPARATOR,
     LIST_SEPARATOR,
     DataError,
@@ -21,7 +20,8 @@ from training.datasets import (
     save,
     validate,
 )
-from training.synthetic import LEAVES, SCALES, generate, generate_with_intents
+from shoprank.training import synthetic
+from shoprank.training.synthetic import LEAVES, SCALES, generate, generate_with_intents
 
 
 @pytest.fixture(scope="module")

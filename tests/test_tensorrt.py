@@ -5,29 +5,33 @@ everywhere else the build is skipped with a recorded reason, and the repository 
 for a plan is generated from a stand-in file (config generation never reads the plan).
 """
 
+import ctypes
+import importlib.util
 import json
 import logging
 import shutil
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-import contract
-from configargs import parse_config
-from conversion import tensorrt
-from conversion.convert import ConversionConfig
-from model_repository.build import ServingConfig, build, encoder_gpu_config
+from shoprank import artifacts, contract
+from shoprank.artifacts import OptimizationProfile
+from shoprank.configargs import parse_config
+from shoprank.conversion import tensorrt
+from shoprank.conversion.convert import ConversionConfig
+from shoprank.model_repository.build import ServingConfig, build, encoder_gpu_config
 
 TRT_AVAILABLE, TRT_REASON = tensorrt.available()
 
 
 def test_default_profile_fits_served_queries():
     profile = tensorrt.profile_from_config(max_batch=64, seq_min=8, seq_opt=16, seq_max=32)
-    assert profile == tensorrt.OptimizationProfile()
+    assert profile == OptimizationProfile()
     shapes = profile.shapes()
     assert set(shapes) == {contract.ONNX_INPUT_IDS, contract.ONNX_ATTENTION_MASK}
     for lo, opt, hi in shapes.values():
@@ -61,7 +65,7 @@ def test_profile_rejects_bounds_that_cannot_serve(kwargs, message):
 
 
 def test_conversion_config_knobs_make_the_profile():
-    assert ConversionConfig().trt_profile() == tensorrt.OptimizationProfile()
+    assert ConversionConfig().trt_profile() == OptimizationProfile()
     config = parse_config(
         ConversionConfig, ["--trt-max-batch", "16", "--trt-opt-batch", "4", "--trt-seq-opt", "24"]
     )
@@ -82,17 +86,29 @@ def test_available_says_why_not_without_gpu_or_tensorrt(monkeypatch):
     assert "libcuda" in reason and "tensorrt package is not installed" in reason
 
 
-def test_available_here_has_a_reason():
-    assert TRT_REASON
-    if not TRT_AVAILABLE:
-        assert "no GPU" in TRT_REASON or "tensorrt" in TRT_REASON
+def test_available_agrees_with_what_this_host_has():
+    """Checked against the host itself: the package importable, the driver loadable."""
+    has_tensorrt = importlib.util.find_spec("tensorrt") is not None
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        has_driver = True
+    except OSError:
+        has_driver = False
+    ok, reason = tensorrt.available()
+    assert reason
+    if ok:
+        assert has_tensorrt and has_driver, reason
+    if not has_tensorrt:
+        assert not ok and "tensorrt package is not installed" in reason
+    if not has_driver:
+        assert not ok and "libcuda" in reason
 
 
 def test_build_all_skips_cleanly_and_records_why(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(tensorrt, "available", lambda: (False, "no GPU (test)"))
     paths = contract.ArtifactPaths(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="conversion.tensorrt"):
-        report = tensorrt.build_all(paths, tensorrt.TensorRTConfig())
+    with caplog.at_level(logging.WARNING, logger="shoprank.conversion.tensorrt"):
+        report = tensorrt.build_all(paths, tensorrt.TensorRTConfig()).to_json()
     assert report["available"] is False
     assert report["reason"] == "no GPU (test)"
     assert report["engines"] == {}
@@ -107,10 +123,10 @@ def test_conversion_report_records_the_skip(tiny_artifacts):
     trt = report["tensorrt"]
     assert trt["available"] is False and trt["reason"] == TRT_REASON
     assert trt["selected_plan"] is None and trt["engines"] == {}
-    assert trt["profile"] == asdict(tensorrt.OptimizationProfile())
+    assert trt["profile"] == asdict(OptimizationProfile())
     assert not list(tiny_artifacts.onnx.glob("*.plan"))
     # The unfused graph is only kept as a TensorRT source.
-    assert not (tiny_artifacts.onnx / tensorrt.SOURCE_FP32_ONNX).exists()
+    assert not tiny_artifacts.encoder_unfused_onnx.exists()
     md = tiny_artifacts.conversion_report.with_suffix(".md").read_text()
     assert f"TensorRT engines skipped: {TRT_REASON}" in md
 
@@ -134,7 +150,7 @@ def artifacts_copy(tiny_artifacts, tmp_path):
 def test_encoder_gpu_config_for_a_plan():
     profile = tensorrt.profile_from_config(max_batch=32, seq_min=8, seq_opt=16, seq_max=32)
     config = encoder_gpu_config(
-        ServingConfig(target="gpu"), 384, tensorrt.PLAN_FILES["fp16"], profile
+        ServingConfig(target="gpu"), 384, Path("encoder.fp16.plan"), profile
     )
     assert config.platform == "tensorrt_plan"
     assert config.default_model_filename == "model.plan"
@@ -146,14 +162,14 @@ def test_encoder_gpu_config_for_a_plan():
 
 
 def test_gpu_repository_serves_the_fp16_plan(artifacts_copy):
-    plan = artifacts_copy.onnx / tensorrt.PLAN_FILES["fp16"]
+    plan = artifacts_copy.encoder_plan("fp16")
     plan.write_bytes(b"")  # stand-in: config generation does not read the plan
     repo = build(artifacts_copy, ServingConfig(target="gpu"))
     encoder = _load(repo, contract.ENCODER_MODEL)
     assert encoder.platform == "tensorrt_plan" and not encoder.backend
     assert encoder.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert not any(i.allow_ragged_batch for i in encoder.input)
-    assert 0 < encoder.max_batch_size <= tensorrt.OptimizationProfile().max_batch
+    assert 0 < encoder.max_batch_size <= OptimizationProfile().max_batch
     assert {i.name for i in encoder.input} == {
         contract.ONNX_INPUT_IDS,
         contract.ONNX_ATTENTION_MASK,
@@ -170,19 +186,18 @@ def test_gpu_repository_serves_the_fp16_plan(artifacts_copy):
 
 
 def test_gpu_repository_follows_the_plan_profile_and_selection(artifacts_copy):
-    onnx_dir = artifacts_copy.onnx
     small = tensorrt.profile_from_config(max_batch=16, seq_min=8, seq_opt=16, seq_max=32)
-    for precision, name in tensorrt.PLAN_FILES.items():
-        (onnx_dir / name).write_bytes(b"")
-        tensorrt.plan_info_path(onnx_dir / name).write_text(
-            json.dumps({"precision": precision, "profile": asdict(small)})
+    for precision in contract.TENSORRT_PRECISIONS:
+        artifacts_copy.encoder_plan(precision).write_bytes(b"")
+        artifacts.write_plan_info(
+            artifacts_copy.encoder_plan(precision), small, precision=precision
         )
-    assert tensorrt.served_plan(artifacts_copy) == onnx_dir / tensorrt.PLAN_FILES["fp16"]
+    assert artifacts.served_plan(artifacts_copy) == artifacts_copy.encoder_plan("fp16")
     # The int8 plan is served only when the conversion report selected it (gate passed).
     report = json.loads(artifacts_copy.conversion_report.read_text())
     report["tensorrt"] = {**report.get("tensorrt", {}), "selected_plan": "encoder.int8.plan"}
     artifacts_copy.conversion_report.write_text(json.dumps(report))
-    assert tensorrt.served_plan(artifacts_copy) == onnx_dir / tensorrt.PLAN_FILES["int8"]
+    assert artifacts.served_plan(artifacts_copy) == artifacts_copy.encoder_plan("int8")
     repo = build(artifacts_copy, ServingConfig(target="gpu"))
     encoder = _load(repo, contract.ENCODER_MODEL)
     assert encoder.platform == "tensorrt_plan"
@@ -192,7 +207,7 @@ def test_gpu_repository_follows_the_plan_profile_and_selection(artifacts_copy):
 
 
 def test_gpu_repository_without_a_plan_uses_onnxruntime(artifacts_copy):
-    assert tensorrt.served_plan(artifacts_copy) is None
+    assert artifacts.served_plan(artifacts_copy) is None
     repo = build(artifacts_copy, ServingConfig(target="gpu"))
     encoder = _load(repo, contract.ENCODER_MODEL)
     assert encoder.backend == "onnxruntime" and not encoder.platform
@@ -204,30 +219,31 @@ def test_builds_real_engines_on_a_gpu(tiny_artifacts, tmp_path):
     """fp16 from the unfused graph, int8 from a symmetric QDQ graph; run both if possible."""
     import tensorrt as trt
 
-    from conversion import export, quantize
-    from training import datasets
-    from training.encoder import tokenizer_file
+    from shoprank import datasets
+    from shoprank.conversion import exclusion_search, int8, quality
+    from shoprank.encoder import export_encoder, tokenizer_file
+    from shoprank.runtime import tokenized_feeds
 
-    raw = export.export_encoder(tiny_artifacts.encoder, tmp_path / "raw.onnx")
-    unfused = quantize.prepare_for_qdq(raw, tmp_path / "unfused.onnx")
+    raw = export_encoder(tiny_artifacts.encoder, tmp_path / "raw.onnx")
+    unfused = int8.prepare_for_qdq(raw, tmp_path / "unfused.onnx")
     queries = datasets.load(tiny_artifacts).queries["query"].tolist()
-    feeds = quantize.calibration_feeds(tokenizer_file(tiny_artifacts.encoder), queries[:64])
-    qdq = quantize.quantize_static_qdq(
+    feeds = tokenized_feeds(tokenizer_file(tiny_artifacts.encoder), queries[:64])
+    qdq = int8.quantize_static_qdq(
         unfused,
         tmp_path / "qdq.onnx",
         feeds,
         op_types_to_quantize=["MatMul"],
         symmetric_activations=True,
     )
-    profile = tensorrt.OptimizationProfile()
-    reference = quantize.embed_feeds(unfused, feeds)
+    profile = OptimizationProfile()
+    reference = exclusion_search.embed_feeds(unfused, feeds)
     can_run, _ = tensorrt.can_run_engines()
     for precision, source in (("fp16", unfused), ("int8", qdq)):
         plan = tensorrt.build_engine(
             source, tmp_path / f"{precision}.plan", precision, profile, workspace_gb=1.0
         )
         assert plan.stat().st_size > 0
-        assert tensorrt.read_plan_profile(plan) == profile
+        assert artifacts.read_plan_profile(plan) == profile
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
             plan.read_bytes()
         )
@@ -238,5 +254,5 @@ def test_builds_real_engines_on_a_gpu(tiny_artifacts, tmp_path):
             assert [tuple(s) for s in got] == [lo, opt, hi]
         if can_run:
             emb = tensorrt.engine_embeddings(plan, feeds)
-            cos = quantize.row_cosine(reference, emb)
+            cos = quality.row_cosine(reference, emb)
             assert np.isfinite(emb).all() and cos.mean() > 0.95, (precision, cos.mean())

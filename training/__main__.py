@@ -1,5 +1,5 @@
-"""`python -m training`: run the training stage (see training/train.py)."""
+"""`python -m shoprank.training`: run the training stage (see training/train.py)."""
 
-from training.train import main
+from shoprank.training.train import main
 
 main()

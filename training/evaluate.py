@@ -1,6 +1,7 @@
-"""`python -m training.evaluate --out DIR`: baselines + the evaluation report of a training run.
+"""`python -m shoprank.training.evaluate --out DIR`: baselines + the evaluation report of a
+training run.
 
-Runs after `python -m training --out DIR`: reads DIR/metrics.json and the data the run
+Runs after `python -m shoprank.training --out DIR`: reads DIR/metrics.json and the data the run
 saved under DIR/data, scores the baselines (BM25, popularity, session popularity) on the
 same held-out split, merges them into metrics.json under "baselines", and writes
 DIR/reports/eval.md with its plots.
@@ -14,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import contract
-from configargs import parse_config, setup_logging
-from training import datasets
-from training.baselines import run_baselines
-from training.report import targets, write_report
+from shoprank import contract, datasets
+from shoprank.configargs import parse_config, setup_logging
+from shoprank.metrics import CLICK_AUC, NDCG_AT_10
+from shoprank.training.baselines import run_baselines
+from shoprank.training.report import targets, write_report
 
 
 @dataclass
@@ -43,7 +44,7 @@ def evaluate(config: EvalConfig) -> tuple[dict, Path]:
     paths = contract.ArtifactPaths(Path(config.out))
     if not paths.metrics.exists():
         raise FileNotFoundError(
-            f"{paths.metrics} not found: run `python -m training --out {config.out}` first"
+            f"{paths.metrics} not found: run `python -m shoprank.training --out {config.out}` first"
         )
     metrics = json.loads(paths.metrics.read_text())
     split = config.split or (metrics.get("retrieval") or {}).get("split") or "test"
@@ -63,12 +64,12 @@ def summary_lines(metrics: dict) -> list[str]:
             continue
         if "skipped" in m:
             lines.append(f"  {name:<18} {m['skipped']}")
-        elif "ndcg@10" in m:
+        elif NDCG_AT_10 in m:
             lines.append(
                 f"  {name:<18} NDCG@10 {m['ndcg@10']:.4f}  Recall@100 {m['recall@100']:.4f}  "
                 f"MRR {m['mrr']:.4f}"
             )
-        elif "click_auc" in m:
+        elif CLICK_AUC in m:
             lines.append(
                 f"  {name:<18} click AUC {m['click_auc']:.4f}  "
                 f"purchase-NDCG@10 {m['purchase_ndcg@10']:.4f}"
@@ -80,7 +81,7 @@ def summary_lines(metrics: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    setup_logging("training")
+    setup_logging("shoprank")
     config = parse_config(EvalConfig, argv, description=__doc__ or "")
     metrics, report = evaluate(config)
     print("baselines:")

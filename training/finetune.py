@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
-import contract
-from training.datasets import ShopData, product_text
-from training.encoder import embed
-from training.metrics import mean_metrics, top_k_rankings
+from shoprank import contract
+from shoprank.datasets import ShopData, product_text
+from shoprank.encoder import embed
+from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class GradedNDCGEvaluator(SentenceEvaluator):
             model, list(self.queries.values()), self.batch_size, contract.MAX_QUERY_TOKENS
         )
         rankings = top_k_rankings(q_emb @ c_emb.T, list(self.queries), corpus_ids)
-        value = mean_metrics(rankings, self.grades)["ndcg@10"]
+        value = mean_metrics(rankings, self.grades)[NDCG_AT_10]
         log.info("step %d: validation NDCG@10 %.4f", steps, value)
         return {self.primary_metric: value}
 

@@ -49,8 +49,8 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from contract import ArtifactPaths
-from training.datasets import (
+from shoprank.contract import ArtifactPaths
+from shoprank.datasets import (
     CATEGORY_SEPARATOR,
     MAX_GRADE,
     SPLITS,

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import contract
-from training.encoder import save_sentence_encoder
+from shoprank import contract
+from shoprank.training.encoder import save_sentence_encoder
 
 log = logging.getLogger(__name__)
 

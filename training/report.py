@@ -1,6 +1,6 @@
 """The evaluation report: `reports/eval.md` plus PNG plots from a metrics.json dict.
 
-    from training.report import write_report
+    from shoprank.training.report import write_report
     write_report(metrics, Path("artifacts/demo"))  # -> artifacts/demo/reports/eval.md
 
 Reads whatever is there and says what is not: a run without behaviour events has no
@@ -23,13 +23,22 @@ matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
 
 import matplotlib.pyplot as plt
 
+from shoprank.metrics import (
+    CLICK_AUC,
+    MRR,
+    NDCG_AT_10,
+    PURCHASE_NDCG_AT_10,
+    RECALL_AT_10,
+    RECALL_AT_100,
+)
+
 REPORT_DIR = "reports"
 REPORT_NAME = "eval.md"
 # Targets of "Relevance that earns its keep".
 MIN_FINETUNE_GAIN = 0.05  # fine-tuned NDCG@10 >= zero-shot + this
 MIN_FUSION_GAIN = 0.10  # best fusion purchase-NDCG@10 >= text-only x (1 + this)
-RETRIEVAL_METRICS = ("ndcg@10", "recall@100", "mrr")
-SESSION_METRICS = ("click_auc", "purchase_ndcg@10")
+RETRIEVAL_METRICS = (NDCG_AT_10, RECALL_AT_100, MRR)
+SESSION_METRICS = (CLICK_AUC, PURCHASE_NDCG_AT_10)
 _LABELS = {
     "bm25": "BM25",
     "popularity": "popularity",
@@ -42,12 +51,12 @@ _LABELS = {
     "concat_mlp": "concat MLP",
     "target_attention": "target attention",
     "session_popularity": "popularity (baseline)",
-    "ndcg@10": "NDCG@10",
-    "recall@10": "Recall@10",
-    "recall@100": "Recall@100",
-    "mrr": "MRR",
-    "click_auc": "click AUC",
-    "purchase_ndcg@10": "purchase-NDCG@10",
+    NDCG_AT_10: "NDCG@10",
+    RECALL_AT_10: "Recall@10",
+    RECALL_AT_100: "Recall@100",
+    MRR: "MRR",
+    CLICK_AUC: "click AUC",
+    PURCHASE_NDCG_AT_10: "purchase-NDCG@10",
 }
 
 
@@ -81,13 +90,13 @@ def retrieval_systems(metrics: Mapping) -> dict[str, dict]:
     """Judged full-catalog retrieval metrics by system, baselines first, served ranker last."""
     out: dict[str, dict] = {}
     for name, value in (metrics.get("baselines") or {}).items():
-        if isinstance(value, dict) and "ndcg@10" in value:
+        if isinstance(value, dict) and NDCG_AT_10 in value:
             out[name] = value
     for name, value in (metrics.get("retrieval") or {}).items():
-        if isinstance(value, dict) and "ndcg@10" in value:
+        if isinstance(value, dict) and NDCG_AT_10 in value:
             out[name] = value
     served = (metrics.get("fusion") or {}).get("judged_cold_start")
-    if isinstance(served, dict) and "ndcg@10" in served:
+    if isinstance(served, dict) and NDCG_AT_10 in served:
         out["served"] = served
     return out
 
@@ -95,10 +104,10 @@ def retrieval_systems(metrics: Mapping) -> dict[str, dict]:
 def fusion_variants(metrics: Mapping) -> dict[str, dict]:
     """Held-out session metrics by fusion variant (text-only first), session baseline last."""
     fusion = metrics.get("fusion") or {}
-    variants = {k: v for k, v in fusion.items() if isinstance(v, dict) and "click_auc" in v}
+    variants = {k: v for k, v in fusion.items() if isinstance(v, dict) and CLICK_AUC in v}
     ordered = dict(sorted(variants.items(), key=lambda kv: kv[0] != "text_only"))
     baseline = (metrics.get("baselines") or {}).get("session_popularity")
-    if isinstance(baseline, dict) and "click_auc" in baseline:
+    if isinstance(baseline, dict) and CLICK_AUC in baseline:
         ordered["session_popularity"] = baseline
     return ordered
 
@@ -134,7 +143,7 @@ def _fusion_note(best: str | None, metrics: Mapping) -> str:
     fusion = metrics.get("fusion") or {}
     served = fusion.get("served")
     if isinstance(served, str) and served != best and isinstance(fusion.get(served), dict):
-        value = _fmt(fusion[served].get("purchase_ndcg@10"))
+        value = _fmt(fusion[served].get(PURCHASE_NDCG_AT_10))
         note += f"; served (chosen on validation): {label(served)} {value}"
     return note
 
@@ -162,9 +171,9 @@ class Target:
 def targets(metrics: Mapping) -> list[Target]:
     """The issue's targets evaluated on `metrics` ("n/a" where an input is missing)."""
     systems = retrieval_systems(metrics)
-    ft = _num(systems.get("fine_tuned", {}).get("ndcg@10"))
-    zs = _num(systems.get("zero_shot", {}).get("ndcg@10"))
-    bm25 = _num(systems.get("bm25", {}).get("ndcg@10"))
+    ft = _num(systems.get("fine_tuned", {}).get(NDCG_AT_10))
+    zs = _num(systems.get("zero_shot", {}).get(NDCG_AT_10))
+    bm25 = _num(systems.get("bm25", {}).get(NDCG_AT_10))
     out = [
         Target(
             f"fine-tuned NDCG@10 ≥ zero-shot + {MIN_FINETUNE_GAIN:g}",
@@ -175,9 +184,9 @@ def targets(metrics: Mapping) -> list[Target]:
         Target("fine-tuned NDCG@10 > BM25", ft, bm25, ">"),
     ]
     variants = fusion_variants(metrics)
-    text = _num(variants.get("text_only", {}).get("purchase_ndcg@10"))
+    text = _num(variants.get("text_only", {}).get(PURCHASE_NDCG_AT_10))
     learned = {
-        name: _num(m.get("purchase_ndcg@10"))
+        name: _num(m.get(PURCHASE_NDCG_AT_10))
         for name, m in variants.items()
         if name not in ("text_only", "session_popularity")
     }
@@ -298,7 +307,7 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
     systems = retrieval_systems(metrics)
     lines += [f"## Retrieval: held-out {split!r} queries, full catalog", ""]
     if systems:
-        keys = ("ndcg@10", "recall@10", "recall@100", "mrr", "queries")
+        keys = (NDCG_AT_10, RECALL_AT_10, RECALL_AT_100, MRR, "queries")
         lines += [
             "| system | " + " | ".join(label(k) for k in keys) + " |",
             "|---|" + "---|" * len(keys),
@@ -323,7 +332,7 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
         if isinstance(v, dict) and "skipped" in v
     }
     if "baselines" not in metrics:
-        lines += ["", "Baselines not run (`python -m training.evaluate` adds them)."]
+        lines += ["", "Baselines not run (`python -m shoprank.training.evaluate` adds them)."]
     for name, why in skipped.items():
         lines += ["", f"{label(name)}: {why}."]
     lines.append("")
@@ -333,14 +342,14 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
     fusion = metrics.get("fusion") or {}
     served = fusion.get("served")
     if variants:
-        base = _num(variants.get("text_only", {}).get("purchase_ndcg@10"))
+        base = _num(variants.get("text_only", {}).get(PURCHASE_NDCG_AT_10))
         lines += [
             "| variant | click AUC | purchase-NDCG@10 | vs text-only (95% CI) "
             "| sessions with purchase |",
             "|---|---|---|---|---|",
         ]
         for name, m in variants.items():
-            value = _num(m.get("purchase_ndcg@10"))
+            value = _num(m.get(PURCHASE_NDCG_AT_10))
             rel = f"{(value / base - 1) * 100:+.1f}%" if value is not None and base else "—"
             gain = m.get("gain_vs_text_only")
             if isinstance(gain, Mapping):

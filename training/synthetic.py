@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from contract import ArtifactPaths
-from training.datasets import (
+from shoprank.contract import ArtifactPaths
+from shoprank.datasets import (
     CATEGORY_SEPARATOR,
     EVENT_TYPES,
     LIST_SEPARATOR,
@@ -927,7 +927,9 @@ def generate(scale: str | Scale = "demo", seed: int = 0, *, progress: bool = Fal
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate a shop and write it where `contract.ArtifactPaths(out)` says."""
-    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m shoprank.training.synthetic", description=__doc__
+    )
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("artifacts") / "demo")

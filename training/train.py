@@ -1,6 +1,6 @@
 """The training stage end to end: data → zero-shot eval → fine-tune → item index → fusion.
 
-    python -m training --out artifacts/demo --scale demo
+    python -m shoprank.training --out artifacts/demo --scale demo
 
 writes everything below `--out` at the places named by `contract.ArtifactPaths`, and
 `metrics.json` comparing the zero-shot and fine-tuned encoder and the fusion ranker.
@@ -16,13 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
-import contract
-from configargs import config_to_dict, parse_config, setup_logging
-from training import behaviour, datasets, encoder, finetune
-from training.fusion import FusionRanker, TextOnlyRanker, save_ranker
-from training.metrics import mean_metrics, paired_bootstrap_gain, top_k_rankings
+from shoprank import contract, datasets
+from shoprank.artifacts import save_item_index
+from shoprank.configargs import config_to_dict, parse_config, setup_logging
+from shoprank.encoder import embed, load_encoder
+from shoprank.fusion import FusionRanker, TextOnlyRanker, save_ranker
+from shoprank.metrics import (
+    CLICK_AUC,
+    NDCG_AT_10,
+    PURCHASE_NDCG_AT_10,
+    mean_metrics,
+    paired_bootstrap_gain,
+    top_k_rankings,
+)
+from shoprank.training import behaviour, finetune
+from shoprank.training.encoder import base_encoder_path, embed_onnx
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +85,14 @@ class TrainConfig:
 def load_data(config: TrainConfig, paths: contract.ArtifactPaths) -> datasets.ShopData:
     """User data if given, else the synthetic shop (generated once, then reused)."""
     if config.data:
-        from training.loaders import load_any
+        from shoprank.training.loaders import load_any
 
         data = load_any(config.data, fmt=config.data_format)
         datasets.save(data, paths)
         return data
     if paths.catalog.exists() and not config.regenerate:
         return datasets.load(paths)
-    from training.synthetic import generate
+    from shoprank.training.synthetic import generate
 
     data = generate(scale=config.scale, seed=config.seed)
     datasets.save(data, paths)
@@ -95,7 +104,7 @@ def judged_metrics(
 ) -> dict[str, float]:
     """NDCG@10 / Recall@10,100 / MRR of full-catalog retrieval on `split` queries."""
     queries = data.queries[data.queries["split"] == split]
-    q_emb = encoder.embed(
+    q_emb = embed(
         model,
         queries["query"].tolist(),
         batch_size=batch_size,
@@ -142,11 +151,12 @@ def choose_rerank_depth(
     described: letting behaviour reorder deep into the text ranking can trade relevance
     for popularity, so the depth is chosen on held-out queries, not assumed.
     """
-    base = ranker_judged_metrics(text_only, q_emb, query_ids, product_ids, data)["ndcg@10"]
+    base = ranker_judged_metrics(text_only, q_emb, query_ids, product_ids, data)[NDCG_AT_10]
     tried = {}
     for depth in depths:
         ranker.retrieve_k = depth
-        tried[depth] = ranker_judged_metrics(ranker, q_emb, query_ids, product_ids, data)["ndcg@10"]
+        metrics = ranker_judged_metrics(ranker, q_emb, query_ids, product_ids, data)
+        tried[depth] = metrics[NDCG_AT_10]
         if tried[depth] >= (1.0 - max_loss) * base:
             break
     log.info(
@@ -164,7 +174,7 @@ def embed_catalog(
     """Embeddings of every catalog product, (N, D), in catalog order."""
     texts = datasets.product_text(data.catalog)
     if config.embed_backend == "onnx":
-        return encoder.embed_onnx(
+        return embed_onnx(
             encoder_dir,
             list(texts),
             contract.ArtifactPaths(Path(config.out)).model / "tmp",
@@ -172,34 +182,13 @@ def embed_catalog(
             max_seq_length=config.max_product_tokens,
             desc=desc,
         )
-    return encoder.embed(
+    return embed(
         model,
         list(texts),
         batch_size=config.embed_batch_size,
         max_seq_length=config.max_product_tokens,
         progress=True,
-        desc=desc,
     )
-
-
-def save_item_index(
-    path: Path, product_ids: np.ndarray, embeddings: np.ndarray, features: np.ndarray
-) -> None:
-    """Catalog ids, embeddings (N, D) and behaviour features (N, F) in one safetensors file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {
-            "product_ids": product_ids.astype(np.int64),
-            "embeddings": embeddings,
-            "features": features.astype(np.float32),
-        },
-        str(path),
-    )
-
-
-def load_item_index(path: Path) -> dict[str, np.ndarray]:
-    """Inverse of save_item_index."""
-    return load_file(str(path))
 
 
 def run(config: TrainConfig) -> dict:
@@ -217,10 +206,10 @@ def run(config: TrainConfig) -> dict:
         "no" if data.events is None else len(data.events),
     )
 
-    base_path = encoder.base_encoder_path(
+    base_path = base_encoder_path(
         config.encoder_path, config.tiny_encoder, paths.model, config.seed
     )
-    model = encoder.load_encoder(base_path, config.max_product_tokens)
+    model = load_encoder(base_path, config.max_product_tokens)
     eval_split = "test"
 
     # The zero-shot baseline is the pretrained encoder as shipped, before any adaptation.
@@ -231,14 +220,14 @@ def run(config: TrainConfig) -> dict:
     query_emb = None
     if config.hard_negatives:
         train_q = data.queries[data.queries["split"] == "train"]
-        emb = encoder.embed(
+        emb = embed(
             model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
         )
         query_emb = dict(zip(train_q["query_id"].tolist(), emb, strict=True))
 
     mlm_curve: list[dict[str, float]] = []
     if config.mlm_steps > 0:
-        from training.mlm import domain_adapt
+        from shoprank.training.mlm import domain_adapt
 
         base_path, mlm_curve = domain_adapt(
             base_path,
@@ -248,7 +237,7 @@ def run(config: TrainConfig) -> dict:
             max_length=config.max_product_tokens,
             seed=config.seed,
         )
-        model = encoder.load_encoder(base_path, config.max_product_tokens)
+        model = load_encoder(base_path, config.max_product_tokens)
 
     train_sets = finetune.training_sets(
         data, query_emb, item_emb, config.hard_negatives, config.graded_loss, config.seed
@@ -276,7 +265,7 @@ def run(config: TrainConfig) -> dict:
     fusion_report: dict = {"trained": False}
     if events is not None:
         query_ids = data.queries["query_id"].to_numpy()
-        q_emb = encoder.embed(
+        q_emb = embed(
             model,
             data.queries["query"].tolist(),
             batch_size=config.embed_batch_size,
@@ -304,7 +293,7 @@ def run(config: TrainConfig) -> dict:
             negatives=config.fusion_negatives,
         )
         # Served variant: best purchase-NDCG@10 on *validation* sessions (test stays unseen).
-        best = max(results, key=lambda f: results[f].val["purchase_ndcg@10"])
+        best = max(results, key=lambda f: results[f].val[PURCHASE_NDCG_AT_10])
         ranker = results[best].ranker
         text_only = TextOnlyRanker(torch.from_numpy(item_emb), torch.from_numpy(feats)).eval()
         test_rows = np.flatnonzero(data.queries["split"].to_numpy() == eval_split)
@@ -355,6 +344,7 @@ def run(config: TrainConfig) -> dict:
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     paths.metrics.write_text(json.dumps(metrics, indent=2))
+    paths.training_summary.write_text("\n".join(summary_lines(metrics)) + "\n")
     return metrics
 
 
@@ -379,7 +369,7 @@ def summary_lines(metrics: dict) -> list[str]:
             "(click AUC / purchase-NDCG@10):"
         )
         for name, m in f.items():
-            if isinstance(m, dict) and "click_auc" in m and "purchase_ndcg@10" in m:
+            if isinstance(m, dict) and CLICK_AUC in m and PURCHASE_NDCG_AT_10 in m:
                 lines.append(f"  {name:<17} {m['click_auc']:.4f} / {m['purchase_ndcg@10']:.4f}")
     lines.append(f"training took {metrics['train_seconds']} s")
     return lines
@@ -387,7 +377,7 @@ def summary_lines(metrics: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    setup_logging("training")
+    setup_logging("shoprank")
     config = parse_config(TrainConfig, argv, description=__doc__ or "")
     metrics = run(config)
     print("\n".join(summary_lines(metrics)))

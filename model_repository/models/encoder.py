@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-import contract
-from conversion.runtime import cpu_session
-from model_repository.models.common import input_array, parameters, version_dir
-from model_repository.ops import pad_rows
+from shoprank import contract
+from shoprank.model_repository.models.common import input_array, parameters, version_dir
+from shoprank.runtime import cpu_session, pad_rows
 
 
 class TritonPythonModel:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-import contract
-from conversion.runtime import cpu_session
-from model_repository.models.common import input_array, invalid, parameters, version_dir
-from model_repository.ops import CatalogIndex, InvalidInput, rank, validate_top_k
+from shoprank import contract
+from shoprank.model_repository.models.common import input_array, invalid, parameters, version_dir
+from shoprank.runtime import CatalogIndex, InvalidInput, cpu_session, rank, validate_top_k
 
 
 class TritonPythonModel:

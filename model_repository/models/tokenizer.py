@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-import contract
-from model_repository.models.common import input_array, invalid, parameters, version_dir
-from model_repository.ops import InvalidInput, QueryTokenizer, decode_query
+from shoprank import contract
+from shoprank.model_repository.models.common import input_array, invalid, parameters, version_dir
+from shoprank.runtime import InvalidInput, QueryTokenizer, decode_query
 
 
 class TritonPythonModel:

@@ -1,7 +1,10 @@
-"""The work behind the Triton Python-backend models, as plain importable functions.
+"""What every stage runs the same way: the work behind the Triton Python-backend models.
 
-`models/*.py` only move tensors between Triton and these functions, so everything that can
-go wrong with a request (bad text, unknown ids, odd top-k) is decided and unit-tested here.
+`model_repository/models/*.py` only move tensors between Triton and these functions, the
+in-process pipeline (`shoprank.pipeline`) chains them without a server, and conversion
+calibrates and times the encoder through the same tokenizer, padding and ONNX Runtime
+session settings, so what is measured is what is served. Everything that can go wrong
+with a request (bad text, unknown ids, odd top-k) is decided and unit-tested here.
 
 Request rules (documented in the README):
 - QUERY must be valid UTF-8 with some non-whitespace text, else INVALID_ARGUMENT. Text
@@ -19,10 +22,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-import contract
+from shoprank import contract
 
 
+# ---------------------------------------------------------------------------------------
+# ONNX Runtime
+# ---------------------------------------------------------------------------------------
+def cpu_session(
+    path: Path | str, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
+    """A session with `threads` intra-op threads and spinning disabled.
+
+    Spinning threads busy-wait between ops; on a 2-core host that steals the core the
+    other model instance (or the tokenizer) needs, so it is always off here. `providers`
+    lists execution providers in order of preference; those this ONNX Runtime build lacks
+    are skipped (the CUDA one exists only in onnxruntime-gpu, on GPU hosts).
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    available = set(ort.get_available_providers())
+    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+
+
+def encoder_feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """ONNX feeds for the encoder."""
+    return {contract.ONNX_INPUT_IDS: input_ids, contract.ONNX_ATTENTION_MASK: attention_mask}
+
+
+# ---------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------
 class InvalidInput(ValueError):
     """A request the server must answer with INVALID_ARGUMENT (the message says why)."""
 
@@ -94,6 +131,30 @@ def pad_rows(rows: Sequence[np.ndarray], pad: float = 0, min_width: int = 1) -> 
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
+
+
+def tokenized_feeds(
+    tokenizer_json: Path,
+    texts: Sequence[str],
+    max_tokens: int = contract.MAX_QUERY_TOKENS,
+    batch_size: int = 16,
+) -> list[dict[str, np.ndarray]]:
+    """Encoder feeds for `texts`, tokenized and batched exactly as served.
+
+    The Triton tokenizer truncates at `max_tokens` and pads each text to a multiple of
+    SEQUENCE_BUCKET; the encoder pads a dynamic batch to its longest member. Calibrating or
+    timing on anything else (e.g. everything padded to 32) would measure inputs production
+    never sees.
+    """
+    tokenizer = QueryTokenizer(tokenizer_json, max_tokens=max_tokens)
+    encoded = tokenizer.encode(list(texts))
+    feeds = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        feeds.append(
+            encoder_feeds(pad_rows([ids for ids, _ in chunk]), pad_rows([m for _, m in chunk]))
+        )
+    return feeds
 
 
 @dataclass

@@ -12,6 +12,20 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+# Metric keys, as written to metrics.json and the reports.
+NDCG_AT_10 = "ndcg@10"
+RECALL_AT_10 = "recall@10"
+RECALL_AT_100 = "recall@100"
+MRR = "mrr"
+QUERIES = "queries"
+CLICK_AUC = "click_auc"
+PURCHASE_NDCG_AT_10 = "purchase_ndcg@10"
+
+
+def recall_key(k: int) -> str:
+    """The metric key of Recall@k ("recall@100")."""
+    return f"recall@{k}"
+
 
 def dcg(gains: Sequence[float]) -> float:
     """Discounted cumulative gain of gains listed in rank order (rank 1 first)."""
@@ -75,13 +89,13 @@ def mean_metrics(
     qids = [q for q in rankings if q in judgements]
     if not qids:
         raise ValueError("no ranked query has judgements")
-    out = {"ndcg@10": float(np.mean([ndcg_at_k(rankings[q], judgements[q], 10) for q in qids]))}
+    out = {NDCG_AT_10: float(np.mean([ndcg_at_k(rankings[q], judgements[q], 10) for q in qids]))}
     for k in recall_ks:
-        out[f"recall@{k}"] = float(
+        out[recall_key(k)] = float(
             np.mean([recall_at_k(rankings[q], judgements[q], k) for q in qids])
         )
-    out["mrr"] = float(np.mean([reciprocal_rank(rankings[q], judgements[q]) for q in qids]))
-    out["queries"] = len(qids)
+    out[MRR] = float(np.mean([reciprocal_rank(rankings[q], judgements[q]) for q in qids]))
+    out[QUERIES] = len(qids)
     return out
 
 

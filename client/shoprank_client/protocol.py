@@ -1,0 +1,71 @@
+"""The wire protocol of the shoprank Triton server: model names, tensors, limits, ports.
+
+This is what a search backend needs to talk to shoprank, so it ships with the client
+(numpy only). The server side (`shoprank.contract`) imports these same definitions, so
+client and server cannot disagree about a name, a dtype or a limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Ensembles served by Triton.
+ENSEMBLE_MODEL = "search"
+
+# Request limits, documented in the README. Queries are truncated (never rejected) at
+# MAX_QUERY_TOKENS; raw text beyond MAX_QUERY_CHARS is dropped before tokenizing so a
+# 10,000-character query costs no more than a long one.
+MAX_QUERY_TOKENS = 32
+MAX_QUERY_CHARS = 512
+# The most recent MAX_HISTORY ids of a shopper's history are used; older ones are dropped.
+MAX_HISTORY = 50
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 10
+MAX_BATCH_SIZE = 64
+
+# Ports of the server (Triton's defaults).
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+DEFAULT_GRPC_URL = f"localhost:{GRPC_PORT}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a served model: Triton dtype, per-request dims, numpy dtype."""
+
+    name: str
+    triton_dtype: str  # as in config.pbtxt, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
+    ragged: bool = False  # requests of different lengths may share a dynamic batch
+
+    @property
+    def numpy_dtype(self) -> type:
+        return _NUMPY_DTYPES[self.triton_dtype]
+
+    @property
+    def client_dtype(self) -> str:
+        """The dtype string tritonclient's InferInput expects ("FP32", "BYTES", ...)."""
+        return "BYTES" if self.triton_dtype == "TYPE_STRING" else self.triton_dtype[5:]
+
+
+_NUMPY_DTYPES: dict[str, type] = {
+    "TYPE_STRING": np.object_,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP16": np.float16,
+    "TYPE_INT64": np.int64,
+    "TYPE_INT32": np.int32,
+}
+
+# Ensemble inputs/outputs: what a search backend sends and receives.
+QUERY = TensorSpec("QUERY", "TYPE_STRING", (1,))
+HISTORY = TensorSpec("HISTORY", "TYPE_INT64", (-1,), ragged=True)
+TOP_K = TensorSpec("TOP_K", "TYPE_INT32", (1,))
+PRODUCT_IDS = TensorSpec("PRODUCT_IDS", "TYPE_INT64", (-1,))
+SCORES = TensorSpec("SCORES", "TYPE_FP32", (-1,))
+TITLES = TensorSpec("TITLES", "TYPE_STRING", (-1,))
+
+ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K)
+ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
