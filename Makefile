@@ -25,8 +25,8 @@ PIDFILE := $(OUT)/tritonserver.pid
 # This machine keeps the CPU build of torch 2.13.0 as a local wheel; use it when present.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help venv data train eval crossval convert repo workload serve stop search loadtest demo summary bench test lint \
-        serve-gpu clean
+.PHONY: help venv data train eval evaluate crossval convert repo workload serve stop search loadtest \
+        demo summary bench bench-scale bench-ann test lint serve-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -45,8 +45,11 @@ data: venv ## generate the synthetic shop (SCALE=tiny|demo|full)
 train: venv ## fine-tune the encoder, train the fusion ranker, write metrics.json
 	$(PY) -m shoprank.training --out $(OUT) --scale $(SCALE) $(TRAIN_ARGS)
 
-eval: venv ## train, then baselines (BM25, popularity) + report under OUT/reports
-	$(MAKE) train
+eval: venv ## train, convert, build the repository, then baselines + the served pipeline + report
+	$(MAKE) train convert repo
+	$(PY) -m shoprank.training.evaluate --out $(OUT)
+
+evaluate: venv ## baselines, the served pipeline and the report for an existing run
 	$(PY) -m shoprank.training.evaluate --out $(OUT)
 
 crossval: venv ## query-grouped k-fold on your own data: make crossval DATA=file.csv
@@ -85,6 +88,12 @@ demo: venv ## the whole product end to end on the embedded defaults
 
 bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratios under reports/
 	$(PY) -m shoprank.bench --out $(OUT) $(BENCH_ARGS)
+
+bench-scale: venv ## Triton at 20k/200k/1M products, exact scan vs ANN: OUT/reports/scale.{csv,png}
+	$(PY) -m shoprank.bench.scale --out $(OUT) $(BENCH_ARGS)
+
+bench-ann: venv ## ANN libraries and indexes compared on this machine: reports/ann.{md,csv}
+	$(PY) -m shoprank.bench.ann --out $(OUT) $(BENCH_ARGS)
 
 test: venv ## run the test suite
 	$(PY) -m pytest -q

@@ -2,39 +2,32 @@
 
 The fine-tuned sentence-transformers model runs in PyTorch eager, fp32, with torch's
 default thread count; each request is tokenized on its own (padded only to its own
-length, like `SentenceTransformer.encode` does) and the trained `FusionRanker` module
-scores the whole catalog in eager mode, followed by `torch.topk`. Same weights, same
-item table and same request rules as the served ensemble, so any speed difference comes
-from how the model is run, not from what it computes.
+length, like `SentenceTransformer.encode` does), dense candidates come from an exact
+scan of the whole catalog (a PyTorch matmul and `torch.topk`), lexical candidates from the
+same BM25 index, and the trained `FusionRanker` module scores them in eager mode. Same
+weights, same candidates' features and same request rules as the served ensemble, so any
+speed difference comes from how the model is run, not from what it computes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
 
 from shoprank import contract
+from shoprank.artifacts import load_item_index
+from shoprank.features import ItemTables
+from shoprank.fusion import as_tensors, combine
+from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.pipeline import Ranked
-from shoprank.runtime import decode_query, validate_top_k
-
-
-def _titles(catalog: Path, product_ids: np.ndarray) -> list[str]:
-    """Titles in item-table order (empty strings when the catalog file is absent)."""
-    if not catalog.exists():
-        return [""] * len(product_ids)
-    import pandas as pd
-
-    frame = pd.read_parquet(catalog, columns=["product_id", "title"])
-    by_id = dict(zip(frame["product_id"].astype(np.int64), frame["title"].astype(str), strict=True))
-    return [by_id.get(int(p), "") for p in product_ids]
+from shoprank.ranking import RetrievalConfig, gather_features, union_candidates
+from shoprank.runtime import CatalogIndex, decode_query, validate_top_k
 
 
 class NaivePipeline:
-    """PyTorch-eager search: sentence-transformers encoder + FusionRanker, one request at a time."""
+    """PyTorch-eager search: sentence-transformers encoder, exact scan, FusionRanker."""
 
     def __init__(self, paths: contract.ArtifactPaths) -> None:
         from shoprank.encoder import load_encoder
@@ -45,15 +38,17 @@ class NaivePipeline:
         self.encoder = load_encoder(paths.encoder, max_seq_length=contract.MAX_QUERY_TOKENS)
         self.encoder.eval()
         self.ranker = load_ranker(paths.ranker)
-        index = load_file(str(paths.item_index))
-        self.product_ids = index["product_ids"].astype(np.int64)
-        if len(self.product_ids) != self.ranker.item_embeddings.shape[0]:
-            raise ValueError(
-                f"{paths.item_index} has {len(self.product_ids)} items but the ranker "
-                f"{self.ranker.item_embeddings.shape[0]}: artifacts from different runs?"
-            )
-        self.row_of = {int(p): i for i, p in enumerate(self.product_ids)}
-        self.titles = _titles(paths.catalog, self.product_ids)
+        index = load_item_index(paths.item_index)
+        self.embeddings = torch.from_numpy(index["embeddings"])
+        self.lexical = LexicalIndex.load(paths.lexical_index)
+        self.tables = ItemTables.load(paths.item_tables)
+        self.config = RetrievalConfig.load(paths.retrieval_config)
+        import pandas as pd
+
+        titles = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
+        self.catalog = CatalogIndex(
+            titles["product_id"].to_numpy(np.int64), titles["title"].to_numpy(object)
+        )
 
     def encode(self, query: str) -> torch.Tensor:
         """The query's L2-normalised embedding, shape (1, D)."""
@@ -66,17 +61,42 @@ class NaivePipeline:
         """Top-k products for one (query, history) request, best first."""
         text = decode_query(query)
         k = validate_top_k(k)
-        rows = [self.row_of[int(p)] for p in history if int(p) in self.row_of]
-        rows = rows[-contract.MAX_HISTORY :]
+        tokens = tokenize(text)
+        rows = self.catalog.rows_of(np.asarray(list(history), dtype=np.int64))
         with torch.inference_mode():
             embedding = self.encode(text)
-            history_rows = torch.tensor([rows], dtype=torch.int64).reshape(1, len(rows))
-            history_mask = torch.ones((1, len(rows)), dtype=torch.float32)
-            scores = self.ranker(embedding, history_rows, history_mask)[0]
-            best_scores, best = torch.topk(scores, min(k, scores.shape[0]))
-        best_np = best.numpy()
+            scan = self.embeddings @ embedding[0]
+            dense = torch.topk(scan, min(self.config.dense_k, len(scan))).indices.numpy()
+        candidates = union_candidates(dense, self.lexical.search(tokens, self.config.lexical_k)[0])
+        features = gather_features(
+            lambda r: self.embeddings[torch.from_numpy(r)].numpy(),
+            self.lexical,
+            self.tables,
+            embedding.numpy(),
+            [tokens],
+            [rows],
+            [candidates],
+        )
+        with torch.inference_mode():
+            relevance, full = self.ranker(
+                *as_tensors(
+                    features.query,
+                    features.history,
+                    features.history_mask,
+                    features.candidates,
+                    features.lexical,
+                    features.item_features,
+                    features.user_item,
+                )
+            )
+        scores = combine(relevance.numpy(), full.numpy(), self.config.depth, features.valid)[0]
+        k = min(k, len(candidates))
+        best = np.argsort(-scores[: len(candidates)], kind="stable")[:k]
+        picked = candidates[best]
         return Ranked(
-            product_ids=self.product_ids[best_np],
-            scores=best_scores.numpy().astype(np.float32),
-            titles=[self.titles[i] for i in best_np],
+            product_ids=self.catalog.product_ids[picked],
+            scores=scores[best].astype(np.float32),
+            titles=[
+                t.decode() if isinstance(t, bytes) else str(t) for t in self.catalog.titles[picked]
+            ],
         )

@@ -26,9 +26,11 @@ import numpy as np
 import onnx
 
 from shoprank import contract, datasets
+from shoprank.ann import KINDS, DenseConfig
 from shoprank.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
 from shoprank.configargs import config_to_dict, parse_config, setup_logging
 from shoprank.conversion import export, int8, tensorrt
+from shoprank.conversion.dense import build_dense_index
 from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, search_exclusions
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
@@ -78,6 +80,14 @@ class ConversionConfig:
         default=contract.MAX_QUERY_TOKENS, metadata={"help": "TensorRT profile max tokens"}
     )
     trt_workspace_gb: float = 2.0
+    dense_kind: str = field(
+        default="hnsw_sq8", metadata={"help": "dense index: " + ", ".join(KINDS)}
+    )
+    hnsw_m: int = field(default=32, metadata={"help": "HNSW graph degree"})
+    ef_construction: int = 80
+    ann_recall_target: float = field(
+        default=0.97, metadata={"help": "recall@100 vs the exact scan the search knob must reach"}
+    )
 
     def trt_profile(self) -> OptimizationProfile:
         """The TensorRT optimization profile these fields describe."""
@@ -409,8 +419,31 @@ def run(config: ConversionConfig) -> dict:
         paths.encoder_unfused_onnx.unlink(missing_ok=True)
 
     ranker = load_ranker(paths.ranker)
-    export.export_ranker(ranker, paths.ranker_onnx)
-    ranker_diff = export.check_ranker_parity(paths.ranker_onnx, ranker, fp32_q[:32])
+    sample = export.ranker_sample(index["embeddings"], fp32_q[:32], seed=0)
+    export.export_ranker(ranker, paths.ranker_onnx, sample)
+    ranker_diff = export.check_ranker_parity(
+        paths.ranker_onnx, ranker, export.ranker_sample(index["embeddings"], fp32_q[:32], seed=1)
+    )
+
+    # The dense ANN index, its search knob tuned on val queries embedded by the encoder.
+    tune_q = export.onnx_embeddings(
+        paths.encoder_onnx,
+        paths.encoder,
+        selection_queries(data, config.selection_texts),
+        contract.MAX_QUERY_TOKENS,
+    )
+    dense_report = build_dense_index(
+        index["embeddings"],
+        DenseConfig(
+            kind=config.dense_kind,
+            hnsw_m=config.hnsw_m,
+            ef_construction=config.ef_construction,
+        ),
+        tune_q,
+        fp32_q,
+        paths.dense_index,
+        target=config.ann_recall_target,
+    )
 
     report = {
         "config": config_to_dict(config),
@@ -427,6 +460,7 @@ def run(config: ConversionConfig) -> dict:
         SELECTED_ENCODER_KEY: selected.name,
         "tensorrt": trt_report.to_json(),
         "ranker": {"path": str(paths.ranker_onnx), "size_mb": file_mb(paths.ranker_onnx)},
+        "dense_index": dense_report,
     }
     paths.conversion_report.write_text(json.dumps(report, indent=2))
     paths.conversion_report_md.write_text("\n".join(report_lines(report)) + "\n")

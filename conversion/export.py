@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from shoprank import contract
 from shoprank.conversion.quality import row_cosine
 from shoprank.encoder import ONNX_OPSET, embed, load_encoder
+from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.fusion import FusionRanker
+from shoprank.lexical import LEXICAL_FEATURES
 from shoprank.runtime import cpu_session, encoder_feeds
 
 
@@ -104,43 +104,72 @@ def check_encoder_parity(
     return parity
 
 
-class RankerForExport(nn.Module):
-    """The ranker's serving path: full-catalog scores (B, N)."""
+RANKER_INPUTS = (
+    contract.ONNX_RANKER_QUERY,
+    contract.ONNX_RANKER_HISTORY,
+    contract.ONNX_RANKER_HISTORY_MASK,
+    contract.ONNX_RANKER_CANDIDATES,
+    contract.ONNX_RANKER_LEXICAL,
+    contract.ONNX_RANKER_ITEM_FEATURES,
+    contract.ONNX_RANKER_USER_ITEM,
+)
+RANKER_OUTPUTS = (contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES)
 
-    def __init__(self, ranker: FusionRanker) -> None:
-        super().__init__()
-        self.ranker = ranker
 
-    def forward(
-        self, query_embedding: torch.Tensor, history_rows: torch.Tensor, history_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.ranker(query_embedding, history_rows, history_mask)
+def ranker_sample(
+    item_embeddings: np.ndarray, query_embeddings: np.ndarray, seed: int = 0, candidates: int = 9
+) -> dict[str, np.ndarray]:
+    """Ranker feeds from real queries and real product vectors, random histories (some
+    empty: cold start) and random features, for export and parity."""
+    rng = np.random.default_rng(seed)
+    b = len(query_embeddings)
+    n = len(item_embeddings)
+    history = item_embeddings[rng.integers(0, n, size=(b, 7))]
+    mask = (rng.random((b, 7)) < 0.6).astype(np.float32)
+    mask[0] = 0.0  # always a cold-start row
+    return {
+        contract.ONNX_RANKER_QUERY: query_embeddings.astype(np.float32),
+        contract.ONNX_RANKER_HISTORY: (history * mask[:, :, None]).astype(np.float32),
+        contract.ONNX_RANKER_HISTORY_MASK: mask,
+        contract.ONNX_RANKER_CANDIDATES: item_embeddings[
+            rng.integers(0, n, size=(b, candidates))
+        ].astype(np.float32),
+        contract.ONNX_RANKER_LEXICAL: rng.random(
+            (b, candidates, len(LEXICAL_FEATURES)), np.float32
+        ),
+        contract.ONNX_RANKER_ITEM_FEATURES: rng.normal(
+            size=(b, candidates, len(ITEM_FEATURES))
+        ).astype(np.float32),
+        contract.ONNX_RANKER_USER_ITEM: rng.random(
+            (b, candidates, len(USER_ITEM_FEATURES)), np.float32
+        ),
+    }
 
 
-def export_ranker(ranker: FusionRanker, out_path: Path) -> Path:
-    """Export the fusion ranker with the catalog tables as initializers."""
-    dim = ranker.item_embeddings.shape[1]
-    q = F.normalize(torch.randn(2, dim), dim=-1)
-    rows = torch.zeros(2, 3, dtype=torch.int64)
-    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+def export_ranker(ranker: FusionRanker, out_path: Path, sample: dict[str, np.ndarray]) -> Path:
+    """Export the fusion ranker's scoring graph: gathered tensors in, (relevance, scores) out;
+    batch, history length and candidate count dynamic (no catalog inside)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    batch, history, cand = {0: "batch"}, {0: "batch", 1: "history"}, {0: "batch", 1: "candidates"}
+    axes = {
+        contract.ONNX_RANKER_QUERY: batch,
+        contract.ONNX_RANKER_HISTORY: history,
+        contract.ONNX_RANKER_HISTORY_MASK: history,
+        contract.ONNX_RANKER_CANDIDATES: cand,
+        contract.ONNX_RANKER_LEXICAL: cand,
+        contract.ONNX_RANKER_ITEM_FEATURES: cand,
+        contract.ONNX_RANKER_USER_ITEM: cand,
+        contract.ONNX_RANKER_RELEVANCE: cand,
+        contract.ONNX_RANKER_SCORES: cand,
+    }
     with torch.no_grad():
         torch.onnx.export(
-            RankerForExport(ranker.eval()),
-            (q, rows, mask),
+            ranker.eval(),
+            tuple(torch.from_numpy(sample[name]) for name in RANKER_INPUTS),
             str(out_path),
-            input_names=[
-                contract.ONNX_RANKER_QUERY,
-                contract.ONNX_RANKER_HISTORY_ROWS,
-                contract.ONNX_RANKER_HISTORY_MASK,
-            ],
-            output_names=[contract.ONNX_RANKER_SCORES],
-            dynamic_axes={
-                contract.ONNX_RANKER_QUERY: {0: "batch"},
-                contract.ONNX_RANKER_HISTORY_ROWS: {0: "batch", 1: "history"},
-                contract.ONNX_RANKER_HISTORY_MASK: {0: "batch", 1: "history"},
-                contract.ONNX_RANKER_SCORES: {0: "batch"},
-            },
+            input_names=list(RANKER_INPUTS),
+            output_names=list(RANKER_OUTPUTS),
+            dynamic_axes=axes,
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -151,26 +180,15 @@ def export_ranker(ranker: FusionRanker, out_path: Path) -> Path:
 def check_ranker_parity(
     onnx_path: Path,
     ranker: FusionRanker,
-    query_embeddings: np.ndarray,
-    seed: int = 0,
+    feeds: dict[str, np.ndarray],
     tolerance: float = 1e-3,
 ) -> float:
-    """Max |score| difference ONNX vs PyTorch on real queries with random histories."""
-    rng = np.random.default_rng(seed)
-    n_items = ranker.item_embeddings.shape[0]
-    b = len(query_embeddings)
-    rows = rng.integers(0, n_items, size=(b, 7)).astype(np.int64)
-    mask = (rng.random((b, 7)) < 0.6).astype(np.float32)
-    mask[0] = 0.0  # always include a cold-start row
-    feeds = {
-        contract.ONNX_RANKER_QUERY: query_embeddings.astype(np.float32),
-        contract.ONNX_RANKER_HISTORY_ROWS: rows,
-        contract.ONNX_RANKER_HISTORY_MASK: mask,
-    }
-    got = cpu_session(onnx_path, threads=2).run([contract.ONNX_RANKER_SCORES], feeds)[0]
+    """Max |score| difference ONNX vs PyTorch (relevance and full score) on `feeds`."""
+    got = cpu_session(onnx_path, threads=2).run(list(RANKER_OUTPUTS), feeds)
     with torch.no_grad():
-        want = ranker(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    diff = float(np.abs(got - want).max())
-    if diff > tolerance * max(1.0, float(np.abs(want).max())):
+        want = [t.numpy() for t in ranker(*(torch.from_numpy(feeds[n]) for n in RANKER_INPUTS))]
+    diff = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    scale = max(1.0, *(float(np.abs(w).max()) for w in want))
+    if diff > tolerance * scale:
         raise ParityError(f"{onnx_path.name}: max score diff vs PyTorch {diff:.2e}")
     return diff

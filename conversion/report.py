@@ -35,6 +35,35 @@ def report_lines(report: dict) -> list[str]:
     if qdq:
         lines += ["", *_search_lines("Static QDQ exclusion search (CPU, uint8 activations)", qdq)]
     lines += ["", *_tensorrt_lines(report.get("tensorrt", {}))]
+    if "dense_index" in report:
+        lines += ["", *_dense_lines(report["dense_index"])]
+    return lines
+
+
+def _dense_lines(dense: dict) -> list[str]:
+    tuning = dense["tuning"]
+    recall_key = next(k for k in dense if k.startswith("test_recall@"))
+    lines = [
+        f"## Dense index: {dense['config']['kind']} over {dense['products']:,} products",
+        "",
+        f"Built in {dense['build_s']:.1f} s, {dense['size_mb']} MB; "
+        f"{recall_key.replace('test_', '')} against the exact scan on the test queries: "
+        f"**{dense[recall_key]:.4f}**.",
+    ]
+    if tuning.get("param"):
+        lines += [
+            "",
+            f"Search knob `{tuning['param']}` = **{tuning['value']}**: the smallest reaching "
+            f"recall@{tuning['k']} ≥ {tuning['target']} on validation queries"
+            + ("" if tuning["reached"] else " (not reached: the largest tried)"),
+            "",
+            f"| {tuning['param']} | recall@{tuning['k']} | ms per query |",
+            "|---|---|---|",
+            *(
+                f"| {t[tuning['param']]} | {t['recall']:.4f} | {t['ms_per_query']:.3f} |"
+                for t in tuning["trials"]
+            ),
+        ]
     return lines
 
 

@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shoprank import contract
+from shoprank.ann import meta_path
 from shoprank.artifacts import (
     OptimizationProfile,
     read_plan_profile,
@@ -71,13 +72,16 @@ def _io(
     spec: contract.TensorSpec,
     dims: tuple[int, ...] | None = None,
     ragged: bool | None = None,
+    optional: bool = False,
 ) -> None:
     t = config_list.add()
     t.name = spec.name
     t.data_type = mc.DataType.Value(spec.triton_dtype)
     t.dims.extend(dims if dims is not None else spec.dims)
-    if isinstance(t, mc.ModelInput) and (ragged if ragged is not None else spec.ragged):
-        t.allow_ragged_batch = True
+    if isinstance(t, mc.ModelInput):
+        if ragged if ragged is not None else spec.ragged:
+            t.allow_ragged_batch = True
+        t.optional = optional
 
 
 def _base(
@@ -87,10 +91,17 @@ def _base(
     outputs,
     dims: dict[str, tuple[int, ...]],
     ragged: bool = True,
+    optional: tuple[contract.TensorSpec, ...] = (),
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size)
     for spec in inputs:
-        _io(config.input, spec, dims.get(spec.name), None if ragged else False)
+        _io(
+            config.input,
+            spec,
+            dims.get(spec.name),
+            None if ragged else False,
+            optional=spec in optional,
+        )
     for spec in outputs:
         _io(config.output, spec, dims.get(spec.name))
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
@@ -158,28 +169,34 @@ def embedding_dim(onnx_path: Path) -> int:
     return int(out.type.tensor_type.shape.dim[1].dim_value)
 
 
-def ensemble_config(serving: ServingConfig, dim: int) -> mc.ModelConfig:
-    """The `search` ensemble: tokenizer → encoder → ranker."""
-    config = mc.ModelConfig(
-        name=contract.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=serving.max_batch_size
-    )
-    for spec in contract.ENSEMBLE_INPUTS:
-        _io(config.input, spec, ragged=False)
+def ensemble_config(
+    serving: ServingConfig,
+    name: str = contract.ENSEMBLE_MODEL,
+    inputs: tuple[contract.TensorSpec, ...] = contract.ENSEMBLE_INPUTS,
+) -> mc.ModelConfig:
+    """An ensemble over tokenizer → encoder → ranker: `search` (the ranker retrieves its
+    own candidates) or `rerank` (the caller's CANDIDATE_IDS go to the ranker)."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
+    for spec in inputs:
+        _io(config.input, spec, ragged=False, optional=spec == contract.HISTORY)
     for spec in contract.ENSEMBLE_OUTPUTS:
         _io(config.output, spec)
 
-    def step(model: str, inputs, outputs) -> None:
+    def step(model: str, step_inputs, outputs) -> None:
         s = config.ensemble_scheduling.step.add()
         s.model_name = model
         s.model_version = -1
-        for spec in inputs:
+        for spec in step_inputs:
             s.input_map[spec.name] = spec.name
         for spec in outputs:
             s.output_map[spec.name] = spec.name
 
     step(contract.TOKENIZER_MODEL, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS)
     step(contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS)
-    step(contract.RANKER_MODEL, contract.RANKER_INPUTS, contract.RANKER_OUTPUTS)
+    ranker_inputs = [
+        s for s in contract.RANKER_INPUTS if s in inputs or s == contract.QUERY_EMBEDDING
+    ]
+    step(contract.RANKER_MODEL, ranker_inputs, contract.RANKER_OUTPUTS)
     return config
 
 
@@ -222,9 +239,12 @@ def build(
     if serving.target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {serving.target!r}")
     encoder_onnx = encoder_onnx or selected_encoder_path(paths)
-    for needed in (encoder_onnx, paths.ranker_onnx):
+    for needed in (encoder_onnx, paths.ranker_onnx, paths.dense_index):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} missing: run `make convert` first")
+    for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} missing: run `make train` first")
     repo = paths.repository(serving.target)
     repo.mkdir(parents=True, exist_ok=True)
     dim = embedding_dim(encoder_onnx)
@@ -279,55 +299,56 @@ def build(
     model_dir = _write_model(repo, cfg, v, files, python_source=source)
     _write_warmup(model_dir, {"input_ids": sample.tobytes(), "mask": sample_mask.tobytes()})
 
-    # ranker
+    # ranker: retrieval (dense ANN + BM25) and the fusion ranker over the candidates
     cfg = _base(
-        contract.RANKER_MODEL, serving, contract.RANKER_INPUTS, contract.RANKER_OUTPUTS, emb_dims
+        contract.RANKER_MODEL,
+        serving,
+        contract.RANKER_INPUTS,
+        contract.RANKER_OUTPUTS,
+        emb_dims,
+        optional=contract.RANKER_OPTIONAL,
     )
     cfg.backend = "python"
-    cfg.parameters["onnx_file"].string_value = contract.RANKER_ONNX_FILE
-    # On GPU hosts the catalog scan runs on the container's ONNX Runtime CUDA provider.
-    cfg.parameters["providers"].string_value = (
-        "CUDAExecutionProvider,CPUExecutionProvider"
-        if serving.target == "gpu"
-        else "CPUExecutionProvider"
-    )
-    cfg.parameters["catalog_file"].string_value = contract.CATALOG_FILE
     cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.RANKER_MODEL])
     _warmup(
         cfg,
         {
-            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "query"),
-            contract.HISTORY.name: (contract.HISTORY, (1,), "history"),
+            contract.QUERY.name: (contract.QUERY, (1,), "query"),
+            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "embedding"),
             contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
         },
     )
     catalog = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
-    catalog_file = paths.catalog_npz
     CatalogIndex(
         product_ids=catalog["product_id"].to_numpy(np.int64),
         titles=catalog["title"].to_numpy(object),
-    ).save(catalog_file)
-    model_dir = _write_model(
-        repo,
-        cfg,
-        v,
-        {contract.RANKER_ONNX_FILE: paths.ranker_onnx, contract.CATALOG_FILE: catalog_file},
-        python_source="ranker",
-    )
+    ).save(paths.catalog_npz)
+    ranker_files = {
+        contract.RANKER_ONNX_FILE: paths.ranker_onnx,
+        contract.DENSE_INDEX_FILE: paths.dense_index,
+        meta_path(Path(contract.DENSE_INDEX_FILE)).name: meta_path(paths.dense_index),
+        contract.LEXICAL_INDEX_FILE: paths.lexical_index,
+        contract.ITEM_TABLES_FILE: paths.item_tables,
+        contract.CATALOG_FILE: paths.catalog_npz,
+        contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
+    }
+    model_dir = _write_model(repo, cfg, v, ranker_files, python_source="ranker")
     query = np.zeros(dim, dtype=np.float32)
     query[0] = 1.0
     _write_warmup(
         model_dir,
         {
-            "query": query.tobytes(),
-            "history": np.array([-1], dtype=np.int64).tobytes(),
+            "query": _bytes_tensor(WARMUP_QUERY.encode()),
+            "embedding": query.tobytes(),
             "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
         },
     )
 
-    # ensemble (needs an empty version folder)
-    cfg = ensemble_config(serving, dim)
-    _write_model(repo, cfg, v, {})
+    # ensembles (each needs an empty version folder)
+    _write_model(repo, ensemble_config(serving), v, {})
+    _write_model(
+        repo, ensemble_config(serving, contract.RERANK_MODEL, contract.RERANK_INPUTS), v, {}
+    )
     (repo / contract.REPOSITORY_BUILD_FILE).write_text(
         json.dumps(
             {

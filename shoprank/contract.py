@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoprank_client.protocol import (
+    CANDIDATE_IDS,
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_INPUTS,
@@ -23,6 +24,7 @@ from shoprank_client.protocol import (
     HISTORY,
     HTTP_PORT,
     MAX_BATCH_SIZE,
+    MAX_CANDIDATES,
     MAX_HISTORY,
     MAX_QUERY_CHARS,
     MAX_QUERY_TOKENS,
@@ -30,6 +32,8 @@ from shoprank_client.protocol import (
     METRICS_PORT,
     PRODUCT_IDS,
     QUERY,
+    RERANK_INPUTS,
+    RERANK_MODEL,
     SCORES,
     TITLES,
     TOP_K,
@@ -37,6 +41,7 @@ from shoprank_client.protocol import (
 )
 
 __all__ = [  # the protocol names, re-exported (the rest of this module is public too)
+    "CANDIDATE_IDS",
     "DEFAULT_GRPC_URL",
     "DEFAULT_TOP_K",
     "ENSEMBLE_INPUTS",
@@ -46,6 +51,7 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
     "HISTORY",
     "HTTP_PORT",
     "MAX_BATCH_SIZE",
+    "MAX_CANDIDATES",
     "MAX_HISTORY",
     "MAX_QUERY_CHARS",
     "MAX_QUERY_TOKENS",
@@ -53,6 +59,8 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
     "METRICS_PORT",
     "PRODUCT_IDS",
     "QUERY",
+    "RERANK_INPUTS",
+    "RERANK_MODEL",
     "SCORES",
     "TITLES",
     "TOP_K",
@@ -81,8 +89,13 @@ ONNX_INPUT_IDS = "input_ids"
 ONNX_ATTENTION_MASK = "attention_mask"
 ONNX_SENTENCE_EMBEDDING = "sentence_embedding"
 ONNX_RANKER_QUERY = "query_embedding"
-ONNX_RANKER_HISTORY_ROWS = "history_rows"
+ONNX_RANKER_HISTORY = "history_embeddings"
 ONNX_RANKER_HISTORY_MASK = "history_mask"
+ONNX_RANKER_CANDIDATES = "candidate_embeddings"
+ONNX_RANKER_LEXICAL = "lexical_features"
+ONNX_RANKER_ITEM_FEATURES = "item_features"
+ONNX_RANKER_USER_ITEM = "user_item_features"
+ONNX_RANKER_RELEVANCE = "relevance"
 ONNX_RANKER_SCORES = "scores"
 
 # Between the ensemble steps. The encoder's tensors carry the ONNX graph's own names so that
@@ -97,7 +110,9 @@ TOKENIZER_INPUTS = (QUERY,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
-RANKER_INPUTS = (QUERY_EMBEDDING, HISTORY, TOP_K)
+# The ranker retrieves (dense ANN + BM25) and re-ranks; in `rerank` it ranks CANDIDATE_IDS.
+RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS)
+RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS)  # omitted: empty history / retrieve candidates
 RANKER_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
 
 
@@ -123,6 +138,10 @@ ENCODER_ONNX_FILE = "model.onnx"
 ENCODER_PLAN_FILE = "model.plan"
 RANKER_ONNX_FILE = "ranker.onnx"
 CATALOG_FILE = "catalog.npz"
+DENSE_INDEX_FILE = "dense.faiss"
+LEXICAL_INDEX_FILE = "lexical.npz"
+ITEM_TABLES_FILE = "items.npz"
+RETRIEVAL_CONFIG_FILE = "retrieval.json"
 REPOSITORY_BUILD_FILE = "BUILD.json"  # what a repository was built from
 # Inside a sentence-transformers / Hugging Face model folder.
 HF_CONFIG_FILE = "config.json"
@@ -186,6 +205,21 @@ class ArtifactPaths:
     def item_index(self) -> Path:
         """Catalog embeddings and per-item features, safetensors."""
         return self.model / "item_index.safetensors"
+
+    @property
+    def item_tables(self) -> Path:
+        """Per-item attributes and behaviour features the ranker gathers (features.py)."""
+        return self.model / ITEM_TABLES_FILE
+
+    @property
+    def lexical_index(self) -> Path:
+        """BM25 over the catalog's fields plus per-field token presence (lexical.py)."""
+        return self.model / LEXICAL_INDEX_FILE
+
+    @property
+    def retrieval_config(self) -> Path:
+        """Candidate counts and re-rank depth chosen in training (ranking.py)."""
+        return self.model / RETRIEVAL_CONFIG_FILE
 
     @property
     def training_work(self) -> Path:
@@ -255,6 +289,11 @@ class ArtifactPaths:
     @property
     def ranker_onnx(self) -> Path:
         return self.onnx / "ranker.onnx"
+
+    @property
+    def dense_index(self) -> Path:
+        """The ANN index over the fine-tuned product embeddings (ann.py), and its .json."""
+        return self.onnx / DENSE_INDEX_FILE
 
     @property
     def conversion_report(self) -> Path:

@@ -1,8 +1,9 @@
-"""The served pipeline (tokenize → encode → rank) run in-process on ONNX Runtime.
+"""The served pipeline (tokenize → encode → retrieve and rank) run in-process.
 
-Same files, same `ops` functions and same session settings as the Triton models, without
-the server: the reference the integration tests hold Triton's answers against, and the
-"ONNX Runtime in process" row of the benchmark.
+Same files, same functions and same session settings as the Triton models, without the
+server: the reference the integration tests hold Triton's answers against, the "ONNX
+Runtime in process" row of the benchmark, and what `training.evaluate` measures as the
+served pipeline.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
+from shoprank.ranking import CandidateRanker, Request
 from shoprank.runtime import (
-    CatalogIndex,
     QueryTokenizer,
     cpu_session,
     decode_query,
+    encoder_feeds,
     pad_rows,
-    rank,
     validate_top_k,
 )
 
@@ -41,38 +42,47 @@ class InProcessPipeline:
         v = str(version)
         tokenizer_dir = repository / contract.TOKENIZER_MODEL / v
         encoder_dir = repository / contract.ENCODER_MODEL / v
-        ranker_dir = repository / contract.RANKER_MODEL / v
         self.tokenizer = QueryTokenizer(tokenizer_dir / contract.TOKENIZER_FILE)
         self.encoder = cpu_session(encoder_dir / contract.ENCODER_ONNX_FILE, threads)
-        self.ranker = cpu_session(ranker_dir / contract.RANKER_ONNX_FILE, threads)
-        self.catalog = CatalogIndex.load(ranker_dir / contract.CATALOG_FILE)
+        self.ranker = CandidateRanker.load(repository / contract.RANKER_MODEL / v, threads)
+
+    @property
+    def catalog(self):
+        return self.ranker.catalog
 
     def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
         """Query embeddings (B, D) exactly as the served tokenizer + encoder compute them."""
         encoded = self.tokenizer.encode([decode_query(q) for q in queries])
         ids = pad_rows([e[0] for e in encoded])
         mask = pad_rows([e[1] for e in encoded])
-        return self.encoder.run(
-            [contract.ONNX_SENTENCE_EMBEDDING],
-            {contract.ONNX_INPUT_IDS: ids, contract.ONNX_ATTENTION_MASK: mask},
-        )[0]
+        return self.encoder.run([contract.ONNX_SENTENCE_EMBEDDING], encoder_feeds(ids, mask))[0]
 
     def search_many(
-        self, queries: Sequence[str | bytes], histories: Sequence[Sequence[int]], k: int
+        self,
+        queries: Sequence[str | bytes],
+        histories: Sequence[Sequence[int]],
+        k: int,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> list[Ranked]:
-        """Top-k for a batch of (query, history) pairs."""
+        """Top-k for a batch of (query, history[, candidate ids]) requests."""
         k = validate_top_k(k)
-        embeddings = self.encode(queries)
-        results = rank(
-            self.ranker,
-            self.catalog,
-            embeddings,
-            [self.catalog.rows_of(np.asarray(h)) for h in histories],
-            [k] * len(queries),
-        )
+        texts = [decode_query(q) for q in queries]
+        embeddings = self.encode(texts)
+        requests = [
+            Request(
+                query=text,
+                embedding=embeddings[i],
+                history=self.catalog.rows_of(np.asarray(histories[i], dtype=np.int64)),
+                k=k,
+                candidates=None
+                if candidates is None
+                else self.catalog.candidate_rows(np.asarray(candidates[i], dtype=np.int64))[0],
+            )
+            for i, text in enumerate(texts)
+        ]
         return [
-            Ranked(product_ids=ids, scores=scores, titles=[t.decode("utf-8") for t in titles])
-            for ids, scores, titles in results
+            Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles])
+            for r in self.ranker.rank(requests)
         ]
 
     def search(
@@ -80,3 +90,13 @@ class InProcessPipeline:
     ) -> Ranked:
         """Top-k for one query."""
         return self.search_many([query], [history], k)[0]
+
+    def rerank(
+        self,
+        query: str | bytes,
+        candidates: Sequence[int],
+        history: Sequence[int] = (),
+        k: int = contract.DEFAULT_TOP_K,
+    ) -> Ranked:
+        """Top-k of the given candidate ids for one query."""
+        return self.search_many([query], [history], k, [candidates])[0]

@@ -192,46 +192,23 @@ class CatalogIndex:
         known = self._sorted[pos] == ids
         return self._order[pos[known]][-contract.MAX_HISTORY :]
 
+    def candidate_rows(self, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """(rows of the known ids, each once in first-seen order, #unknown, #duplicates).
 
-def history_batch(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(history_rows (B, H) int64, history_mask (B, H) float32) for the ranker graph."""
-    mask = pad_rows([np.ones(len(r), dtype=np.float32) for r in rows], pad=0.0)
-    return pad_rows([r.astype(np.int64) for r in rows], pad=0), mask
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and scores of the k best entries of a 1-D score vector, best first."""
-    k = min(k, scores.shape[0])
-    part = np.argpartition(-scores, k - 1)[:k]
-    best = part[np.argsort(-scores[part], kind="stable")]
-    return best, scores[best]
-
-
-def rank(
-    session,
-    catalog: CatalogIndex,
-    query_embeddings: np.ndarray,
-    history_rows: Sequence[np.ndarray],
-    ks: Sequence[int],
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(product ids, scores, titles) best first, per request, from one ranker-graph call.
-
-    One ONNX call scores the whole catalog for every request of the batch, so the
-    memory-bound scan of the item table is paid once per batch, not once per request.
-    """
-    rows, mask = history_batch(history_rows)
-    (scores,) = session.run(
-        [contract.ONNX_RANKER_SCORES],
-        {
-            contract.ONNX_RANKER_QUERY: np.asarray(query_embeddings, dtype=np.float32),
-            contract.ONNX_RANKER_HISTORY_ROWS: rows,
-            contract.ONNX_RANKER_HISTORY_MASK: mask,
-        },
-    )
-    out = []
-    for k, row_scores in zip(ks, scores, strict=True):
-        best, best_scores = top_k(row_scores, k)
-        out.append(
-            (catalog.product_ids[best], best_scores.astype(np.float32), catalog.titles[best])
-        )
-    return out
+        Raises InvalidInput for more than MAX_CANDIDATES ids; an empty or all-unknown list
+        is fine (it ranks to zero results).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size > contract.MAX_CANDIDATES:
+            raise InvalidInput(
+                f"{contract.CANDIDATE_IDS.name} holds {ids.size} ids; at most "
+                f"{contract.MAX_CANDIDATES} may be re-ranked per request"
+            )
+        if ids.size == 0 or len(self._sorted) == 0:
+            return np.zeros(0, dtype=np.int64), int(ids.size), 0
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        known = self._sorted[pos] == ids
+        rows = self._order[pos[known]]
+        _, first = np.unique(rows, return_index=True)
+        unique = rows[np.sort(first)]
+        return unique, int((~known).sum()), int(len(rows) - len(unique))

@@ -15,7 +15,12 @@ MODELS = (
     contract.ENCODER_MODEL,
     contract.RANKER_MODEL,
     contract.ENSEMBLE_MODEL,
+    contract.RERANK_MODEL,
 )
+ENSEMBLES = {
+    contract.ENSEMBLE_MODEL: contract.ENSEMBLE_INPUTS,
+    contract.RERANK_MODEL: contract.RERANK_INPUTS,
+}
 
 
 def load_config(repo, name) -> mc.ModelConfig:
@@ -38,9 +43,12 @@ def _io(config):
 def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
     repo = tiny_artifacts.repository(target)
     dim = json.loads((repo / "BUILD.json").read_text())["embedding_dim"]
-    ins, outs = _io(load_config(repo, contract.ENSEMBLE_MODEL))
-    assert ins == {s.name: (s.triton_dtype, s.dims) for s in contract.ENSEMBLE_INPUTS}
-    assert outs == {s.name: (s.triton_dtype, s.dims) for s in contract.ENSEMBLE_OUTPUTS}
+    for ensemble, inputs in ENSEMBLES.items():
+        ins, outs = _io(load_config(repo, ensemble))
+        assert ins == {s.name: (s.triton_dtype, s.dims) for s in inputs}
+        assert outs == {s.name: (s.triton_dtype, s.dims) for s in contract.ENSEMBLE_OUTPUTS}
+        optional = {i.name for i in load_config(repo, ensemble).input if i.optional}
+        assert optional == {contract.HISTORY.name}  # CANDIDATE_IDS is what rerank is for
     ranker_in, _ = _io(load_config(repo, contract.RANKER_MODEL))
     assert ranker_in[contract.QUERY_EMBEDDING.name] == ("TYPE_FP32", (dim,))
     for name in MODELS[:3]:
@@ -51,17 +59,31 @@ def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
         assert (repo / name / "1").is_dir()
 
 
-def test_ensemble_wiring_is_complete(tiny_artifacts):
-    """Every step input is an ensemble input or an earlier step's output."""
+@pytest.mark.parametrize("name", list(ENSEMBLES))
+def test_ensemble_wiring_is_complete(tiny_artifacts, name):
+    """Every step input is an ensemble input or an earlier step's output, and every
+    required model input is fed."""
     repo = tiny_artifacts.repository("cpu")
-    ensemble = load_config(repo, contract.ENSEMBLE_MODEL)
+    ensemble = load_config(repo, name)
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
-        model_inputs = {i.name for i in load_config(repo, step.model_name).input}
-        assert set(step.input_map) == model_inputs
+        model = load_config(repo, step.model_name)
+        required = {i.name for i in model.input if not i.optional}
+        assert required <= set(step.input_map) <= {i.name for i in model.input}
         assert set(step.input_map.values()) <= available
         available |= set(step.output_map.values())
     assert {o.name for o in ensemble.output} <= available
+    ranker = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == "ranker")
+    assert (contract.CANDIDATE_IDS.name in ranker.input_map) == (name == contract.RERANK_MODEL)
+
+
+def test_ranker_version_holds_every_file_it_loads(tiny_artifacts):
+    from shoprank.ranking import CandidateRanker
+
+    folder = tiny_artifacts.repository("cpu") / contract.RANKER_MODEL / "1"
+    ranker = CandidateRanker.load(folder)  # raises, naming the file, if one is missing
+    assert ranker.dense.size == len(ranker.catalog.product_ids) == len(ranker.tables)
+    assert ranker.lexical.num_docs == ranker.dense.size
 
 
 def test_cpu_models_are_python_backend_with_ragged_inputs(tiny_artifacts):
@@ -90,4 +112,8 @@ def test_warmup_files_match_their_declared_shapes(tiny_artifacts):
             spec = next(
                 s for s in (*contract.RANKER_INPUTS, *contract.ENCODER_INPUTS) if s.name == key
             )
-            assert len(payload) == int(np.prod(inp.dims)) * np.dtype(spec.numpy_dtype).itemsize
+            if spec.triton_dtype == "TYPE_STRING":  # 4-byte little-endian length, then bytes
+                assert int.from_bytes(payload[:4], "little") == len(payload) - 4
+            else:
+                size = int(np.prod(inp.dims)) * np.dtype(spec.numpy_dtype).itemsize
+                assert len(payload) == size

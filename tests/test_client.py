@@ -257,3 +257,42 @@ def test_cli_unreachable_server_exits_2(capsys: pytest.CaptureFixture) -> None:
 def test_cli_health(grpc_url: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["health", "--url", grpc_url]) == 0
     assert "ready" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_rerank_ranks_the_callers_candidates(
+    search_client: SearchClient, in_process, shopper: dict
+) -> None:
+    query, history = shopper["query"], shopper["history"]
+    candidates = [int(p) for p in in_process.search(query, [], 20).product_ids[::2]]
+    results = search_client.rerank(query, candidates, history=history, top_k=4)
+    assert_same_results(results, in_process.rerank(query, candidates, history, 4))
+    assert {r.product_id for r in results} <= set(candidates)
+    assert search_client.rerank(query, [], top_k=4) == []
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        ("1,2", "not a string"),
+        ([1, 2.5], "candidate ids must be ints"),
+        (list(range(1001)), "at most 1000 candidates"),
+    ],
+)
+def test_rerank_validates_candidates_before_sending(candidates, message) -> None:
+    with SearchClient(OFFLINE_URL) as client, pytest.raises(ValueError, match=message):
+        client.rerank("sofa", candidates)
+
+
+@pytest.mark.integration
+def test_cli_rerank_prints_json(grpc_url: str, in_process, capsys: pytest.CaptureFixture) -> None:
+    candidates = [int(p) for p in in_process.search("lamp", [], 6).product_ids]
+    ids = ",".join(str(p) for p in reversed(candidates))
+    assert (
+        main(["rerank", "lamp", "--candidates", ids, "--top-k", "3", "--json", "--url", grpc_url])
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["candidates"] == list(reversed(candidates))
+    want = in_process.rerank("lamp", list(reversed(candidates)), [], 3).product_ids.tolist()
+    assert [r["product_id"] for r in payload["results"]] == want

@@ -131,9 +131,13 @@ def test_the_export_is_the_saved_sentence_transformer(tmp_path, pooling):
     assert export.cosine_parity(wrong, onnx_emb).min_cosine < 0.99
 
 
-def test_ranker_parity_and_cold_start(tiny_artifacts):
+def test_ranker_graph_matches_pytorch_and_fails_loudly_when_broken(tiny_artifacts, tmp_path):
+    from shoprank.artifacts import load_item_index
+
     ranker = load_ranker(tiny_artifacts.ranker)
-    rng = np.random.default_rng(1)
-    q = rng.normal(size=(5, ranker.item_embeddings.shape[1])).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    assert export.check_ranker_parity(tiny_artifacts.ranker_onnx, ranker, q) < 1e-3
+    items = load_item_index(tiny_artifacts.item_index)["embeddings"]
+    feeds = export.ranker_sample(items, items[:5], seed=3, candidates=17)  # new shapes
+    assert export.check_ranker_parity(tiny_artifacts.ranker_onnx, ranker, feeds) < 1e-3
+    broken = _corrupted(tiny_artifacts.ranker_onnx, tmp_path / "broken.onnx")
+    with pytest.raises(export.ParityError, match="max score diff"):
+        export.check_ranker_parity(broken, ranker, feeds)

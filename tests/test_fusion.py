@@ -1,164 +1,198 @@
-"""The fusion ranker: shapes, the weighted formula, cold start, training signal, save/load."""
+"""The fusion ranker: relevance, the behaviour terms, cold start, combine, features, save/load."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from shoprank.features import USER_ITEM_FEATURES, ItemTables, user_item_features
 from shoprank.fusion import (
+    BELOW_DEPTH,
     FUSIONS,
-    USER_ITEM_FEATURES,
+    FusionConfig,
     FusionRanker,
-    TextOnlyRanker,
+    as_tensors,
+    combine,
     load_ranker,
     save_ranker,
 )
+from shoprank.lexical import LEXICAL_FEATURES
+
+DIM = 8
 
 
-def make(fusion="weighted", n=50, dim=8, seed=0):
+def make(fusion="weighted", seed=0, hidden=0):
     torch.manual_seed(seed)
-    items = F.normalize(torch.randn(n, dim), dim=-1)
-    cats = torch.arange(n) % 5
-    brands = torch.arange(n) % 7
-    prices = torch.linspace(1.0, 6.0, n)
-    ranker = FusionRanker(
-        items, torch.randn(n, 2), cats, brands, prices, fusion=fusion, hidden=16, alpha_init=0.3
-    )
+    ranker = FusionRanker(FusionConfig(dim=DIM, fusion=fusion, relevance_hidden=hidden, hidden=16))
     with torch.no_grad():  # non-zero weights so that every term shows up in the scores
+        ranker.relevance.lexical_weights.copy_(torch.linspace(-0.5, 1.0, len(LEXICAL_FEATURES)))
         ranker.user_item_weights.copy_(torch.tensor([0.5, 0.3, 0.4, 0.2, 0.6]))
         ranker.feature_weights.copy_(torch.tensor([0.1, -0.2]))
+        ranker.beta.fill_(0.7)
+        ranker.log_gamma.fill_(0.3)
         ranker.mlp[2].weight.normal_(0, 0.1)
-    return ranker
+    return ranker.eval()
 
 
-@pytest.fixture
-def ranker():
-    return make()
+def inputs(b=3, h=4, c=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(b, DIM, generator=g), dim=-1)
+    hist = F.normalize(torch.randn(b, h, DIM, generator=g), dim=-1)
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])[:b, :h]
+    cand = F.normalize(torch.randn(b, c, DIM, generator=g), dim=-1)
+    lex = torch.rand(b, c, len(LEXICAL_FEATURES), generator=g)
+    item = torch.randn(b, c, 2, generator=g)
+    ui = torch.rand(b, c, len(USER_ITEM_FEATURES), generator=g)
+    return q, hist * mask.unsqueeze(-1), mask, cand, lex, item, ui
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_fusion_shapes_and_cold_start(fusion):
     r = make(fusion)
-    q = F.normalize(torch.randn(3, 8), dim=-1)
-    rows = torch.randint(0, 50, (3, 4))
-    mask = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-    scores = r(q, rows, mask)
-    assert scores.shape == (3, 50)
-    cand = torch.randint(0, 50, (3, 6))
-    torch.testing.assert_close(
-        r.score_candidates(q, rows, mask, cand), torch.gather(scores, 1, cand), atol=1e-5, rtol=1e-5
+    q, hist, mask, cand, lex, item, ui = inputs()
+    with torch.no_grad():
+        relevance, full = r(q, hist, mask, cand, lex, item, ui)
+    assert relevance.shape == full.shape == (3, 6)
+    # Relevance: s·cosine + w·lexical, nothing else.
+    cosine = torch.einsum("bd,bcd->bc", q, cand)
+    want = r.relevance.log_scale.exp() * cosine + lex @ r.relevance.lexical_weights
+    torch.testing.assert_close(relevance, want)
+    # Cold start (row 2 has no history): γ·R + item prior, the user terms are off.
+    prior = item @ r.feature_weights + r.bias
+    torch.testing.assert_close(full[2], r.log_gamma.exp() * relevance[2] + prior[2])
+    # With a history the user terms move the score.
+    assert not torch.allclose(full[0], r.log_gamma.exp() * relevance[0] + prior[0])
+
+
+def test_weighted_formula_by_hand():
+    r = make("weighted")
+    q, hist, mask, cand, lex, item, ui = inputs()
+    with torch.no_grad():
+        relevance, full = r(q, hist, mask, cand, lex, item, ui)
+    user = F.normalize(hist[0, :3].mean(0), dim=-1)  # three items in row 0's history
+    want = (
+        r.log_gamma.exp() * relevance[0]
+        + r.beta * (cand[0] @ user)
+        + ui[0] @ r.user_item_weights
+        + item[0] @ r.feature_weights
+        + r.bias
     )
-    # Cold start: the last row has no history, so it must equal text + item prior exactly.
-    text = r.log_scale.exp() * (q[2:] @ r.item_embeddings.T) + r.item_prior()
-    torch.testing.assert_close(scores[2:], text, atol=1e-5, rtol=1e-5)
-
-
-def test_user_item_features_by_hand():
-    r = make()
-    rows = torch.tensor([[0, 5, 7]])  # categories 0, 0, 2; brands 0, 5, 0
-    cand = torch.tensor([[10, 12, 1, 35, 5]])
-    feats = r.user_item_features(rows, torch.ones(1, 3), cand)
-    assert feats.shape == (1, 5, len(USER_ITEM_FEATURES))
-    by_name = dict(zip(USER_ITEM_FEATURES, feats[0].T.tolist(), strict=True))
-    # item 10: category 0 (2 of 3 in history), brand 3 (0 of 3)
-    # item 12: category 2 (1 of 3), brand 5 (1 of 3, but in category 0: none in category 2)
-    # item 1: category 1, brand 1 → nothing; item 35: category 0, brand 0 (item 0 of the
-    # history: 1 of the 2 in category 0 → 1 / (2 + 1)); item 5 is in the history itself.
-    assert by_name["category_affinity"] == pytest.approx([2 / 3, 1 / 3, 0, 2 / 3, 2 / 3])
-    assert by_name["brand_affinity"] == pytest.approx([0, 1 / 3, 0, 2 / 3, 1 / 3])
-    assert by_name["brand_in_category"] == pytest.approx([0, 0, 0, 1 / 3, 1 / 3])
-    assert by_name["revisit"] == pytest.approx([0, 0, 0, 0, 1 / 3])
-    user_price = float(r.item_log_prices[[0, 5, 7]].mean())
-    want = [-abs(float(r.item_log_prices[i]) - user_price) for i in cand[0].tolist()]
-    assert by_name["price_match"] == pytest.approx(want, abs=1e-6)
-
-
-def test_full_scan_user_terms_equal_the_candidate_features():
-    """The serving scan computes v·g without building g; both paths must agree."""
-    r = make()
-    rows = torch.tensor([[0, 5, 7, 5], [3, 0, 0, 0]])
-    mask = torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0]])
-    all_items = torch.arange(50).expand(2, -1)
-    want = r.user_item_features(rows, mask, all_items) @ r.user_item_weights
-    torch.testing.assert_close(r.user_item_scores(rows, mask), want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(full[0], want, atol=1e-5, rtol=1e-5)
+    assert 0 < r.alpha < 1
 
 
 def test_target_attention_prefers_history_relevant_to_the_query():
     r = make("target_attention")
-    q = r.item_embeddings[3:4].clone()  # a query that is item 3's text
-    user = r.user_embedding(q, torch.tensor([[3, 40]]), torch.ones(1, 2))
-    mean_user = make("weighted").user_embedding(q, torch.tensor([[3, 40]]), torch.ones(1, 2))
-    assert float(user @ r.item_embeddings[3]) > float(mean_user @ r.item_embeddings[3])
+    q = F.normalize(torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]]), dim=-1)
+    near = F.normalize(torch.tensor([1.0, 0.1, 0, 0, 0, 0, 0, 0]), dim=-1)
+    far = F.normalize(torch.tensor([0, 0, 1.0, 0, 0, 0, 0, 0]), dim=-1)
+    hist = torch.stack([near, far]).unsqueeze(0)
+    with torch.no_grad():
+        user = r.user_vector(q, hist, torch.ones(1, 2))[0]
+    assert float(user @ near) > 0.9 and float(user @ far) < 0.2
 
 
-def test_shapes(ranker):
-    q = F.normalize(torch.randn(4, 8), dim=-1)
-    rows = torch.randint(0, 50, (4, 6))
-    mask = torch.ones(4, 6)
-    assert ranker(q, rows, mask).shape == (4, 50)
-    assert ranker.score_candidates(q, rows, mask, torch.randint(0, 50, (4, 3))).shape == (4, 3)
+def test_mlp_relevance_starts_as_the_linear_one():
+    q, hist, mask, cand, lex, item, ui = inputs()
+    linear, mlp = make(hidden=0), make(hidden=8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear(q, hist, mask, cand, lex, item, ui)[0],
+            mlp(q, hist, mask, cand, lex, item, ui)[0],
+        )
 
 
-def test_weighted_formula(ranker):
-    q = F.normalize(torch.randn(1, 8), dim=-1)
-    rows = torch.tensor([[3, 7]])
-    h = ranker.fuse(q, rows, torch.ones(1, 2))
-    user = F.normalize(ranker.item_embeddings[[3, 7]].mean(0, keepdim=True), dim=-1)
-    a = ranker.alpha
-    assert torch.allclose(h, (1 - a) * q + a * user, atol=1e-6)
+def test_combine_lets_behaviour_reorder_only_the_most_relevant():
+    relevance = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    full = np.array([[0.0, 10.0, 0.0, 99.0, 0.0]])  # behaviour loves candidate 3
+    valid = np.array([[True, True, True, True, False]])
+    out = combine(relevance, full, depth=3, valid=valid)
+    # The 3 most relevant keep their full score; candidate 3 (4th by relevance) does not.
+    assert out[0, :3].tolist() == [0.0, 10.0, 0.0]
+    assert out[0, 3] == pytest.approx(2.0 - BELOW_DEPTH)
+    assert out[0, 4] == -np.inf  # padding never ranks
+    assert np.argmax(out[0]) == 1
 
 
-def test_cold_start_is_text_only(ranker):
-    """No history: h is the query itself, so the ranking is text score + item prior."""
-    q = F.normalize(torch.randn(2, 8), dim=-1)
-    rows = torch.zeros(2, 4, dtype=torch.long)
-    h = ranker.fuse(q, rows, torch.zeros(2, 4))
-    assert torch.allclose(h, q)
-    # Padding must not leak into the user embedding either.
-    with_pad = ranker.fuse(q, torch.tensor([[3, 0, 0, 0]] * 2), torch.tensor([[1.0, 0, 0, 0]] * 2))
-    one = ranker.fuse(q, torch.tensor([[3]] * 2), torch.ones(2, 1))
-    assert torch.allclose(with_pad, one, atol=1e-6)
+@pytest.fixture
+def tables():
+    catalog = pd.DataFrame(
+        {
+            "product_id": np.arange(100, 110),
+            "category": ["a", "a", "b", "b", "a", "c", "a", "b", "c", "a"],
+            "brand": ["x", "y", "x", "x", "x", "z", "y", "y", "z", "x"],
+            "price": [10, 20, 30, np.nan, 50, 60, 70, 80, 90, 100.0],
+        }
+    )
+    return ItemTables.from_catalog(catalog)
 
 
-def test_text_only_baseline_ignores_history():
-    items = F.normalize(torch.randn(20, 8), dim=-1)
-    base = TextOnlyRanker(items, torch.randn(20, 2))
-    q = F.normalize(torch.randn(1, 8), dim=-1)
-    a = base(q, torch.tensor([[1, 2]]), torch.ones(1, 2))
-    b = base(q, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1))
-    assert torch.allclose(a, b, atol=1e-5)
+def test_item_tables_from_the_catalog(tables):
+    assert tables.categories.tolist() == [0, 0, 1, 1, 0, 2, 0, 1, 2, 0]
+    assert tables.brands.tolist() == [0, 1, 0, 0, 0, 2, 1, 1, 2, 0]
+    # (category, brand) pairs numbered densely: (a,x) (a,y) (b,x) (b,y) (c,z)
+    assert len(set(tables.pairs.tolist())) == 5
+    assert tables.log_prices[3] == pytest.approx(
+        np.median(np.log1p([10, 20, 30, 50, 60, 70, 80, 90, 100]))
+    )
 
 
-def test_learns_alpha_when_history_predicts_clicks():
-    """Clicks on products *like* the history (not the query) must push α up."""
+def test_user_item_features_by_hand(tables):
+    history = np.array([[0, 1, 4, 0]])  # a/x, a/y, a/x; the 4th is padding
+    mask = np.array([[1.0, 1.0, 1.0, 0.0]])
+    cand = np.array([[9, 6, 2, 0]])  # a/x, a/y, b/x, a/x (itself in the history)
+    f = dict(
+        zip(
+            USER_ITEM_FEATURES,
+            np.moveaxis(user_item_features(tables, history, mask, cand), -1, 0)[:, 0],
+            strict=True,
+        )
+    )
+    np.testing.assert_allclose(f["category_affinity"], [1, 1, 0, 1])
+    np.testing.assert_allclose(f["brand_affinity"], [2 / 3, 1 / 3, 2 / 3, 2 / 3])
+    # n(category & brand) / (n(category) + 1): a/x 2/4, a/y 1/4, b/x 0/1
+    np.testing.assert_allclose(f["brand_in_category"], [2 / 4, 1 / 4, 0, 2 / 4])
+    mean_price = np.mean(np.log1p([10, 20, 50]))
+    np.testing.assert_allclose(
+        f["price_match"], -np.abs(tables.log_prices[cand[0]] - mean_price), rtol=1e-5
+    )
+    np.testing.assert_allclose(f["revisit"], [0, 0, 0, 1 / 3])
+    empty = user_item_features(tables, np.zeros((1, 1), np.int64), np.zeros((1, 1)), cand)
+    assert not empty.any()  # cold start: every shopper↔item feature is 0
+
+
+def test_learns_to_use_history_when_it_predicts_clicks():
+    """Clicks go to candidates close to the shopper's history: β must grow."""
     torch.manual_seed(0)
-    items = F.normalize(torch.randn(40, 16), dim=-1)
-    ranker = FusionRanker(items, torch.zeros(40, 2), alpha_init=0.1)
-    # Not the history item itself: the revisit feature would explain that without α.
-    nearest = (items @ items.T).fill_diagonal_(-2.0).argmax(dim=1)
-    opt = torch.optim.Adam(ranker.parameters(), lr=0.05)
-    for _ in range(150):
-        hist = torch.randint(0, 40, (64, 1))
-        q = F.normalize(torch.randn(64, 16), dim=-1)  # query carries no signal
-        pos = nearest[hist]  # the shopper clicks the product most like their history
-        neg = torch.randint(0, 40, (64, 1))
-        cand = torch.cat([pos, neg], dim=1)
-        logits = ranker.score_candidates(q, hist, torch.ones(64, 1), cand)
-        labels = torch.tensor([[1.0, 0.0]]).expand(64, 2)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+    r = FusionRanker(FusionConfig(dim=DIM))
+    r.freeze_relevance()
+    opt = torch.optim.Adam([p for p in r.parameters() if p.requires_grad], lr=0.05)
+    start = float(r.beta)
+    for _ in range(60):
+        q, hist, mask, cand, lex, item, ui = inputs(b=3, c=6, seed=int(torch.randint(1000, (1,))))
+        mask = torch.ones_like(mask)
+        user = F.normalize(hist.mean(1), dim=-1)
+        labels = (torch.einsum("bd,bcd->bc", user, cand) > 0.2).float()
+        _, full = r(q, hist, mask, cand, lex, item, ui)
+        loss = F.binary_cross_entropy_with_logits(full, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(ranker.alpha) > 0.5
+    assert float(r.beta) > start + 0.5
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_save_load_roundtrip(fusion, tmp_path):
-    ranker = make(fusion)
-    save_ranker(ranker, tmp_path / "r")
-    loaded = load_ranker(tmp_path / "r")
-    q = F.normalize(torch.randn(3, 8), dim=-1)
-    rows, mask = torch.randint(0, 50, (3, 2)), torch.ones(3, 2)
-    np.testing.assert_allclose(
-        loaded(q, rows, mask).detach(), ranker(q, rows, mask).detach(), atol=1e-6
-    )
+def test_save_load_roundtrip(tmp_path):
+    r = make("concat_mlp", hidden=8)
+    save_ranker(r, tmp_path / "ranker")
+    loaded = load_ranker(tmp_path / "ranker")
+    assert loaded.config == r.config
+    args = inputs()
+    with torch.no_grad():
+        for a, b in zip(r(*args), loaded(*args), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_as_tensors_keeps_integers():
+    ints, floats = as_tensors(np.arange(3), np.ones(2, np.float64))
+    assert ints.dtype == torch.int64 and floats.dtype == torch.float32

@@ -1,5 +1,6 @@
 """The real embedded tritonserver serving the tiny ensemble, vs the in-process pipeline."""
 
+import re
 import time
 
 import numpy as np
@@ -14,21 +15,26 @@ from shoprank.loadtest.workload import make_workload
 pytestmark = pytest.mark.integration
 
 
-def infer(url: str, query, history, top_k=10):
-    """One raw gRPC request to the ensemble, exactly as a search backend would send it."""
+def infer(url: str, query, history, top_k=10, candidates=None):
+    """One raw gRPC request to an ensemble, exactly as a search backend would send it:
+    `search`, or `rerank` when `candidates` are given; history None leaves HISTORY out."""
     client = grpcclient.InferenceServerClient(url)
     try:
         values = {
             contract.QUERY: np.array([[query]], dtype=object),
-            contract.HISTORY: np.asarray(history, dtype=np.int64).reshape(1, -1),
             contract.TOP_K: np.array([[top_k]], dtype=np.int32),
         }
+        if history is not None:
+            values[contract.HISTORY] = np.asarray(history, dtype=np.int64).reshape(1, -1)
+        if candidates is not None:
+            values[contract.CANDIDATE_IDS] = np.asarray(candidates, dtype=np.int64).reshape(1, -1)
         inputs = []
         for spec, value in values.items():
             inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
             inp.set_data_from_numpy(value)
             inputs.append(inp)
-        result = client.infer(contract.ENSEMBLE_MODEL, inputs)
+        model = contract.ENSEMBLE_MODEL if candidates is None else contract.RERANK_MODEL
+        result = client.infer(model, inputs)
         return (
             result.as_numpy(contract.PRODUCT_IDS.name)[0],
             result.as_numpy(contract.SCORES.name)[0],
@@ -174,3 +180,55 @@ def test_huge_query_is_truncated_and_server_keeps_serving(ensemble_server, in_pr
     client = grpcclient.InferenceServerClient(ensemble_server.grpc_url)
     assert client.is_server_live() and client.is_model_ready(contract.ENSEMBLE_MODEL)
     client.close()
+
+
+def test_history_may_be_left_out(ensemble_server, in_process):
+    served = infer(ensemble_server.grpc_url, "red sofa", None, 5)
+    assert_same_answer(served, in_process.search("red sofa", [], 5))
+
+
+def test_rerank_ranks_only_the_given_candidates(ensemble_server, in_process, workload):
+    request = next(r for r in workload if len(r["history"]) >= 2)
+    found = in_process.search(request["query"], [], 30).product_ids
+    candidates = [int(p) for p in found[::3]]  # every third: the order must be re-made
+    served = infer(ensemble_server.grpc_url, request["query"], request["history"], 5, candidates)
+    reference = in_process.rerank(request["query"], candidates, request["history"], 5)
+    assert set(served[0].tolist()) <= set(candidates) and len(served[0]) == 5
+    assert_same_answer(served, reference)
+    # Unknown and repeated ids are ignored: the same answer as the clean list.
+    noisy = [-1, candidates[0], 10**15, *candidates, candidates[2]]
+    again = infer(ensemble_server.grpc_url, request["query"], request["history"], 5, noisy)
+    np.testing.assert_array_equal(again[0], served[0])
+    # Fewer candidates than TOP_K: all of them, ranked.
+    few = infer(ensemble_server.grpc_url, request["query"], [], 10, candidates[:3])
+    assert sorted(few[0].tolist()) == sorted(candidates[:3])
+
+
+def test_rerank_of_nothing_is_an_empty_answer(ensemble_server):
+    for candidates in ([], [-7, 10**15]):
+        ids, scores, titles = infer(ensemble_server.grpc_url, "red sofa", [], 5, candidates)
+        assert len(ids) == len(scores) == len(titles) == 0
+
+
+def test_too_many_candidates_is_invalid_argument(ensemble_server):
+    too_many = np.arange(contract.MAX_CANDIDATES + 1) + 100_000
+    with pytest.raises(InferenceServerException, match=contract.CANDIDATE_IDS.name) as err:
+        infer(ensemble_server.grpc_url, "red sofa", [], 5, too_many)
+    assert "INVALID_ARGUMENT" in str(err.value.status())
+    assert infer(ensemble_server.grpc_url, "red sofa", [], 5)[0].size == 5  # still serving
+
+
+@pytest.mark.parametrize("file", [contract.DENSE_INDEX_FILE, contract.LEXICAL_INDEX_FILE])
+def test_a_corrupt_index_fails_the_load_naming_the_file(tiny_artifacts, tmp_path, file):
+    import shutil
+
+    from shoprank.tritonserver import TritonServerError, running_server
+
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_artifacts.repository("cpu"), repository)
+    (repository / contract.RANKER_MODEL / "1" / file).write_bytes(b"not an index")
+    with (
+        pytest.raises(TritonServerError, match=re.escape(file)),
+        running_server(repository, log_path=tmp_path / "triton.log", wait_s=90),
+    ):
+        pass

@@ -9,9 +9,7 @@ from shoprank.runtime import (
     InvalidInput,
     QueryTokenizer,
     decode_query,
-    history_batch,
     pad_rows,
-    top_k,
     validate_top_k,
 )
 
@@ -86,16 +84,11 @@ def test_catalog_save_load(tmp_path):
     assert loaded.titles.tolist() == ["Sofa \u00e9".encode(), b"Lamp"]
 
 
-def test_history_batch_masks_padding():
-    rows, mask = history_batch([np.array([4, 5]), np.zeros(0, dtype=np.int64)])
-    assert rows.tolist() == [[4, 5], [0, 0]]
-    assert mask.tolist() == [[1.0, 1.0], [0.0, 0.0]]
-    assert mask.dtype == np.float32
-
-
-def test_top_k_is_sorted_and_bounded():
-    scores = np.array([0.1, 0.9, 0.5, 0.7])
-    best, vals = top_k(scores, 3)
-    assert best.tolist() == [1, 3, 2]
-    assert vals.tolist() == [0.9, 0.7, 0.5]
-    assert len(top_k(scores, 10)[0]) == 4
+def test_candidate_rows_drop_unknown_and_duplicate_ids_and_count_them():
+    catalog = CatalogIndex(product_ids=np.array([7, 3, 9]), titles=np.array([b"a", b"b", b"c"]))
+    rows, unknown, duplicates = catalog.candidate_rows(np.array([9, 42, 7, 9, -1, 3, 7]))
+    assert rows.tolist() == [2, 0, 1]  # first-seen order
+    assert (unknown, duplicates) == (2, 2)
+    assert catalog.candidate_rows(np.array([], dtype=np.int64))[0].size == 0
+    with pytest.raises(InvalidInput, match="at most"):
+        catalog.candidate_rows(np.arange(contract.MAX_CANDIDATES + 1))

@@ -26,7 +26,14 @@ def _session(auc: float, ndcg: float) -> dict:
 FULL = {
     "config": {"data": "", "scale": "demo", "seed": 0},
     "data": {"products": 20000, "queries": 2000, "judgements": 4000, "events": 10},
-    "retrieval": {"split": "test", "zero_shot": _retrieval(0.70), "fine_tuned": _retrieval(0.80)},
+    "retrieval": {
+        "split": "test",
+        "zero_shot": _retrieval(0.70),
+        "fine_tuned": _retrieval(0.80),
+        "rrf": _retrieval(0.78),
+        "learned_hybrid": _retrieval(0.84),
+        "served": _retrieval(0.85),
+    },
     "encoder_loss_curve": [
         {"step": 1.0, "loss": 2.0},
         {"step": 2.0, "loss": 1.0},
@@ -37,12 +44,12 @@ FULL = {
         "trained": True,
         "served": "weighted_fusion",
         "alpha": 0.3,
-        "text_only": _session(0.60, 0.40),
+        "relevance_only": _session(0.60, 0.40),
         "weighted_fusion": _session(0.62, 0.42),
         "concat_mlp": {
             **_session(0.65, 0.45),
             "loss_curve": [{"step": 1.0, "loss": 0.7}],
-            "gain_vs_text_only": {"relative": 0.125, "ci95_low": 0.031, "ci95_high": 0.2},
+            "gain_vs_relevance_only": {"relative": 0.125, "ci95_low": 0.031, "ci95_high": 0.2},
         },
         "loss_curve": [{"step": 10.0, "loss": 1.5}, {"step": 20.0, "loss": 0.9}],
         "judged_cold_start": _retrieval(0.78),
@@ -63,9 +70,23 @@ def test_full_report_writes_markdown_and_plots(tmp_path):
     for png in ("loss_encoder.png", "loss_fusion.png", "retrieval.png", "fusion.png"):
         assert (tmp_path / "reports" / png).stat().st_size > 1000
         assert f"({png})" in text
-    for name in ("BM25", "popularity", "zero-shot", "fine-tuned", "served ranker", "concat MLP"):
+    for name in (
+        "BM25 only",
+        "popularity",
+        "zero-shot",
+        "dense only",
+        "reciprocal-rank fusion",
+        "learned hybrid",
+        "served pipeline",
+        "concat MLP",
+    ):
         assert name in text
-    assert text.count("**pass**") == 3  # 0.80 >= 0.75, 0.80 > 0.60, 0.45 >= 0.44
+    # 0.80 >= 0.75; 0.85 >= 0.60 x 1.1; 0.85 >= 0.80; recall 0.5 >= 0.5; 0.45 >= 0.44
+    assert text.count("**pass**") == 5
+    # The table lists the stages in pipeline order, the served pipeline last.
+    stages = ("BM25 only", "dense only", "learned hybrid", "served pipeline")
+    order = [text.index(f"| {n}") for n in stages]
+    assert order == sorted(order)
     assert "| weighted fusion (served) |" in text
     assert "| +12.5% (+3.1% … +20.0%) |" in text  # the bootstrap interval, when there is one
     assert "paired bootstrap" in text
@@ -74,18 +95,20 @@ def test_full_report_writes_markdown_and_plots(tmp_path):
 
 
 def test_targets_pass_and_miss():
-    assert [t.result for t in targets(FULL)] == ["pass", "pass", "pass"]
+    assert [t.result for t in targets(FULL)] == ["pass"] * 5
     worse = copy.deepcopy(FULL)
-    worse["retrieval"]["fine_tuned"]["ndcg@10"] = 0.74  # < 0.70 + 0.05, but > BM25
+    worse["retrieval"]["fine_tuned"]["ndcg@10"] = 0.74  # < 0.70 + 0.05
+    worse["retrieval"]["served"]["ndcg@10"] = 0.65  # < 0.60 x 1.1, and below dense
+    worse["retrieval"]["served"]["recall@100"] = 0.49  # below BM25's 0.5
     worse["fusion"]["concat_mlp"]["purchase_ndcg@10"] = 0.43  # < 0.40 x 1.1
     got = targets(worse)
-    assert [t.result for t in got] == ["miss", "pass", "miss"]
-    assert got[2].value == pytest.approx(0.43) and "concat MLP" in got[2].note
+    assert [t.result for t in got] == ["miss", "miss", "miss", "miss", "miss"]
+    assert got[4].value == pytest.approx(0.43) and "concat MLP" in got[4].note
 
 
 def test_variants_and_curves_are_found_generically():
     assert list(fusion_variants(FULL)) == [
-        "text_only",
+        "relevance_only",
         "weighted_fusion",
         "concat_mlp",
         "session_popularity",
@@ -101,7 +124,8 @@ def test_report_without_events_or_baselines(tmp_path):
     text = write_report(json.loads(json.dumps(bare)), tmp_path).read_text()
     assert "No fusion ranker was trained" in text
     assert "Baselines not run" in text
-    assert [t.result for t in targets(bare)] == ["pass", "n/a", "n/a"]
+    # Without baselines: no BM25 to compare with; no fusion: no fusion target.
+    assert [t.result for t in targets(bare)] == ["pass", "n/a", "pass", "pass", "n/a"]
     assert not (tmp_path / "reports" / "fusion.png").exists()
     assert (tmp_path / "reports" / "retrieval.png").exists()
 
@@ -129,7 +153,7 @@ def test_evaluate_merges_baselines_and_writes_the_report(tmp_path):
     run = copy.deepcopy(FULL)
     del run["baselines"]
     (tmp_path / "metrics.json").write_text(json.dumps(run))
-    metrics, report = evaluate(EvalConfig(out=tmp_path))
+    metrics, report = evaluate(EvalConfig(out=tmp_path, zero_shot=False))
     assert metrics["baselines"]["split"] == "test"
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["baselines"]["bm25"]["queries"] == 9  # the tiny shop's test queries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
@@ -87,9 +88,19 @@ def test_catalog_looks_like_a_shop(tiny):
     assert ((cat["price"] >= lo - 1) & (cat["price"] <= hi + 1)).all()
 
 
-def _grade_by_hand(intent: pd.Series, product: pd.Series) -> int:
+def _grade_by_hand(intent: pd.Series, product: pd.Series, catalog: pd.DataFrame) -> int:
     """The documented grading rule, written out independently of the generator."""
     parent = intent["category"].rsplit(CATEGORY_SEPARATOR, 1)[0]
+    if intent["kind"] == "code":
+        # The named product 3; its series (titles read "Brand Series ...") 2; its brand 1.
+        target = catalog.loc[intent["target_id"]]
+        if product["category"] != intent["category"] or product["brand"] != target["brand"]:
+            return 0
+        if product.name == target.name:
+            return 3
+        return 2 if product["title"].split()[1] == target["title"].split()[1] else 1
+    if intent["kind"] == "feature" and product["category"] == intent["category"]:
+        return 3 if intent["feature"] in product["description"] else 1
     if product["category"] != intent["category"]:
         same_parent = product["category"].rsplit(CATEGORY_SEPARATOR, 1)[0] == parent
         return 1 if same_parent else 0
@@ -107,7 +118,8 @@ def test_grades_follow_catalog_attributes(tiny):
     checked = 0
     for row in judged.itertuples(index=False):
         intent = pd.Series(row._asdict())
-        assert row.relevance == _grade_by_hand(intent, catalog.loc[row.product_id]), row
+        product = catalog.loc[row.product_id]
+        assert row.relevance == _grade_by_hand(intent, product, catalog), row
         checked += 1
     assert checked == len(data.judgements)
     # With a tiny catalog nothing hits the 200 cap: every product graded >= 1 is judged.
@@ -115,7 +127,7 @@ def test_grades_follow_catalog_attributes(tiny):
         expected = {
             pid
             for pid, product in catalog.iterrows()
-            if _grade_by_hand(pd.Series(q._asdict()), product) >= 1
+            if _grade_by_hand(pd.Series(q._asdict()), product, catalog) >= 1
         }
         got = data.judgements.query("query_id == @q.query_id and relevance >= 1")["product_id"]
         assert set(got) == expected
@@ -286,3 +298,28 @@ def test_cli_writes_artifacts(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert "catalog=300" in line and "events=" in line
     assert len(load(ArtifactPaths(tmp_path)).catalog) == 300
+
+
+def test_a_share_of_queries_is_lexical(busy):
+    """Model-number and part/feature queries, and sizes written the way shoppers do."""
+    from shoprank.lexical import is_code, tokenize
+
+    data, intents = generate_with_intents(replace(SCALES["tiny"], queries=300, sessions=300))
+    kinds = intents["kind"].value_counts(normalize=True)
+    assert kinds["code"] == pytest.approx(0.15, abs=0.02)
+    assert kinds["feature"] == pytest.approx(0.10, abs=0.02)
+    catalog = data.catalog.set_index("product_id")
+    codes = intents[intents["kind"] == "code"].merge(data.queries, on="query_id")
+    for row in codes.itertuples(index=False):
+        # The query names its product's model number in some spelling; the lexical
+        # tokenizer brings every spelling back to the same code token.
+        target = catalog.loc[row.target_id]
+        model = re.search(r"Model ([A-Z]{2}-\d{4}[A-Z])\.", target["description"]).group(1)
+        code = model.replace("-", "").lower()  # "NO-4521B" -> "no4521b"
+        assert is_code(code) and code in tokenize(row.query), (row.query, model)
+    # Every product has a unique model number, in its description and often its title.
+    assert data.catalog["description"].str.contains(r"Model [A-Z]{2}-\d{4}[A-Z]\.").all()
+    assert data.catalog["title"].str.contains(r"[A-Z]{2}-\d{4}[A-Z]$").mean() > 0.4
+    sized = intents[(intents["kind"] == "attribute") & (intents["size"] != "")]
+    spelled = sized.merge(data.queries, on="query_id")["query"]
+    assert spelled.str.contains(r"\d (?:inch|cm|l|kg|litre|ml)\b| in\b|\d\"").any()

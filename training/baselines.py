@@ -1,10 +1,10 @@
 """Baselines the learned rankers have to beat: BM25 and popularity.
 
-- **BM25** (`bm25s`, Lucene variant, k1=1.5, b=0.75) over `datasets.product_text`, ranking
-  the full catalog for each held-out query, scored with the same judged metrics as the
-  encoder (`metrics.mean_metrics`: NDCG@10, Recall@10/100, MRR). Tokens are lower-cased
-  words of two or more characters, English stopwords removed, plurals folded by the
-  S-stemmer (Harman 1991) so "sofas" finds "sofa" without a stemming dependency.
+- **BM25**: the lexical index serving uses (`shoprank.lexical`: bm25s, Lucene BM25,
+  k1=1.5, b=0.75, over the product's fields, with a tokenizer that keeps model numbers,
+  sizes and units), ranking the full catalog for each held-out query, scored with the
+  same judged metrics as the encoder (`metrics.mean_metrics`: NDCG@10, Recall@10/100,
+  MRR).
 - **Popularity**: one list for every query, products by train-split click count. Skipped
   (with a note) when the data has no behaviour events.
 - **Session popularity**: the behaviour counterpart of the fusion variants: held-out
@@ -17,28 +17,20 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from shoprank.datasets import ShopData, judgement_grades, product_text
+from shoprank.datasets import ShopData, judgement_grades
+from shoprank.lexical import LexicalIndex
 from shoprank.metrics import (
     CLICK_AUC,
     PURCHASE_NDCG_AT_10,
     mean_metrics,
     ndcg_at_k,
     roc_auc,
-    top_k_rankings,
 )
-
-# bm25s sets its own logger to DEBUG on import, which prints index-building chatter
-# through any root handler; its warnings still come through.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 TOP_K = 100
 NO_EVENTS = "skipped: the data has no behaviour events"
@@ -58,71 +50,31 @@ def split_queries(data: ShopData, split: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # BM25
 # ---------------------------------------------------------------------------------------
-def s_stem(word: str) -> str:
-    """Harman's S-stemmer: fold English plurals ("sofas" -> "sofa", "batteries" -> "battery")."""
-    if len(word) > 3 and word.endswith("ies") and not word.endswith(("eies", "aies")):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
-        return word[:-1]
-    if len(word) > 2 and word.endswith("s") and not word.endswith(("us", "ss")):
-        return word[:-1]
-    return word
-
-
-def _stem_words(words: list[str]) -> list[str]:
-    return [s_stem(w) for w in words]
-
-
-def tokenize(texts: Sequence[str], *, return_ids: bool) -> bm25s.tokenization.Tokenized | list:
-    """bm25s tokens: lower-cased, English stopwords removed, S-stemmed."""
-    return bm25s.tokenize(
-        list(texts),
-        stopwords="en",
-        stemmer=_stem_words,
-        return_ids=return_ids,
-        show_progress=False,
-    )
-
-
-@dataclass
-class BM25Index:
-    """A bm25s index over catalog texts, row i = product_ids[i]."""
-
-    model: bm25s.BM25
-    product_ids: np.ndarray
-
-    def scores(self, queries: Sequence[str]) -> np.ndarray:
-        """BM25 score of every catalog product for each query, (Q, N) float32."""
-        tokens = tokenize(queries, return_ids=False)
-        out = np.zeros((len(tokens), len(self.product_ids)), dtype=np.float32)
-        for i, words in enumerate(
-            tqdm(tokens, desc="bm25", leave=False, disable=len(tokens) < 500)
-        ):
-            # Words the catalog never uses are dropped; a query with none scores all 0.
-            out[i] = self.model.get_scores(words)
-        return out
-
-
-def build_bm25(catalog: pd.DataFrame, k1: float = 1.5, b: float = 0.75) -> BM25Index:
-    """Index `datasets.product_text` of every catalog row."""
-    texts = product_text(catalog)
-    model = bm25s.BM25(k1=k1, b=b)
-    model.index(tokenize(texts, return_ids=True), show_progress=False)
-    return BM25Index(model, catalog["product_id"].to_numpy(np.int64))
-
-
 def bm25_rankings(
-    index: BM25Index, queries: Sequence[str], query_ids: Sequence[int], k: int = TOP_K
+    index: LexicalIndex,
+    queries: Sequence[str],
+    query_ids: Sequence[int],
+    product_ids: np.ndarray,
+    k: int = TOP_K,
 ) -> dict[int, list[int]]:
-    """{query_id: the k best product ids by BM25, best first}."""
-    return top_k_rankings(index.scores(queries), query_ids, index.product_ids, k)
+    """{query_id: the k best product ids by BM25, best first}; a query whose words the
+    catalog never uses ranks nothing."""
+    return {
+        int(q): product_ids[index.search(text, k)[0]].tolist()
+        for q, text in zip(query_ids, queries, strict=True)
+    }
 
 
-def bm25_metrics(data: ShopData, split: str = "test", index: BM25Index | None = None) -> dict:
+def bm25_metrics(data: ShopData, split: str = "test", index: LexicalIndex | None = None) -> dict:
     """Judged metrics of full-catalog BM25 retrieval on the `split` queries."""
     queries = split_queries(data, split)
-    index = index or build_bm25(data.catalog)
-    rankings = bm25_rankings(index, queries["query"].tolist(), queries["query_id"].tolist())
+    index = index or LexicalIndex.build(data.catalog)
+    rankings = bm25_rankings(
+        index,
+        queries["query"].tolist(),
+        queries["query_id"].tolist(),
+        data.catalog["product_id"].to_numpy(np.int64),
+    )
     return mean_metrics(rankings, judgement_grades(data, list(rankings)))
 
 

@@ -1,13 +1,19 @@
-"""From behaviour logs to fusion-ranker training examples, and the training loop itself.
+"""From behaviour logs to fusion-ranker training examples, and the training loop (stage B).
 
 Each impression in a session becomes one example: (query, the shopper's history *before*
 that session, shown product, position, clicked?). History is built in time order from
-earlier clicks and purchases only, so no example sees its own future.
+earlier clicks and purchases only, so no example sees its own future. Every example also
+carries `negatives` products shown in other sessions, scored as if shown at the top.
+
+Stage B trains the behaviour part of the fusion ranker on these clicks while the
+relevance model from stage A (training/hybrid.py) stays frozen: the lexical and
+shopper↔item features of every (query, product) pair are computed once, up front, with
+the same functions serving uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -17,12 +23,9 @@ from tqdm.auto import tqdm
 
 from shoprank import contract
 from shoprank.datasets import HISTORY_EVENTS
-from shoprank.fusion import (
-    ITEM_FEATURES,
-    TRAINING_POSITIONS,
-    USER_ITEM_FEATURES,
-    FusionRanker,
-)
+from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES, ItemTables, user_item_features
+from shoprank.fusion import TRAINING_POSITIONS, FusionConfig, FusionRanker, Relevance, as_tensors
+from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex
 from shoprank.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, ndcg_at_k, roc_auc
 
 
@@ -30,7 +33,7 @@ from shoprank.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, ndcg_at_k, roc_auc
 class Examples:
     """Impression-level examples as aligned arrays (M rows)."""
 
-    query_rows: np.ndarray  # (M,) row into the query-embedding table
+    query_rows: np.ndarray  # (M,) row into the query tables (embeddings, texts)
     history_rows: np.ndarray  # (M, H) catalog rows, 0-padded
     history_mask: np.ndarray  # (M, H) float32, 1 where a history item is present
     item_rows: np.ndarray  # (M,) catalog row of the shown product
@@ -38,6 +41,11 @@ class Examples:
     clicked: np.ndarray  # (M,) float32 label
     purchased: np.ndarray  # (M,) float32
     session_ids: np.ndarray  # (M,)
+    # Filled by `attach_features`: the scored products (the shown one first, then the
+    # negatives) and their lexical and shopper↔item features.
+    candidates: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))
+    lexical: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 0), np.float32))
+    user_item: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 0), np.float32))
 
     def __len__(self) -> int:
         return int(self.item_rows.shape[0])
@@ -133,67 +141,95 @@ def build_examples(
     )
 
 
-def _batch_scores(
-    ranker: FusionRanker,
-    q_emb: torch.Tensor,
+def attach_features(
     ex: Examples,
-    idx: np.ndarray,
-) -> torch.Tensor:
-    q = q_emb[torch.from_numpy(ex.query_rows[idx])]
-    rows = torch.from_numpy(ex.history_rows[idx])
-    mask = torch.from_numpy(ex.history_mask[idx])
-    items = torch.from_numpy(ex.item_rows[idx]).unsqueeze(1)
-    return ranker.score_candidates(q, rows, mask, items).squeeze(1)
-
-
-def _negative_loss(
-    ranker: FusionRanker,
-    q_emb: torch.Tensor,
-    ex: Examples,
-    idx: np.ndarray,
-    negatives: int,
-    rng: np.random.Generator,
-) -> torch.Tensor:
-    # Negatives are products shown in *other* sessions of the batch: they come from the
-    # same exposure distribution as the positives, so popularity cannot tell them apart
-    # and only the query↔item text term can. (Uniform catalog samples are mostly never-
-    # shown items, which teaches "popular beats relevant" instead.)
-    rows = torch.from_numpy(rng.choice(ex.item_rows[idx], size=(len(idx), negatives)))
-    logits = (
-        ranker.score_candidates(
-            q_emb[torch.from_numpy(ex.query_rows[idx])],
-            torch.from_numpy(ex.history_rows[idx]),
-            torch.from_numpy(ex.history_mask[idx]),
-            rows,
-        )
-        + ranker.position_bias[0]
+    query_tokens: list[list[str]],
+    lexical: LexicalIndex,
+    tables: ItemTables,
+    negatives: int = 0,
+    seed: int = 0,
+    chunk: int = 8192,
+) -> Examples:
+    """Choose `negatives` products per example (from the products shown in other
+    sessions, so popularity cannot tell them apart and only relevance can) and compute
+    the lexical and shopper↔item features of every scored product, once."""
+    rng = np.random.default_rng(seed)
+    m = len(ex)
+    negs = rng.choice(ex.item_rows, size=(m, negatives)) if negatives and m else None
+    cands = (
+        ex.item_rows[:, None] if negs is None else np.concatenate([ex.item_rows[:, None], negs], 1)
     )
-    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+    lex = np.zeros((*cands.shape, len(LEXICAL_FEATURES)), np.float32)
+    order = np.argsort(ex.query_rows, kind="stable")
+    bounds = np.flatnonzero(np.diff(ex.query_rows[order])) + 1
+    for group in tqdm(np.split(order, bounds), desc="lexical features", leave=False):
+        if not len(group):
+            continue
+        rows = np.unique(cands[group])
+        feats = lexical.features(query_tokens[ex.query_rows[group[0]]], rows)
+        lex[group] = feats[np.searchsorted(rows, cands[group])]
+    ui = np.zeros((*cands.shape, len(USER_ITEM_FEATURES)), np.float32)
+    for start in range(0, m, chunk):
+        sl = slice(start, start + chunk)
+        ui[sl] = user_item_features(tables, ex.history_rows[sl], ex.history_mask[sl], cands[sl])
+    ex.candidates, ex.lexical, ex.user_item = cands, lex, ui
+    return ex
+
+
+def _scores(
+    ranker: FusionRanker,
+    q_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    item_feats: torch.Tensor,
+    ex: Examples,
+    idx: np.ndarray,
+    columns: slice = slice(None),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(relevance, full score), each (b, c), for examples `idx` and candidate `columns`."""
+    cands = torch.from_numpy(ex.candidates[idx][:, columns])
+    history_rows = torch.from_numpy(ex.history_rows[idx])
+    mask, lexical, user_item = as_tensors(
+        ex.history_mask[idx], ex.lexical[idx][:, columns], ex.user_item[idx][:, columns]
+    )
+    return ranker(
+        q_emb[torch.from_numpy(ex.query_rows[idx])],
+        item_emb[history_rows] * mask.unsqueeze(-1),
+        mask,
+        item_emb[cands],
+        lexical,
+        item_feats[cands],
+        user_item,
+    )
 
 
 def train_fusion(
     ranker: FusionRanker,
     query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    tables: ItemTables,
     examples: Examples,
     epochs: int = 3,
     batch_size: int = 1024,
     lr: float = 0.02,
     seed: int = 0,
-    negatives: int = 4,
 ) -> list[dict[str, float]]:
     """Binary cross-entropy on clicks, with a per-position bias; returns the loss curve.
 
     Logged impressions are all plausible answers to their query, so on their own they
-    teach the ranker that text relevance hardly matters and popularity does. `negatives`
-    products from other sessions of the batch per impression (label 0, scored as if shown
-    at the top) keep the text term honest for the full-catalog ranking the server does.
+    teach the ranker that relevance hardly matters and popularity does. The negatives
+    attached to each example (label 0, scored as if shown at the top) keep the relevance
+    term honest for the candidates the server ranks.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    q_emb = torch.from_numpy(query_embeddings)
+    q_emb, item_emb, item_feats = as_tensors(
+        query_embeddings, item_embeddings, tables.item_features
+    )
     labels = torch.from_numpy(examples.clicked)
     positions = torch.from_numpy(examples.positions)
-    optim = torch.optim.Adam(ranker.parameters(), lr=lr)
+    ranker.freeze_relevance()
+    params = [p for p in ranker.parameters() if p.requires_grad]
+    optim = torch.optim.Adam(params, lr=lr)
     curve: list[dict[str, float]] = []
     ranker.train()
     steps = 0
@@ -204,35 +240,46 @@ def train_fusion(
         )
         for start in bar:
             idx = order[start : start + batch_size]
-            logits = _batch_scores(ranker, q_emb, examples, idx)
-            logits = logits + ranker.position_bias[positions[idx]]
-            loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
-            if negatives:
-                loss = loss + _negative_loss(ranker, q_emb, examples, idx, negatives, rng)
+            _, full = _scores(ranker, q_emb, item_emb, item_feats, examples, idx)
+            shown = full[:, 0] + ranker.position_bias[positions[idx]]
+            loss = F.binary_cross_entropy_with_logits(shown, labels[idx])
+            if full.shape[1] > 1:
+                negative = full[:, 1:] + ranker.position_bias[0]
+                loss = loss + F.binary_cross_entropy_with_logits(
+                    negative, torch.zeros_like(negative)
+                )
             optim.zero_grad()
             loss.backward()
             optim.step()
             steps += 1
             if steps % 10 == 0:
                 curve.append({"step": float(steps), "loss": loss.item()})
-                bar.set_postfix(loss=f"{loss.item():.4f}", alpha=f"{float(ranker.alpha):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", alpha=f"{ranker.alpha:.3f}")
     ranker.eval()
     return curve
 
 
 @torch.no_grad()
-def _impression_scores(
-    ranker: FusionRanker, query_embeddings: np.ndarray, examples: Examples
+def impression_scores(
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    tables: ItemTables,
+    examples: Examples,
+    relevance_only: bool = False,
 ) -> np.ndarray:
+    """The score of every shown product (M,): the full score, or the relevance alone."""
     if len(examples) == 0:
         raise ValueError("no held-out impressions to evaluate on")
-    q_emb = torch.from_numpy(query_embeddings)
-    return torch.cat(
-        [
-            _batch_scores(ranker, q_emb, examples, np.arange(s, min(s + 4096, len(examples))))
-            for s in range(0, len(examples), 4096)
-        ]
-    ).numpy()
+    q_emb, item_emb, item_feats = as_tensors(
+        query_embeddings, item_embeddings, tables.item_features
+    )
+    parts = []
+    for s in range(0, len(examples), 4096):
+        idx = np.arange(s, min(s + 4096, len(examples)))
+        rel, full = _scores(ranker, q_emb, item_emb, item_feats, examples, idx, slice(0, 1))
+        parts.append((rel if relevance_only else full)[:, 0])
+    return torch.cat(parts).numpy()
 
 
 def _purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
@@ -248,12 +295,19 @@ def _purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
 
 
 def score_sessions(
-    ranker: FusionRanker, query_embeddings: np.ndarray, examples: Examples
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    tables: ItemTables,
+    examples: Examples,
+    relevance_only: bool = False,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """`evaluate_sessions`' metrics and the per-session purchase-NDCG@10 behind them (each
-    session with a purchase, in session-id order: paired across rankers scored on the same
-    examples), from one scoring pass."""
-    scores = _impression_scores(ranker, query_embeddings, examples)
+    """Click AUC over impressions and purchase-NDCG@10 over each session with a purchase,
+    plus the per-session NDCGs behind it (session-id order: paired across rankers scored
+    on the same examples), from one scoring pass."""
+    scores = impression_scores(
+        ranker, query_embeddings, item_embeddings, tables, examples, relevance_only
+    )
     ndcgs = _purchase_ndcgs(scores, examples)
     metrics = {
         CLICK_AUC: roc_auc(examples.clicked, scores),
@@ -264,45 +318,12 @@ def score_sessions(
     return metrics, ndcgs
 
 
-def evaluate_sessions(
-    ranker: FusionRanker,
-    query_embeddings: np.ndarray,
-    examples: Examples,
-) -> dict[str, float]:
-    """Click AUC over impressions and purchase-NDCG@10 over each session's shown items."""
-    return score_sessions(ranker, query_embeddings, examples)[0]
-
-
-def item_attributes(catalog: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per-item category id, brand id and log price (missing prices → the median)."""
-    categories, _ = pd.factorize(catalog["category"].fillna(""), sort=True)
-    brands, _ = pd.factorize(catalog["brand"].fillna(""), sort=True)
-    price = pd.to_numeric(catalog["price"], errors="coerce").to_numpy(np.float64)
-    log_price = np.log1p(np.where(np.isfinite(price) & (price > 0), price, np.nan))
-    log_price = np.where(
-        np.isnan(log_price),
-        np.nanmedian(log_price) if np.isfinite(log_price).any() else 0.0,
-        log_price,
-    )
-    return {
-        "categories": categories.astype(np.int64),
-        "brands": brands.astype(np.int64),
-        "log_prices": log_price.astype(np.float32),
-    }
-
-
-def make_ranker(
-    fusion: str, item_emb: np.ndarray, feats: np.ndarray, attributes: dict[str, np.ndarray]
-) -> FusionRanker:
-    """A fresh FusionRanker of kind `fusion` over the catalog tables."""
-    return FusionRanker(
-        torch.from_numpy(item_emb),
-        torch.from_numpy(feats),
-        torch.from_numpy(attributes["categories"]),
-        torch.from_numpy(attributes["brands"]),
-        torch.from_numpy(attributes["log_prices"]),
-        fusion=fusion,
-    )
+def make_ranker(fusion: str, dim: int, relevance: Relevance) -> FusionRanker:
+    """A fresh FusionRanker of kind `fusion` on top of the stage-A relevance model."""
+    ranker = FusionRanker(FusionConfig(dim=dim, fusion=fusion, relevance_hidden=relevance.hidden))
+    ranker.relevance.load_state_dict(relevance.state_dict())
+    ranker.freeze_relevance()
+    return ranker
 
 
 @dataclass
@@ -321,7 +342,8 @@ class FusionResult:
             "val": self.val,
             "test": self.test,
             **self.test,  # test metrics at the top level, as for the baselines
-            "alpha": float(r.alpha.detach()),
+            "alpha": r.alpha,
+            "relevance_weight": float(r.log_gamma.exp()),
             "feature_weights": dict(
                 zip(ITEM_FEATURES, r.feature_weights.detach().tolist(), strict=True)
             ),
@@ -334,10 +356,10 @@ class FusionResult:
 
 def train_fusions(
     fusions: tuple[str, ...],
-    item_emb: np.ndarray,
-    feats: np.ndarray,
-    attributes: dict[str, np.ndarray],
-    q_emb: np.ndarray,
+    relevance: Relevance,
+    query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    tables: ItemTables,
     train_ex: Examples,
     val_ex: Examples,
     test_ex: Examples,
@@ -345,11 +367,15 @@ def train_fusions(
 ) -> dict[str, FusionResult]:
     """Train each fusion variant on the same examples; evaluate on val and test sessions."""
     out = {}
+    dim = item_embeddings.shape[1]
     for fusion in fusions:
-        ranker = make_ranker(fusion, item_emb, feats, attributes)
-        curve = train_fusion(ranker, q_emb, train_ex, **train_kwargs)
-        test, test_ndcgs = score_sessions(ranker, q_emb, test_ex)
-        out[fusion] = FusionResult(
-            ranker, curve, evaluate_sessions(ranker, q_emb, val_ex), test, test_ndcgs
+        ranker = make_ranker(fusion, dim, relevance)
+        curve = train_fusion(
+            ranker, query_embeddings, item_embeddings, tables, train_ex, **train_kwargs
         )
+        test, test_ndcgs = score_sessions(
+            ranker, query_embeddings, item_embeddings, tables, test_ex
+        )
+        val, _ = score_sessions(ranker, query_embeddings, item_embeddings, tables, val_ex)
+        out[fusion] = FusionResult(ranker, curve, val, test, test_ndcgs)
     return out

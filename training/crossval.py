@@ -1,4 +1,4 @@
-"""Query-grouped k-fold cross-validation of BM25, zero-shot and fine-tuned retrieval.
+"""Query-grouped k-fold cross-validation of BM25, zero-shot, fine-tuned and hybrid retrieval.
 
     python -m shoprank.training.crossval --data train.csv.gz --folds 5 --max-steps 150 --out DIR
 
@@ -11,6 +11,9 @@ therefore never appear on both sides of a fold. Each fold fine-tunes a fresh cop
 base encoder with the recipe of `python -m shoprank.training` (`finetune.training_pairs`, hard
 negatives mined with the zero-shot encoder, the graded margin loss, `finetune.finetune`);
 BM25 and the zero-shot encoder need no training and are scored on the same test queries.
+The hybrid is the relevance model of `python -m shoprank.training` (training/hybrid.py: dense
+cosine + lexical features over the union of dense and BM25 candidates), fitted on the
+fold's train queries with the fold's fine-tuned encoder and chosen on its val queries.
 
 What "the catalog" is: every distinct product in the data, across all queries and all
 folds (the loaders build one catalog from all rows). Two modes are reported:
@@ -41,9 +44,11 @@ import torch
 from tqdm.auto import tqdm
 
 from shoprank import contract
+from shoprank.ann import DenseConfig, DenseIndex
 from shoprank.configargs import config_to_dict, parse_config, setup_logging
 from shoprank.datasets import ShopData, judgement_grades, product_text, validate
 from shoprank.encoder import embed, load_encoder
+from shoprank.lexical import LexicalIndex
 from shoprank.metrics import (
     MRR,
     NDCG_AT_10,
@@ -52,14 +57,14 @@ from shoprank.metrics import (
     mean_metrics,
     top_k_rankings,
 )
-from shoprank.training import finetune
-from shoprank.training.baselines import build_bm25
+from shoprank.ranking import RetrievalConfig
+from shoprank.training import finetune, hybrid
 from shoprank.training.encoder import base_encoder_path
 
 # Named, not __name__: under `python -m` that would be "__main__", outside setup_logging.
 log = logging.getLogger("training.crossval")
 
-SYSTEMS = ("bm25", "zero_shot", "fine_tuned")
+SYSTEMS = ("bm25", "zero_shot", "fine_tuned", "hybrid")
 MODES = ("catalog", "judged")
 SUMMARY_METRICS = (NDCG_AT_10, RECALL_AT_10, RECALL_AT_100, MRR)
 PARTIAL = "crossval.partial.json"  # folds finished so far, removed when the run completes
@@ -73,6 +78,8 @@ class CrossvalConfig:
     data_format: str = field(default="auto", metadata={"help": "format of --data"})
     out: Path = field(default=Path("artifacts/crossval"), metadata={"help": "output folder"})
     folds: int = 5
+    dense_k: int = field(default=200, metadata={"help": "hybrid: dense candidates per query"})
+    lexical_k: int = field(default=100, metadata={"help": "hybrid: BM25 candidates per query"})
     val_fraction: float = field(
         default=0.1, metadata={"help": "share of each fold's training queries held out as val"}
     )
@@ -205,7 +212,13 @@ def summarize(fold_results: Sequence[Mapping]) -> dict:
     }
 
 
-PAIRS = (("fine_tuned", "zero_shot"), ("fine_tuned", "bm25"), ("zero_shot", "bm25"))
+PAIRS = (
+    ("fine_tuned", "zero_shot"),
+    ("fine_tuned", "bm25"),
+    ("zero_shot", "bm25"),
+    ("hybrid", "fine_tuned"),
+    ("hybrid", "bm25"),
+)
 
 
 def paired_differences(fold_results: Sequence[Mapping], metric: str = NDCG_AT_10) -> dict:
@@ -227,6 +240,47 @@ def paired_differences(fold_results: Sequence[Mapping], metric: str = NDCG_AT_10
                 "folds_better": sum(d > 0 for d in diffs),
             }
     return out
+
+
+def _hybrid_metrics(
+    model, fd: ShopData, items: np.ndarray, lexical: LexicalIndex, test: list[int], config
+) -> dict[str, dict[str, float]]:
+    """The fold's learned hybrid on its test queries, in both modes: over the dense + BM25
+    candidates (catalog) and over each query's judged products (judged)."""
+    q_emb = _embed_queries(model, fd.queries["query"].tolist(), config)
+    exact = DenseIndex.build(items, DenseConfig(kind="flat"))
+    retrieval = RetrievalConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
+    sets = {
+        split: hybrid.build_query_set(fd, split, q_emb, items, exact, lexical, retrieval)
+        for split in ("train", "val", "test")
+    }
+    relevance, _ = hybrid.fit_relevance(fd, sets["train"], sets["val"], seed=config.seed)
+    qs = sets["test"]
+    order = {int(q): i for i, q in enumerate(qs.query_ids)}
+    n = len(items)
+    catalog = np.full((len(test), n), -np.inf, np.float32)
+    judged = np.full((len(test), n), -np.inf, np.float32)
+    scores = hybrid.relevance_scores(relevance, qs)
+    grades = judgement_grades(fd, test)
+    row_of = {int(p): i for i, p in enumerate(fd.catalog["product_id"].to_numpy(np.int64))}
+    with torch.no_grad():
+        for t, q in enumerate(test):
+            i = order[q]
+            cand = qs.candidates[i]
+            catalog[t, cand] = scores[i, : len(cand)]
+            rows = np.array([row_of[p] for p in grades.get(q, {})], dtype=np.int64)
+            if len(rows):
+                cosine = items[rows] @ qs.embeddings[i]
+                lex = lexical.features(qs.tokens[i], rows)
+                judged[t, rows] = relevance(
+                    torch.from_numpy(cosine[None, :].astype(np.float32)),
+                    torch.from_numpy(lex[None]),
+                ).numpy()[0]
+    product_ids = fd.catalog["product_id"].to_numpy(np.int64)
+    return {
+        "catalog": mean_metrics(top_k_rankings(catalog, test, product_ids), grades),
+        "judged": mean_metrics(judged_rankings(judged, test, grades, row_of), grades),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +316,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
     query_text = dict(zip(query_ids.tolist(), data.queries["query"].tolist(), strict=True))
 
     # BM25 and the zero-shot encoder do not train: score every query once.
-    bm25 = build_bm25(data.catalog)
+    lexical = LexicalIndex.build(data.catalog)
     # The encoder every fold starts from.
     base_path = base_encoder_path(config.encoder_path, config.tiny_encoder, work_dir, config.seed)
     torch.manual_seed(config.seed)
@@ -294,7 +348,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
         val = [q for q, s in split_of.items() if s == "val"]
         test_text = [query_text[q] for q in test]
         systems = {
-            "bm25": score_metrics(bm25.scores(test_text), test, data),
+            "bm25": score_metrics(lexical.score_matrix(test_text), test, data),
             "zero_shot": score_metrics(
                 np.stack([zs_queries[q] for q in test]) @ zs_items.T, test, data
             ),
@@ -311,6 +365,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
         items = _embed_catalog(model, texts, config, f"embed catalog (fold {f + 1})")
         q_emb = _embed_queries(model, [query_text[q] for q in test + val], config)
         systems["fine_tuned"] = score_metrics(q_emb[: len(test)] @ items.T, test, data)
+        systems["hybrid"] = _hybrid_metrics(model, fd, items, lexical, test, config)
         fold = {
             "fold": f,
             "queries": {

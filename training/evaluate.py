@@ -1,15 +1,18 @@
 """`python -m shoprank.training.evaluate --out DIR`: baselines + the evaluation report of a
 training run.
 
-Runs after `python -m shoprank.training --out DIR`: reads DIR/metrics.json and the data the run
-saved under DIR/data, scores the baselines (BM25, popularity, session popularity) on the
-same held-out split, merges them into metrics.json under "baselines", and writes
+Runs after `python -m shoprank.training --out DIR` (and, for the served pipeline's own
+figures, after `make convert repo`): reads DIR/metrics.json and the data the run saved
+under DIR/data, scores the baselines (BM25, popularity, session popularity) and the
+zero-shot encoder on the same held-out split, runs the generated repository's pipeline
+in process as `retrieval.served`, merges all of it into metrics.json, and writes
 DIR/reports/eval.md with its plots.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,9 +20,11 @@ from pathlib import Path
 
 from shoprank import contract, datasets
 from shoprank.configargs import parse_config, setup_logging
-from shoprank.metrics import CLICK_AUC, NDCG_AT_10
+from shoprank.metrics import CLICK_AUC, NDCG_AT_10, mean_metrics
 from shoprank.training.baselines import run_baselines
 from shoprank.training.report import targets, write_report
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +35,9 @@ class EvalConfig:
     split: str = field(
         default="", metadata={"help": "query split to evaluate; default: the one training used"}
     )
+    zero_shot: bool = field(
+        default=True, metadata={"help": "measure the encoder as shipped (embeds the catalog)"}
+    )
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -39,8 +47,46 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def zero_shot_metrics(data: datasets.ShopData, run_config: dict, split: str) -> dict:
+    """Full-catalog retrieval of the encoder as shipped (before MLM and fine-tuning), with
+    the same embedding settings training used."""
+    from shoprank.encoder import load_encoder
+    from shoprank.training.encoder import base_encoder_path
+    from shoprank.training.train import TrainConfig, embed_catalog, judged_metrics
+
+    config = TrainConfig(
+        **{k: v for k, v in run_config.items() if k in TrainConfig.__dataclass_fields__}
+    )
+    config.out = Path(config.out)
+    paths = contract.ArtifactPaths(config.out)
+    base = base_encoder_path(
+        config.encoder_path, config.tiny_encoder, paths.training_work, config.seed
+    )
+    model = load_encoder(base, config.max_product_tokens)
+    item_emb = embed_catalog(model, base, data, config, "embed catalog (zero-shot)")
+    return judged_metrics(model, data, item_emb, split, config.embed_batch_size)
+
+
+def served_metrics(paths: contract.ArtifactPaths, data: datasets.ShopData, split: str) -> dict:
+    """The served two-stage pipeline (the generated repository, in process) at cold start:
+    each `split` query's top MAX_TOP_K products, judged."""
+    from shoprank.pipeline import InProcessPipeline
+
+    pipeline = InProcessPipeline(paths.repository("cpu"))
+    queries = data.queries[data.queries["split"] == split]
+    texts, ids = queries["query"].tolist(), queries["query_id"].tolist()
+    rankings = {}
+    for start in range(0, len(texts), 64):
+        batch = texts[start : start + 64]
+        answers = pipeline.search_many(batch, [[]] * len(batch), contract.MAX_TOP_K)
+        for qid, answer in zip(ids[start : start + 64], answers, strict=True):
+            rankings[int(qid)] = answer.product_ids.tolist()
+    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
+
+
 def evaluate(config: EvalConfig) -> tuple[dict, Path]:
-    """Add baselines to DIR/metrics.json and write the report; return (metrics, report path)."""
+    """Add baselines (and the served pipeline, if its repository exists) to
+    DIR/metrics.json and write the report; return (metrics, report path)."""
     paths = contract.ArtifactPaths(Path(config.out))
     if not paths.metrics.exists():
         raise FileNotFoundError(
@@ -52,6 +98,16 @@ def evaluate(config: EvalConfig) -> tuple[dict, Path]:
     data = datasets.load(paths)
     metrics["baselines"] = run_baselines(data, split)
     metrics["baselines"]["seconds"] = round(time.perf_counter() - started, 1)
+    retrieval = metrics.setdefault("retrieval", {})
+    if config.zero_shot:
+        retrieval["zero_shot"] = zero_shot_metrics(data, metrics["config"], split)
+    if paths.repository("cpu").is_dir():
+        retrieval["served"] = served_metrics(paths, data, split)
+    else:
+        retrieval.pop("served", None)
+        log.warning(
+            "no repository at %s: the served pipeline is not measured", paths.repository("cpu")
+        )
     _write_json(paths.metrics, metrics)
     return metrics, write_report(metrics, paths.root)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -347,6 +348,20 @@ _CLOSERS = (
     "Packaged in recycled materials.",
 )
 _TIER_BANDS = {0: (0.0, 0.4), 1: (0.3, 0.7), 2: (0.6, 1.0)}  # position in the leaf's range
+# Lexical query mix: shares of the queries that name a model number, or a part/feature
+# the description mentions; every query stating a size writes it the way shoppers do.
+_CODE_QUERIES = 0.15
+_FEATURE_QUERIES = 0.10
+_CODE_IN_TITLE = 0.6  # else the model number is only in the description
+_UNIT_SPELLINGS = {
+    "inch": ("-inch", " inch", "in", '"', " in"),
+    "cm": ("cm", " cm"),
+    "l": ("l", " l", " litre", "ltr"),
+    "ml": ("ml", " ml"),
+    "kg": ("kg", " kg", " kilo"),
+    "mm": ("mm", " mm"),
+    "gb": ("gb", " gb"),
+}
 
 
 def brand_names(n: int) -> list[str]:
@@ -372,6 +387,9 @@ class _Catalog:
     band: np.ndarray  # 0 budget, 1 mid, 2 premium (position within the leaf's price range)
     brands: list[str]
     leaf_brands: list[np.ndarray]
+    series: np.ndarray  # index into _SERIES
+    features: np.ndarray  # (n, 2) the two leaf features each description names
+    codes: list[str]  # model number per product, unique ("NO-4521B")
 
     @cached_property
     def leaf_rows(self) -> list[np.ndarray]:
@@ -401,7 +419,18 @@ def _assign_brands(rng: np.random.Generator, n_brands: int) -> tuple[np.ndarray,
     return tiers, [np.array(sorted(s)) for s in sells]
 
 
-def _make_catalog(rng: np.random.Generator, scale: Scale, popularity: np.ndarray) -> _Catalog:
+def _model_codes(rng: np.random.Generator, brands: list[str]) -> list[str]:
+    """One unique model number per product: brand initials, four digits, a letter."""
+    picks = rng.choice(9000 * 26, size=len(brands), replace=False)
+    return [
+        f"{b[:2].upper()}-{1000 + v // 26}{chr(ord('A') + v % 26)}"
+        for b, v in zip(brands, picks, strict=True)
+    ]
+
+
+def _make_catalog(
+    rng: np.random.Generator, scale: Scale, popularity: np.ndarray, lexical: np.random.Generator
+) -> _Catalog:
     brands = brand_names(scale.brands)
     tiers, leaf_brands = _assign_brands(rng, scale.brands)
     n_leaves = len(LEAVES)
@@ -451,6 +480,10 @@ def _make_catalog(rng: np.random.Generator, scale: Scale, popularity: np.ndarray
     opener = rng.integers(len(_OPENERS), size=n)
     closer = rng.integers(len(_CLOSERS), size=n)
     feats = rng.random((n, 4))
+    # Drawn from their own generator, so everything above stays what it was for a seed.
+    codes = _model_codes(lexical, [brands[b] for b in brand])
+    code_in_title = lexical.random(n) < _CODE_IN_TITLE
+    features = np.zeros((n, 2), dtype=np.int64)
     titles, descriptions, categories = [], [], []
     colors_s, materials_s, sizes_s = [], [], []
     for r in range(n):
@@ -485,11 +518,15 @@ def _make_catalog(rng: np.random.Generator, scale: Scale, popularity: np.ndarray
             sentences.append(f"Made from {mt}.")
         elif c:
             sentences.append(f"Finished in {c}.")
-        f = [lf.features[k] for k in np.argsort(feats[r, : len(lf.features)])[:2]]
+        features[r] = np.argsort(feats[r, : len(lf.features)])[:2]
+        f = [lf.features[k] for k in features[r]]
         sentences.append(f"It features {f[0]} and {f[1]}.")
         if sz:
             sentences.append(f"Size: {sz}.")
+        sentences.append(f"Model {codes[r]}.")
         sentences.append(_CLOSERS[closer[r]])
+        if code_in_title[r]:
+            title = f"{title} {codes[r]}"
         titles.append(title)
         descriptions.append(" ".join(sentences))
         categories.append(lf.path)
@@ -510,7 +547,20 @@ def _make_catalog(rng: np.random.Generator, scale: Scale, popularity: np.ndarray
             "price": price.astype(np.float64),
         }
     )
-    return _Catalog(frame, leaf_of, brand, color, material, size, band, brands, leaf_brands)
+    return _Catalog(
+        frame,
+        leaf_of,
+        brand,
+        color,
+        material,
+        size,
+        band,
+        brands,
+        leaf_brands,
+        series,
+        features,
+        codes,
+    )
 
 
 def _typo(word: str, kind: float, where: float) -> str:
@@ -523,18 +573,67 @@ def _typo(word: str, kind: float, where: float) -> str:
     return word[: i + 1] + word[i] + word[i + 1 :]
 
 
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)-?(inch|cm|l|ml|kg|mm|gb)$", re.IGNORECASE)
+# Intent kinds: what a query asks for, and so how it is judged.
+ATTRIBUTE, CODE, FEATURE = 0, 1, 2
+
+
+def _spell_size(size: str, lexical: np.random.Generator) -> str:
+    """A size the way a shopper types it: "55-inch" as "55 inch", "55in", '55"'..."""
+    match = _SIZE.match(size)
+    if match is None:
+        return size.lower()
+    number, unit = match.group(1), match.group(2).lower()
+    spellings = _UNIT_SPELLINGS[unit]
+    return number + spellings[int(lexical.integers(len(spellings)))]
+
+
+def _code_query(cat: _Catalog, row: int, lexical: np.random.Generator) -> str:
+    """A model-number query for product `row`: the code as typed, maybe with brand/noun."""
+    code = cat.codes[row].lower()
+    prefix, number = code.split("-")
+    typed = (code, prefix + number, f"{prefix} {number}")[int(lexical.integers(3))]
+    lf = LEAVES[cat.leaf[row]]
+    brand = cat.brands[cat.brand[row]].lower()
+    form = int(lexical.integers(3))
+    return (typed, f"{brand} {typed}", f"{brand} {lf.nouns[0]} {typed}")[form]
+
+
+def _feature_query(leaf: int, feature: int, lexical: np.random.Generator) -> str:
+    """A part/feature query: "bike hydraulic disc brakes", "kettle with a limescale filter"."""
+    lf = LEAVES[leaf]
+    words = lf.features[feature].split()
+    phrase = " ".join(words[1:] if words[0] in ("a", "an") else words)
+    noun = lf.nouns[int(lexical.integers(len(lf.nouns)))]
+    form = int(lexical.integers(3))
+    return (f"{noun} {phrase}", f"{noun} with {phrase}", f"{phrase} {noun}")[form]
+
+
 def _make_queries(
-    rng: np.random.Generator, scale: Scale, cat: _Catalog, popularity: np.ndarray
+    rng: np.random.Generator,
+    scale: Scale,
+    cat: _Catalog,
+    popularity: np.ndarray,
+    lexical: np.random.Generator,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deduplicated noisy queries and, per query, the intent they were made from."""
+    """Deduplicated noisy queries and, per query, the intent they were made from.
+
+    Most ask for a leaf with attributes (colour, material, brand, size); _CODE_QUERIES of
+    them name one product's model number and _FEATURE_QUERIES a part or feature that
+    product descriptions mention: the lexical queries where exact tokens decide.
+    """
+    n_code = round(_CODE_QUERIES * scale.queries)
+    n_feature = round(_FEATURE_QUERIES * scale.queries)
+    n_attribute = scale.queries - n_code - n_feature
     attempts = max(50 * scale.queries, 1000)
     leaf_draw = rng.choice(len(LEAVES), size=attempts, p=popularity)
     u = rng.random((attempts, 16))
     seen: set[str] = set()
     texts: list[str] = []
-    intents: list[tuple[int, int, int, int, int]] = []
+    # (kind, leaf, color, material, brand, size, product row, feature)
+    intents: list[tuple[int, ...]] = []
     for a in range(attempts):
-        if len(texts) >= scale.queries:
+        if len(texts) >= n_attribute:
             break
         i = int(leaf_draw[a])
         lf, v = LEAVES[i], u[a]
@@ -564,7 +663,7 @@ def _make_queries(
             words.append(lf.materials[material].lower())
         words.extend(noun.split())
         if size >= 0:
-            words.append(lf.sizes[size].lower())
+            words.append(_spell_size(lf.sizes[size], lexical))
         if len(words) > 1 and v[11] < 0.1:
             words = [words[k] for k in rng.permutation(len(words))]
         if v[12] < 0.12:
@@ -577,45 +676,88 @@ def _make_queries(
             continue
         seen.add(text)
         texts.append(text)
-        intents.append((i, color, material, brand, size))
+        intents.append((ATTRIBUTE, i, color, material, brand, size, -1, -1))
+
+    n = len(cat.leaf)
+    for row in lexical.permutation(n)[: 3 * n_code]:
+        if len(texts) >= n_attribute + n_code:
+            break
+        text = _code_query(cat, int(row), lexical)
+        if text not in seen:
+            seen.add(text)
+            texts.append(text)
+            intents.append((CODE, int(cat.leaf[row]), -1, -1, -1, -1, int(row), -1))
+    feature_leaves = lexical.choice(len(LEAVES), size=20 * max(n_feature, 1), p=popularity)
+    for leaf in feature_leaves:
+        if len(texts) >= n_attribute + n_code + n_feature:
+            break
+        feature = int(lexical.integers(len(LEAVES[leaf].features)))
+        text = _feature_query(int(leaf), feature, lexical)
+        if text not in seen:
+            seen.add(text)
+            texts.append(text)
+            intents.append((FEATURE, int(leaf), -1, -1, -1, -1, -1, feature))
 
     query_ids = np.arange(1, len(texts) + 1, dtype=np.int64)
     split = split_by_key(texts, seed=int(rng.integers(2**31)))
     queries = pd.DataFrame({"query_id": query_ids, "query": texts, "split": split})
-    arr = np.array(intents, dtype=np.int64).reshape(-1, 5)
+    arr = np.array(intents, dtype=np.int64).reshape(-1, 8)
     intent = pd.DataFrame(
         {
             "query_id": query_ids,
-            "leaf": arr[:, 0],
-            "color_idx": arr[:, 1],
-            "material_idx": arr[:, 2],
-            "brand_idx": arr[:, 3],
-            "size_idx": arr[:, 4],
+            "kind": arr[:, 0],
+            "leaf": arr[:, 1],
+            "color_idx": arr[:, 2],
+            "material_idx": arr[:, 3],
+            "brand_idx": arr[:, 4],
+            "size_idx": arr[:, 5],
+            "product_row": arr[:, 6],
+            "feature_idx": arr[:, 7],
         }
     )
     return queries, intent
 
 
+KIND_NAMES = {ATTRIBUTE: "attribute", CODE: "code", FEATURE: "feature"}
+
+
 def _intent_strings(intent: pd.DataFrame, cat: _Catalog) -> pd.DataFrame:
-    """The intent table in catalog terms ("" = not stated), for tests and analysis."""
+    """The intent table in catalog terms ("" = not stated), for tests and analysis.
+
+    kind is "attribute", "code" (target_id is the product whose model number the query
+    names) or "feature" (feature is the part/feature phrase the query asks for)."""
 
     def pick(values: tuple[str, ...], idx: int) -> str:
         return values[idx] if idx >= 0 else ""
 
+    product_ids = cat.frame["product_id"].to_numpy()
     rows = []
-    for q, i, c, m, b, s in intent.itertuples(index=False):
-        lf = LEAVES[i]
+    for r in intent.itertuples(index=False):
+        lf = LEAVES[r.leaf]
         rows.append(
             (
-                q,
+                r.query_id,
+                KIND_NAMES[r.kind],
                 lf.path,
-                pick(lf.colors, c),
-                pick(lf.materials, m),
-                cat.brands[b] if b >= 0 else "",
-                pick(lf.sizes, s),
+                pick(lf.colors, r.color_idx),
+                pick(lf.materials, r.material_idx),
+                cat.brands[r.brand_idx] if r.brand_idx >= 0 else "",
+                pick(lf.sizes, r.size_idx),
+                int(product_ids[r.product_row]) if r.product_row >= 0 else -1,
+                pick(lf.features, r.feature_idx),
             )
         )
-    columns = ["query_id", "category", "color", "material", "brand", "size"]
+    columns = [
+        "query_id",
+        "kind",
+        "category",
+        "color",
+        "material",
+        "brand",
+        "size",
+        "target_id",
+        "feature",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -638,25 +780,40 @@ def _judge(
     rows_iter = tqdm(
         intent.itertuples(index=False), total=len(intent), desc="judging", disable=not progress
     )
-    for _q, i, c, m, b, s in rows_iter:
+    for r in rows_iter:
+        i = r.leaf
         same = leaf_rows[i]
-        stated = 0
-        matched_arr = np.zeros(len(same), dtype=np.int64)
-        for arr, want in zip(attrs, (c, m, b, s), strict=True):
-            if want >= 0:
-                stated += 1
-                matched_arr += arr[same] == want
-        if stated == 0:
-            g_same = np.full(len(same), 3, dtype=np.int64)
+        siblings = sibling_rows[i]
+        if r.kind == CODE:
+            # The named product; its series in other colours or sizes; the brand's others.
+            p = r.product_row
+            brand = cat.brand[same] == cat.brand[p]
+            series = brand & (cat.series[same] == cat.series[p])
+            g_same = np.where(same == p, 3, np.where(series, 2, np.where(brand, 1, 0)))
+            siblings = siblings[:0]  # another category is no answer to a model number
+        elif r.kind == FEATURE:
+            has = (cat.features[same] == r.feature_idx).any(axis=1)
+            g_same = np.where(has, 3, 1)
         else:
-            g_same = np.where(
-                matched_arr == stated, 3, np.where(2 * matched_arr >= stated, 2, 1)
-            ).astype(np.int64)
+            stated = 0
+            matched_arr = np.zeros(len(same), dtype=np.int64)
+            wanted = (r.color_idx, r.material_idx, r.brand_idx, r.size_idx)
+            for arr, want in zip(attrs, wanted, strict=True):
+                if want >= 0:
+                    stated += 1
+                    matched_arr += arr[same] == want
+            if stated == 0:
+                g_same = np.full(len(same), 3, dtype=np.int64)
+            else:
+                g_same = np.where(
+                    matched_arr == stated, 3, np.where(2 * matched_arr >= stated, 2, 1)
+                )
+        g_same = g_same.astype(np.int64)
         chosen: list[np.ndarray] = []
         chosen_g: list[np.ndarray] = []
         budget = scale.max_judged
         tiers = [(same[g_same == g], g) for g in (3, 2)]
-        tiers.append((np.concatenate([same[g_same == 1], sibling_rows[i]]), 1))
+        tiers.append((np.concatenate([same[g_same == 1], siblings]), 1))
         for rows, g in tiers:
             if budget <= 0 or len(rows) == 0:
                 continue
@@ -904,8 +1061,11 @@ def generate_with_intents(
     rng = np.random.default_rng(seed)
     popularity = rng.lognormal(0.0, 0.5, size=len(LEAVES))
     popularity /= popularity.sum()
-    cat = _make_catalog(rng, sc, popularity)
-    queries, intent = _make_queries(rng, sc, cat, popularity)
+    # Model numbers and lexical queries come from a generator of their own, so the rest of
+    # the shop is what it was for the same seed before they existed.
+    lexical = np.random.default_rng([seed, 1])
+    cat = _make_catalog(rng, sc, popularity, lexical)
+    queries, intent = _make_queries(rng, sc, cat, popularity, lexical)
     judgements, judged_rows, judged_grades = _judge(rng, sc, cat, intent, progress)
     users, pref_leaves, pref_brands, bands = _make_users(rng, sc, cat, popularity)
     events = _simulate_sessions(

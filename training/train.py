@@ -1,9 +1,18 @@
-"""The training stage end to end: data → zero-shot eval → fine-tune → item index → fusion.
+"""The training stage end to end: data → fine-tune → hybrid relevance → behaviour fusion.
 
     python -m shoprank.training --out artifacts/demo --scale demo
 
-writes everything below `--out` at the places named by `contract.ArtifactPaths`, and
-`metrics.json` comparing the zero-shot and fine-tuned encoder and the fusion ranker.
+writes everything below `--out` at the places named by `contract.ArtifactPaths`:
+
+1. the fine-tuned encoder and the catalog's embeddings (`model/encoder`, item index);
+2. the lexical index (BM25 over the product fields) and the item tables;
+3. stage A, the learned hybrid: candidates of every judged query from the dense scan and
+   BM25, a relevance model (dense + lexical features) trained on them (training/hybrid.py);
+4. stage B, the fusion ranker's behaviour part trained on the click logs
+   (training/behaviour.py), its re-rank depth chosen on validation queries;
+5. `metrics.json` with every retrieval stage (BM25, dense, RRF, learned hybrid) and the
+   fusion variants. `python -m shoprank.training.evaluate` adds the baselines (zero-shot,
+   popularity) and the served pipeline's own metrics.
 """
 
 from __future__ import annotations
@@ -18,19 +27,25 @@ import numpy as np
 import torch
 
 from shoprank import contract, datasets
+from shoprank.ann import DenseConfig, DenseIndex
 from shoprank.artifacts import save_item_index
 from shoprank.configargs import config_to_dict, parse_config, setup_logging
 from shoprank.encoder import embed, load_encoder
-from shoprank.fusion import FusionRanker, TextOnlyRanker, save_ranker
+from shoprank.features import USER_ITEM_FEATURES, ItemTables
+from shoprank.fusion import FusionRanker, as_tensors, combine, save_ranker
+from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.metrics import (
     CLICK_AUC,
+    MRR,
     NDCG_AT_10,
     PURCHASE_NDCG_AT_10,
+    RECALL_AT_100,
     mean_metrics,
     paired_bootstrap_gain,
     top_k_rankings,
 )
-from shoprank.training import behaviour, finetune
+from shoprank.ranking import RetrievalConfig
+from shoprank.training import behaviour, finetune, hybrid
 from shoprank.training.encoder import base_encoder_path, embed_onnx
 
 log = logging.getLogger(__name__)
@@ -80,6 +95,11 @@ class TrainConfig:
         default="weighted,concat_mlp,target_attention",
         metadata={"help": "comma-separated fusion variants to train"},
     )
+    dense_k: int = field(default=200, metadata={"help": "dense candidates per query"})
+    lexical_k: int = field(default=100, metadata={"help": "BM25 candidates per query"})
+    relevance_kinds: str = field(
+        default="0,16", metadata={"help": "relevance models to try: 0 linear, N MLP width"}
+    )
 
 
 def load_data(config: TrainConfig, paths: contract.ArtifactPaths) -> datasets.ShopData:
@@ -115,59 +135,6 @@ def judged_metrics(
     return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
 
 
-@torch.no_grad()
-def ranker_judged_metrics(
-    ranker: FusionRanker,
-    q_emb: np.ndarray,
-    query_ids: np.ndarray,
-    product_ids: np.ndarray,
-    data: datasets.ShopData,
-) -> dict[str, float]:
-    """Judged-query metrics of the served ranking (text + behaviour prior, no history).
-
-    Guards the full-catalog ranking: a ranker that learned only popularity from logged
-    impressions would score well on sessions and badly here.
-    """
-    empty = torch.zeros(len(q_emb), 1, dtype=torch.long)
-    scores = ranker(torch.from_numpy(q_emb), empty, torch.zeros(len(q_emb), 1)).numpy()
-    rankings = top_k_rankings(scores, query_ids, product_ids)
-    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
-
-
-def choose_rerank_depth(
-    ranker: FusionRanker,
-    text_only: FusionRanker,
-    q_emb: np.ndarray,
-    query_ids: np.ndarray,
-    product_ids: np.ndarray,
-    data: datasets.ShopData,
-    max_loss: float,
-    depths: tuple[int, ...] = (256, 100, 50, 20, 10),
-) -> dict:
-    """Deepest re-rank depth whose validation NDCG@10 stays within `max_loss` (relative)
-    of text-only ranking; sets it on `ranker`.
-
-    Click logs judge products the way shoppers click, judgements the way the catalog is
-    described: letting behaviour reorder deep into the text ranking can trade relevance
-    for popularity, so the depth is chosen on held-out queries, not assumed.
-    """
-    base = ranker_judged_metrics(text_only, q_emb, query_ids, product_ids, data)[NDCG_AT_10]
-    tried = {}
-    for depth in depths:
-        ranker.retrieve_k = depth
-        metrics = ranker_judged_metrics(ranker, q_emb, query_ids, product_ids, data)
-        tried[depth] = metrics[NDCG_AT_10]
-        if tried[depth] >= (1.0 - max_loss) * base:
-            break
-    log.info(
-        "re-rank depth %d (validation NDCG@10 by depth %s, text-only %.4f)",
-        ranker.retrieve_k,
-        tried,
-        base,
-    )
-    return {"depth": ranker.retrieve_k, "val_ndcg@10": tried, "val_text_only_ndcg@10": base}
-
-
 def embed_catalog(
     model, encoder_dir: Path, data: datasets.ShopData, config: TrainConfig, desc: str
 ) -> np.ndarray:
@@ -191,6 +158,87 @@ def embed_catalog(
     )
 
 
+@torch.no_grad()
+def cold_start_scores(
+    ranker: FusionRanker, qs: hybrid.QuerySet, item_emb: np.ndarray, tables: ItemTables
+) -> tuple[np.ndarray, np.ndarray]:
+    """(relevance, full score) of every candidate of `qs` with an empty history (Q, C)."""
+    q, c = qs.cosine.shape
+    dim = item_emb.shape[1]
+    rows = np.zeros((q, c), np.int64)
+    for i, cand in enumerate(qs.candidates):
+        rows[i, : len(cand)] = cand
+    relevance, full = ranker(
+        *as_tensors(
+            qs.embeddings,
+            np.zeros((q, 1, dim), np.float32),
+            np.zeros((q, 1), np.float32),
+            item_emb[rows],
+            qs.lexical,
+            tables.item_features[rows],
+            np.zeros((q, c, len(USER_ITEM_FEATURES)), np.float32),
+        )
+    )
+    return relevance.numpy(), full.numpy()
+
+
+def served_judged_metrics(
+    ranker: FusionRanker,
+    qs: hybrid.QuerySet,
+    item_emb: np.ndarray,
+    tables: ItemTables,
+    data: datasets.ShopData,
+    depth: int,
+) -> dict[str, float]:
+    """Judged-query metrics of the served ranking at cold start (relevance + item prior
+    over the hybrid candidates, behaviour cut at `depth`).
+
+    Guards the ranking a new shopper sees: a ranker that learned only popularity from
+    logged impressions would score well on sessions and badly here.
+    """
+    relevance, full = cold_start_scores(ranker, qs, item_emb, tables)
+    scores = combine(relevance, full, depth, qs.valid)
+    product_ids = data.catalog["product_id"].to_numpy(np.int64)
+    rankings = hybrid.rankings_from_scores(qs, scores, product_ids)
+    return mean_metrics(rankings, datasets.judgement_grades(data, list(rankings)))
+
+
+def choose_rerank_depth(
+    ranker: FusionRanker,
+    qs: hybrid.QuerySet,
+    item_emb: np.ndarray,
+    tables: ItemTables,
+    data: datasets.ShopData,
+    max_loss: float,
+    depths: tuple[int, ...] = (256, 100, 50, 20, 10, 5),
+) -> dict:
+    """Deepest re-rank depth whose validation NDCG@10 stays within `max_loss` (relative) of
+    ranking by relevance alone.
+
+    Click logs judge products the way shoppers click, judgements the way the catalog is
+    described: letting behaviour reorder deep into the relevance ranking can trade
+    relevance for popularity, so the depth is chosen on held-out queries, not assumed.
+    """
+    relevance, _ = cold_start_scores(ranker, qs, item_emb, tables)
+    grades = datasets.judgement_grades(data, qs.query_ids.tolist())
+    base = hybrid.ndcg_of_scores(qs, np.where(qs.valid, relevance, -np.inf), grades)
+    tried = {}
+    chosen = depths[-1]
+    for depth in depths:
+        tried[depth] = served_judged_metrics(ranker, qs, item_emb, tables, data, depth)[NDCG_AT_10]
+        if tried[depth] >= (1.0 - max_loss) * base:
+            chosen = depth
+            break
+    ranker.config.depth = chosen
+    log.info(
+        "re-rank depth %d (validation NDCG@10 by depth %s, relevance only %.4f)",
+        chosen,
+        tried,
+        base,
+    )
+    return {"depth": chosen, "val_ndcg@10": tried, "val_relevance_only_ndcg@10": base}
+
+
 def run(config: TrainConfig) -> dict:
     """Run the whole training stage; return (and write) the metrics."""
     torch.manual_seed(config.seed)
@@ -207,18 +255,14 @@ def run(config: TrainConfig) -> dict:
     )
 
     base_path = base_encoder_path(
-        config.encoder_path, config.tiny_encoder, paths.model, config.seed
+        config.encoder_path, config.tiny_encoder, paths.training_work, config.seed
     )
     model = load_encoder(base_path, config.max_product_tokens)
-    eval_split = "test"
-
-    # The zero-shot baseline is the pretrained encoder as shipped, before any adaptation.
-    item_emb = embed_catalog(model, base_path, data, config, "embed catalog (zero-shot)")
-    zero_shot = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
-    log.info("zero-shot %s", zero_shot)
-    # Hard negatives are mined with the same (pretrained) encoder that embedded the catalog.
-    query_emb = None
+    # Hard negatives are mined with the encoder as shipped (before any adaptation); the
+    # zero-shot baseline itself is measured by `training.evaluate`.
+    query_emb = item_emb = None
     if config.hard_negatives:
+        item_emb = embed_catalog(model, base_path, data, config, "embed catalog (shipped)")
         train_q = data.queries[data.queries["split"] == "train"]
         emb = embed(
             model, train_q["query"].tolist(), config.embed_batch_size, contract.MAX_QUERY_TOKENS
@@ -248,41 +292,73 @@ def run(config: TrainConfig) -> dict:
     model.save(str(paths.encoder))
 
     item_emb = embed_catalog(model, paths.encoder, data, config, "embed catalog (fine-tuned)")
+    eval_split = "test"
     fine_tuned = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
     log.info("fine-tuned %s", fine_tuned)
 
+    # Stage A: lexical index, hybrid candidates, the learned relevance model.
+    lexical = LexicalIndex.build(data.catalog, progress=True)
+    lexical.save(paths.lexical_index)
+    q_emb = embed(
+        model,
+        data.queries["query"].tolist(),
+        batch_size=config.embed_batch_size,
+        max_seq_length=contract.MAX_QUERY_TOKENS,
+    )
+    exact = DenseIndex.build(item_emb, DenseConfig(kind="flat"))
+    retrieval = RetrievalConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
+    qsets = {
+        split: hybrid.build_query_set(data, split, q_emb, item_emb, exact, lexical, retrieval)
+        for split in datasets.SPLITS
+    }
+    relevance, relevance_report = hybrid.fit_relevance(
+        data,
+        qsets["train"],
+        qsets["val"],
+        tuple(int(h) for h in config.relevance_kinds.split(",")),
+        seed=config.seed,
+    )
     product_ids = data.catalog["product_id"].to_numpy(np.int64)
-    row_of = {int(p): i for i, p in enumerate(product_ids)}
+    stages = hybrid.stage_metrics(data, qsets[eval_split], relevance, product_ids)
+    log.info("retrieval stages %s", {k: round(v[NDCG_AT_10], 4) for k, v in stages.items()})
+
+    # Item tables: attributes and behaviour features the ranker gathers.
     events = data.events
     feats = (
         behaviour.item_features(events[events["split"] == "train"], product_ids)
         if events is not None
-        else np.zeros((len(product_ids), 2), np.float32)
+        else None
     )
-    attributes = behaviour.item_attributes(data.catalog)
-    save_item_index(paths.item_index, product_ids, item_emb, feats)
-    ranker = behaviour.make_ranker(config.fusions.split(",")[0], item_emb, feats, attributes)
+    tables = ItemTables.from_catalog(data.catalog, feats)
+    tables.save(paths.item_tables)
+    save_item_index(paths.item_index, product_ids, item_emb, tables.item_features)
+
+    # Stage B: the behaviour part of the fusion ranker, on the click logs.
+    ranker = behaviour.make_ranker(config.fusions.split(",")[0], item_emb.shape[1], relevance)
     fusion_report: dict = {"trained": False}
     if events is not None:
         query_ids = data.queries["query_id"].to_numpy()
-        q_emb = embed(
-            model,
-            data.queries["query"].tolist(),
-            batch_size=config.embed_batch_size,
-            max_seq_length=contract.MAX_QUERY_TOKENS,
-        )
         query_row_of = {int(q): i for i, q in enumerate(query_ids)}
+        row_of = {int(p): i for i, p in enumerate(product_ids)}
+        query_tokens = [tokenize(q) for q in data.queries["query"]]
         histories = behaviour.session_histories(events, row_of)
         examples = {
-            split: behaviour.build_examples(events, split, query_row_of, row_of, histories)
-            for split in ("train", "val", "test")
+            split: behaviour.attach_features(
+                behaviour.build_examples(events, split, query_row_of, row_of, histories),
+                query_tokens,
+                lexical,
+                tables,
+                negatives=config.fusion_negatives if split == "train" else 0,
+                seed=config.seed,
+            )
+            for split in datasets.SPLITS
         }
         results = behaviour.train_fusions(
             tuple(config.fusions.split(",")),
-            item_emb,
-            feats,
-            attributes,
+            relevance,
             q_emb,
+            item_emb,
+            tables,
             examples["train"],
             examples["val"],
             examples["test"],
@@ -290,44 +366,42 @@ def run(config: TrainConfig) -> dict:
             batch_size=config.fusion_batch_size,
             lr=config.fusion_lr,
             seed=config.seed,
-            negatives=config.fusion_negatives,
         )
         # Served variant: best purchase-NDCG@10 on *validation* sessions (test stays unseen).
         best = max(results, key=lambda f: results[f].val[PURCHASE_NDCG_AT_10])
         ranker = results[best].ranker
-        text_only = TextOnlyRanker(torch.from_numpy(item_emb), torch.from_numpy(feats)).eval()
-        test_rows = np.flatnonzero(data.queries["split"].to_numpy() == eval_split)
-        val_rows = np.flatnonzero(data.queries["split"].to_numpy() == "val")
         depth = choose_rerank_depth(
-            ranker,
-            text_only,
-            q_emb[val_rows],
-            query_ids[val_rows],
-            product_ids,
-            data,
-            config.max_relevance_loss,
+            ranker, qsets["val"], item_emb, tables, data, config.max_relevance_loss
         )
-        text_metrics, base = behaviour.score_sessions(text_only, q_emb, examples["test"])
+        relevance_only, base = behaviour.score_sessions(
+            ranker, q_emb, item_emb, tables, examples["test"], relevance_only=True
+        )
         fusion_report = {
             "trained": True,
             "served": best,
             "rerank_depth": depth,
-            "alpha": float(ranker.alpha.detach()),
+            "alpha": ranker.alpha,
             "train_impressions": len(examples["train"]),
-            "text_only": text_metrics,
+            "relevance_only": relevance_only,
             **{name: r.summary() for name, r in results.items()},
-            "judged_cold_start": ranker_judged_metrics(
-                ranker, q_emb[test_rows], query_ids[test_rows], product_ids, data
-            ),
         }
-        # How sure is "better than text-only"? Paired bootstrap over the test sessions.
+        # How sure is "better than relevance alone"? Paired bootstrap over test sessions.
         if len(base) and base.mean() > 0:
             for name, result in results.items():
-                fusion_report[name]["gain_vs_text_only"] = paired_bootstrap_gain(
+                fusion_report[name]["gain_vs_relevance_only"] = paired_bootstrap_gain(
                     base, result.test_session_ndcgs, seed=config.seed
                 )
         log.info("served fusion %s: %s", best, results[best].test)
+    else:
+        depth = choose_rerank_depth(
+            ranker, qsets["val"], item_emb, tables, data, config.max_relevance_loss
+        )
+    fusion_report["judged_cold_start"] = served_judged_metrics(
+        ranker, qsets[eval_split], item_emb, tables, data, ranker.config.depth
+    )
     save_ranker(ranker, paths.ranker)
+    retrieval.depth = ranker.config.depth
+    retrieval.save(paths.retrieval_config)
 
     metrics = {
         "config": config_to_dict(config),
@@ -337,7 +411,12 @@ def run(config: TrainConfig) -> dict:
             "judgements": len(data.judgements),
             "events": 0 if events is None else len(events),
         },
-        "retrieval": {"split": eval_split, "zero_shot": zero_shot, "fine_tuned": fine_tuned},
+        "retrieval": {
+            "split": eval_split,
+            "fine_tuned": fine_tuned,
+            **{name: m for name, m in stages.items() if name != "dense"},
+        },
+        "relevance_model": relevance_report,
         "encoder_loss_curve": encoder_curve,
         "mlm_loss_curve": mlm_curve,
         "fusion": fusion_report,
@@ -351,26 +430,36 @@ def run(config: TrainConfig) -> dict:
 def summary_lines(metrics: dict) -> list[str]:
     """Human-readable summary of metrics.json."""
     r = metrics["retrieval"]
-    lines = [
-        f"retrieval on {r['zero_shot']['queries']} held-out queries (NDCG@10 / Recall@100 / MRR):",
-        *(
-            f"  {name:<11} {m['ndcg@10']:.4f} / {m['recall@100']:.4f} / {m['mrr']:.4f}"
-            for name, m in (("zero-shot", r["zero_shot"]), ("fine-tuned", r["fine_tuned"]))
-        ),
+    labels = {
+        "zero_shot": "zero-shot",
+        "bm25": "BM25",
+        "fine_tuned": "dense (fine-tuned)",
+        "rrf": "RRF",
+        "learned_hybrid": "learned hybrid",
+        "served": "served pipeline",
+    }
+    shown = [(labels[k], r[k]) for k in labels if isinstance(r.get(k), dict)]
+    queries = next(iter(shown))[1].get("queries", "?") if shown else "?"
+    lines = [f"retrieval on {queries} held-out queries (NDCG@10 / Recall@100 / MRR):"]
+    lines += [
+        f"  {name:<19} {m[NDCG_AT_10]:.4f} / {m[RECALL_AT_100]:.4f} / {m[MRR]:.4f}"
+        for name, m in shown
     ]
     f = metrics["fusion"]
-    if f.get("trained"):
+    if "judged_cold_start" in f:
         c = f["judged_cold_start"]
         lines.append(
-            f"  served ranker (cold) {c['ndcg@10']:.4f} / {c['recall@100']:.4f} / {c['mrr']:.4f}"
+            f"  {'ranker (cold start)':<19} {c[NDCG_AT_10]:.4f} / {c[RECALL_AT_100]:.4f} / "
+            f"{c[MRR]:.4f}"
         )
+    if f.get("trained"):
         lines.append(
-            f"fusion on held-out sessions (served: {f['served']}, α = {f['alpha']:.3f}) "
-            "(click AUC / purchase-NDCG@10):"
+            f"fusion on held-out sessions (served: {f['served']}, α = {f['alpha']:.3f}, "
+            f"re-rank depth {f['rerank_depth']['depth']}) (click AUC / purchase-NDCG@10):"
         )
         for name, m in f.items():
             if isinstance(m, dict) and CLICK_AUC in m and PURCHASE_NDCG_AT_10 in m:
-                lines.append(f"  {name:<17} {m['click_auc']:.4f} / {m['purchase_ndcg@10']:.4f}")
+                lines.append(f"  {name:<17} {m[CLICK_AUC]:.4f} / {m[PURCHASE_NDCG_AT_10]:.4f}")
     lines.append(f"training took {metrics['train_seconds']} s")
     return lines
 

@@ -2,6 +2,7 @@
 
     python -m shoprank_client search "red leather sofa" --history 12,55 --top-k 10
     python -m shoprank_client search "red leather sofa" --json
+    python -m shoprank_client rerank "red leather sofa" --candidates 100012,100055,100077
     python -m shoprank_client health
 
 Exit codes: 0 success, 2 bad arguments, server error or server not ready.
@@ -13,14 +14,20 @@ import argparse
 import json
 import sys
 
-from shoprank_client.protocol import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K
+from shoprank_client.protocol import (
+    DEFAULT_GRPC_URL,
+    DEFAULT_TOP_K,
+    ENSEMBLE_MODEL,
+    MAX_CANDIDATES,
+    MAX_TOP_K,
+)
 from shoprank_client.search_client import DEFAULT_TIMEOUT_S, SearchClient, SearchError, SearchResult
 
 EXIT_ERROR = 2
 
 
 def parse_history(text: str) -> list[int]:
-    """Parse "12,55, 7" into [12, 55, 7]; an empty string is an empty history."""
+    """Parse "12,55, 7" into [12, 55, 7]; an empty string is an empty list."""
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
@@ -52,16 +59,29 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
         results = client.search(args.query, history=args.history, top_k=args.top_k)
+    _print(args, results, query=args.query, history=args.history, top_k=args.top_k)
+    return 0
+
+
+def _print(args: argparse.Namespace, results: list[SearchResult], **request) -> None:
     if args.json:
-        payload = {
-            "query": args.query,
-            "history": args.history,
-            "top_k": args.top_k,
-            "results": [r.to_dict() for r in results],
-        }
+        payload = {**request, "results": [r.to_dict() for r in results]}
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
         print(format_table(results))
+
+
+def _cmd_rerank(args: argparse.Namespace) -> int:
+    with SearchClient(args.url, timeout_s=args.timeout) as client:
+        results = client.rerank(args.query, args.candidates, history=args.history, top_k=args.top_k)
+    _print(
+        args,
+        results,
+        query=args.query,
+        candidates=args.candidates,
+        history=args.history,
+        top_k=args.top_k,
+    )
     return 0
 
 
@@ -100,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _connection_args(p_search)
     p_search.set_defaults(func=_cmd_search)
+
+    p_rerank = sub.add_parser("rerank", help="rank only the given candidate ids for a query")
+    p_rerank.add_argument("query", help="free-text search query")
+    p_rerank.add_argument(
+        "--candidates",
+        type=parse_history,
+        required=True,
+        help=f"comma-separated product ids to rank (at most {MAX_CANDIDATES})",
+    )
+    p_rerank.add_argument(
+        "--history",
+        type=parse_history,
+        default=[],
+        help="comma-separated product ids the shopper interacted with, oldest first",
+    )
+    p_rerank.add_argument(
+        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
+    )
+    p_rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _connection_args(p_rerank)
+    p_rerank.set_defaults(func=_cmd_rerank)
 
     p_health = sub.add_parser("health", help="is the server up and the model ready?")
     _connection_args(p_health)

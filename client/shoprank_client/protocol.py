@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Ensembles served by Triton.
+# Ensembles served by Triton: `search` retrieves and ranks the catalog for a query;
+# `rerank` ranks only the candidates a search backend sends (CANDIDATE_IDS).
 ENSEMBLE_MODEL = "search"
+RERANK_MODEL = "rerank"
 
 # Request limits, documented in the README. Queries are truncated (never rejected) at
 # MAX_QUERY_TOKENS; raw text beyond MAX_QUERY_CHARS is dropped before tokenizing so a
@@ -23,6 +25,8 @@ MAX_QUERY_CHARS = 512
 MAX_HISTORY = 50
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
+# A re-rank request may send at most this many candidate ids.
+MAX_CANDIDATES = 1000
 MAX_BATCH_SIZE = 64
 
 # Ports of the server (Triton's defaults).
@@ -67,5 +71,8 @@ PRODUCT_IDS = TensorSpec("PRODUCT_IDS", "TYPE_INT64", (-1,))
 SCORES = TensorSpec("SCORES", "TYPE_FP32", (-1,))
 TITLES = TensorSpec("TITLES", "TYPE_STRING", (-1,))
 
+CANDIDATE_IDS = TensorSpec("CANDIDATE_IDS", "TYPE_INT64", (-1,), ragged=True)
+
 ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K)
+RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS)
 ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)

@@ -12,14 +12,17 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from shoprank_client.protocol import (
+    CANDIDATE_IDS,
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
     HISTORY,
+    MAX_CANDIDATES,
     MAX_TOP_K,
     PRODUCT_IDS,
     QUERY,
+    RERANK_MODEL,
     SCORES,
     TITLES,
     TOP_K,
@@ -63,6 +66,20 @@ class SearchError(RuntimeError):
         return cls(err.message() or str(err), status)
 
 
+def _ids(values: Sequence[int], what: str) -> np.ndarray:
+    """Product ids as an int64 row [1, n], with a clear error for anything else."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{what} must be a sequence of product ids, not a string")
+    ids = list(values)
+    for item in ids:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            raise ValueError(f"{what} ids must be ints, got {item!r}")
+        if not _INT64.min <= item <= _INT64.max:
+            raise ValueError(f"{what} id {item} does not fit in int64")
+    # The batch dimension (models have max_batch_size > 0) makes this [1, n]; n may be 0.
+    return np.array(ids, dtype=np.int64).reshape(1, len(ids))
+
+
 def _validate(query: str, history: Sequence[int], top_k: int) -> np.ndarray:
     """Client-side checks with clear messages; returns the history as an int64 row."""
     if not isinstance(query, str):
@@ -71,24 +88,19 @@ def _validate(query: str, history: Sequence[int], top_k: int) -> np.ndarray:
         raise ValueError(f"top_k must be an int, got {type(top_k).__name__}")
     if not 1 <= top_k <= MAX_TOP_K:
         raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
-    if isinstance(history, (str, bytes)):
-        raise ValueError("history must be a sequence of product ids, not a string")
-    ids = list(history)
-    for item in ids:
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
-            raise ValueError(f"history ids must be ints, got {item!r}")
-        if not _INT64.min <= item <= _INT64.max:
-            raise ValueError(f"history id {item} does not fit in int64")
-    # The batch dimension (models have max_batch_size > 0) makes this [1, H]; H may be 0.
-    return np.array(ids, dtype=HISTORY.numpy_dtype).reshape(1, len(ids))
+    return _ids(history, "history")
 
 
-def _inputs(query: str, history: np.ndarray, top_k: int) -> list[grpcclient.InferInput]:
+def _inputs(
+    query: str, history: np.ndarray, top_k: int, candidates: np.ndarray | None = None
+) -> list[grpcclient.InferInput]:
     arrays = {
         QUERY: np.array([[query.encode("utf-8")]], dtype=QUERY.numpy_dtype),
         HISTORY: history,
         TOP_K: np.array([[top_k]], dtype=TOP_K.numpy_dtype),
     }
+    if candidates is not None:
+        arrays[CANDIDATE_IDS] = candidates
     inputs = []
     for spec, array in arrays.items():
         tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
@@ -141,9 +153,11 @@ class SearchClient:
         url: str = DEFAULT_GRPC_URL,
         model: str = ENSEMBLE_MODEL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        rerank_model: str = RERANK_MODEL,
     ) -> None:
         self.url = url
         self.model = model
+        self.rerank_model = rerank_model
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url=url)
 
@@ -160,6 +174,35 @@ class SearchClient:
         try:
             response = self._client.infer(
                 self.model, inputs, outputs=_OUTPUTS, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as err:
+            raise SearchError.from_exception(err) from None
+        return parse_response(response)
+
+    def rerank(
+        self,
+        query: str,
+        candidates: Sequence[int],
+        history: Sequence[int] = (),
+        top_k: int = DEFAULT_TOP_K,
+    ) -> list[SearchResult]:
+        """Rank only `candidates` (product ids from your own engine) for `query` and the
+        shopper's `history`. Unknown and repeated ids are ignored; an empty (or all
+        unknown) list gives no results.
+
+        Raises:
+            ValueError: invalid arguments, or more than MAX_CANDIDATES candidates.
+            SearchError: the server rejected the request or could not be reached.
+        """
+        rows = _ids(candidates, "candidate")
+        if rows.shape[1] > MAX_CANDIDATES:
+            raise ValueError(
+                f"at most {MAX_CANDIDATES} candidates per request, got {rows.shape[1]}"
+            )
+        inputs = _inputs(query, _validate(query, history, top_k), top_k, rows)
+        try:
+            response = self._client.infer(
+                self.rerank_model, inputs, outputs=_OUTPUTS, client_timeout=self.timeout_s
             )
         except InferenceServerException as err:
             raise SearchError.from_exception(err) from None

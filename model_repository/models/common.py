@@ -37,3 +37,9 @@ def internal(message: str) -> Any:
 def input_array(request: Any, name: str) -> Any:
     """The numpy value of input `name` of `request`."""
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+
+def optional_array(request: Any, name: str) -> Any:
+    """The numpy value of optional input `name`, or None when the request left it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()

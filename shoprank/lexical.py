@@ -1,0 +1,492 @@
+"""Lexical retrieval: a tokenizer that keeps model numbers, sizes and units searchable, a
+BM25 index over the product's fields (bm25s), and the lexical features the ranker uses.
+
+Real product queries are full of tokens where the exact string matters and a sentence
+encoder is weakest: model and part numbers ("nv-4521b"), sizes with units ("1/2 in.",
+"5 gal", "55-inch"), grades ("r-13"). `tokenize` maps the surface forms shoppers and
+catalogs use to the same tokens:
+
+    "NV-4521B"  "nv 4521b"  "nv4521b"   → nv, 4521b, nv4521b (+ 4521)
+    "55-inch"  "55 inch"  '55"'  "55in" → 55, inch, 55inch
+    "1.5L"  "1.5 litre"                 → 1.5, l, 1.5l
+    "r-13"  "r13"                       → 13, r13
+    "1/2 in. copper tee"                → 1/2, inch, 1/2inch, copper, tee
+
+Words are lower-cased, Unicode-normalised (NFKC), plurals folded by the S-stemmer
+(Harman 1991) and Lucene's English stopwords dropped. The same function tokenizes the
+catalog at build time and every query at serving time, so the two cannot drift.
+
+`LexicalIndex` holds bm25s's document-term weights (CSC: per token, the documents that
+contain it and their BM25 weight) plus, per field, which documents contain each token.
+From those it retrieves the top documents for a query and computes, for any candidate
+rows, the features in LEXICAL_FEATURES.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Lucene's English stopwords (as bm25s ships them), without the "in" a size may need: a
+# unit after a number becomes "inch" before stopwords are dropped.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    ]
+)
+# Unit spellings → one canonical token. Only read as a unit right after a number
+# ("55 in" is a size, "sofa in grey" is not).
+UNITS: Mapping[str, str] = {
+    **dict.fromkeys(("in", "inch", "inches", '"', "''"), "inch"),
+    **dict.fromkeys(("ft", "foot", "feet", "'"), "ft"),
+    **dict.fromkeys(("cm", "centimetre", "centimeter", "centimetres", "centimeters"), "cm"),
+    **dict.fromkeys(("mm", "millimetre", "millimeter", "millimetres", "millimeters"), "mm"),
+    **dict.fromkeys(("m", "metre", "meter", "metres", "meters"), "m"),
+    **dict.fromkeys(("l", "litre", "liter", "litres", "liters", "ltr"), "l"),
+    **dict.fromkeys(("ml", "millilitre", "milliliter", "millilitres", "milliliters"), "ml"),
+    **dict.fromkeys(("gal", "gallon", "gallons"), "gal"),
+    **dict.fromkeys(("oz", "ounce", "ounces"), "oz"),
+    **dict.fromkeys(("lb", "lbs", "pound", "pounds"), "lb"),
+    **dict.fromkeys(("kg", "kilo", "kilos", "kilogram", "kilograms"), "kg"),
+    **dict.fromkeys(("g", "gram", "grams"), "g"),
+    **dict.fromkeys(("w", "watt", "watts"), "w"),
+    **dict.fromkeys(("v", "volt", "volts"), "v"),
+    **dict.fromkeys(("gb", "gigabyte", "gigabytes"), "gb"),
+    **dict.fromkeys(("tb", "terabyte", "terabytes"), "tb"),
+    **dict.fromkeys(("hz",), "hz"),
+}
+_QUOTES = str.maketrans({"″": '"', "“": '"', "”": '"', "′": "'", "’": "'", "×": "x", "⁄": "/"})
+# A chunk is what whitespace and punctuation (other than -./"') leave together.
+_CHUNK = re.compile(r"[^\W_]+(?:[-./'\"]+[^\W_]+)*[\"']?|[\"']")
+# Inside a chunk: fractions and decimals, then letter runs and digit runs.
+_PART = re.compile(r"\d+/\d+|\d+(?:\.\d+)?|[^\W\d_]+|[\"']")
+# Separators between the pieces of a chunk (not inside a number: "1.5", "1/2").
+_SEPARATORS = re.compile(r"[-']+|(?<![0-9])[./]+|[./]+(?![0-9])")
+
+
+def s_stem(word: str) -> str:
+    """Harman's S-stemmer: fold English plurals ("sofas" -> "sofa", "batteries" -> "battery")."""
+    if len(word) > 3 and word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if len(word) > 2 and word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
+def _is_number(part: str) -> bool:
+    return part[0].isdigit()
+
+
+def _unit(parts: Sequence[str], i: int) -> str | None:
+    """The canonical unit if parts[i] is a unit right after a number, else None."""
+    return UNITS.get(parts[i]) if i > 0 and _is_number(parts[i - 1]) else None
+
+
+def _piece_tokens(parts: list[str]) -> list[str]:
+    """Tokens of one piece (a chunk between separators, like "4521b", "55inch", "1.5l"):
+    its numbers, words (two letters or more, no stopwords, plurals folded), canonical
+    units, number+unit pairs, and the piece joined from its first number on ("4521b")."""
+    out = []
+    canon = [_unit(parts, i) or p for i, p in enumerate(parts)]
+    for i, p in enumerate(parts):
+        unit = _unit(parts, i)
+        if unit is not None:
+            out.append(canon[i - 1] + unit)  # "55" + "inch" -> "55inch"
+            if len(unit) >= 2:
+                out.append(unit)
+        elif _is_number(p):
+            out.append(p)
+        elif p.isalpha() and len(p) >= 2 and p not in STOPWORDS:
+            out.append(s_stem(p))
+    first_number = next((i for i, p in enumerate(parts) if _is_number(p)), None)
+    if first_number is not None and len(parts) - first_number > 1:
+        out.append("".join(c for c in canon[first_number:] if c not in ('"', "'")))
+    return out
+
+
+def _normalize(text: str) -> str:
+    """NFKC, accents folded ("crème" -> "creme"), quotes and × unified, case folded."""
+    decomposed = unicodedata.normalize("NFKD", str(text).translate(_QUOTES))
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unicodedata.normalize("NFKC", bare).casefold()
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _chunk(chunk: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tokens, parts) of one chunk ("nv-4521b", '55"', "1/2", "sofas"): its pieces'
+    tokens and, when it has more than one part, the whole chunk joined ("nv4521b",
+    "tshirt"). Cached: catalogs and queries repeat the same words endlessly."""
+    if chunk.isalpha():
+        word = () if len(chunk) < 2 or chunk in STOPWORDS else (s_stem(chunk),)
+        return word, (chunk,)
+    pieces = [_PART.findall(p) for p in _SEPARATORS.split(chunk)]
+    pieces = [p for p in pieces if p]
+    parts = tuple(p for piece in pieces for p in piece)
+    out = [t for piece in pieces for t in _piece_tokens(piece)]
+    canon = [_unit(parts, i) or p for i, p in enumerate(parts)]
+    joined = "".join(c for c in canon if c not in ('"', "'"))
+    if len(parts) > 1 and joined:
+        out.append(joined)
+    return tuple(dict.fromkeys(out)), parts
+
+
+def tokenize(text: str) -> list[str]:
+    """Lexical tokens of one text (query or product field); see the module docstring."""
+    chunks = [_chunk(c) for c in _CHUNK.findall(_normalize(text))]
+    tokens: list[str] = []
+    for i, (chunk_tokens, parts) in enumerate(chunks):
+        if not parts:
+            continue
+        prev = chunks[i - 1][1] if i > 0 else ()
+        if len(parts) == 1 and parts[0] in UNITS and prev and _is_number(prev[-1]):
+            # A unit on its own after a number: "55 inch", '55 "', "1.5 litre".
+            unit = UNITS[parts[0]]
+            tokens.append(prev[-1] + unit)
+            if len(unit) >= 2:
+                tokens.append(unit)
+            continue
+        tokens += chunk_tokens
+        nxt = chunks[i + 1][1] if i + 1 < len(chunks) else ()
+        word = parts[-1]
+        # A short word before a number may be a code's prefix, even a stopword ("no 5197i"
+        # is the model NO-5197I): "nv 4521b" -> "nv4521b". Spurious joins ("in3") match
+        # nothing.
+        if (
+            nxt
+            and len(parts) == 1
+            and word.isalpha()
+            and 2 <= len(word) <= 3
+            and _is_number(nxt[0])
+        ):
+            tokens.append(word + "".join(UNITS.get(p, p) for p in nxt))
+    return tokens
+
+
+def tokenize_many(texts: Iterable[str]) -> list[list[str]]:
+    """`tokenize` of each text."""
+    return [tokenize(t) for t in texts]
+
+
+def has_digit(token: str) -> bool:
+    return any(c.isdigit() for c in token)
+
+
+def is_code(token: str) -> bool:
+    """A model/part-number-like token: letters and digits together, at least 4 long."""
+    return len(token) >= 4 and has_digit(token) and any(c.isalpha() for c in token)
+
+
+# ---------------------------------------------------------------------------------------
+# Fields
+# ---------------------------------------------------------------------------------------
+# Which catalog columns make up each field, and how many times a field's tokens count in
+# the BM25 document (a cheap BM25F: the title and brand weigh more than the description).
+FIELDS: Mapping[str, tuple[str, ...]] = {
+    "title": ("title",),
+    "brand": ("brand",),
+    "category": ("category",),
+    "attributes": ("color", "material", "size"),
+    "description": ("description",),
+}
+# The fields the coverage features look into, each made of FIELDS.
+PRESENCE_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "title": ("title",),
+    "attributes": ("brand", "attributes"),
+}
+DEFAULT_FIELD_WEIGHTS: Mapping[str, int] = {
+    "title": 2,
+    "brand": 1,
+    "category": 1,
+    "attributes": 1,
+    "description": 1,
+}
+# Features of a (query, product) pair, in the order `LexicalIndex.features` returns them.
+LEXICAL_FEATURES = (
+    "bm25",  # log1p(BM25 score)
+    "bm25_relative",  # BM25 / the best BM25 among the query's candidates
+    "title_coverage",  # share of the query's tokens found in the title
+    "attribute_coverage",  # ... in brand, colour, material or size
+    "all_covered",  # every query token is somewhere in the product
+    "number_match",  # share of the query's numeric tokens (sizes, codes) in the product
+    "code_match",  # the product holds one of the query's model-number-like tokens
+    "has_numbers",  # the query has a numeric token at all
+)
+
+
+def field_texts(catalog, field_columns: Mapping[str, tuple[str, ...]] = FIELDS) -> dict:
+    """{field: list of texts, one per catalog row} (missing columns and NaN are empty)."""
+    n = len(catalog)
+    out = {}
+    for name, columns in field_columns.items():
+        parts = []
+        for column in columns:
+            if column in catalog.columns:
+                values = catalog[column].tolist()
+                parts.append(["" if v is None or v != v else str(v) for v in values])
+        out[name] = [" ".join(p[i] for p in parts) for i in range(n)] if parts else [""] * n
+    return out
+
+
+@dataclass
+class _Postings:
+    """Per token id: the sorted rows (documents) holding it, optionally with a weight."""
+
+    indptr: np.ndarray  # (V + 1,) int64
+    rows: np.ndarray  # (nnz,) int32, sorted within each token
+    weights: np.ndarray | None = None  # (nnz,) float32
+
+    def lookup(self, token: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask over candidates that hold `token`, their weights or ones)."""
+        lo, hi = self.indptr[token], self.indptr[token + 1]
+        rows = self.rows[lo:hi]
+        if len(rows) == 0:
+            return np.zeros(len(candidates), bool), np.zeros(len(candidates), np.float32)
+        pos = np.minimum(np.searchsorted(rows, candidates), len(rows) - 1)
+        hit = rows[pos] == candidates
+        if self.weights is None:
+            return hit, hit.astype(np.float32)
+        return hit, np.where(hit, self.weights[lo:hi][pos], 0.0).astype(np.float32)
+
+
+def _presence(doc_tokens: Sequence[Sequence[int]], vocab_size: int) -> _Postings:
+    """Which documents hold each token (CSC of a 0/1 matrix), from token-id lists."""
+    lengths = np.fromiter((len(set(d)) for d in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+    tokens = np.fromiter(
+        (t for d in doc_tokens for t in sorted(set(d))), dtype=np.int64, count=int(lengths.sum())
+    )
+    rows = np.repeat(np.arange(len(doc_tokens), dtype=np.int32), lengths)
+    order = np.argsort(tokens, kind="stable")  # rows stay sorted within a token
+    counts = np.bincount(tokens, minlength=vocab_size)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return _Postings(indptr, rows[order])
+
+
+@dataclass
+class LexicalIndex:
+    """BM25 over the catalog's fields plus per-field token presence, row i = catalog row i."""
+
+    vocab: dict[str, int]
+    bm25: _Postings  # BM25 weight of each (token, document), from bm25s
+    fields: dict[str, _Postings] = field(default_factory=dict)  # presence per field
+    num_docs: int = 0
+    k1: float = 1.5
+    b: float = 0.75
+
+    # -- building -----------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        catalog,
+        field_weights: Mapping[str, int] = DEFAULT_FIELD_WEIGHTS,
+        k1: float = 1.5,
+        b: float = 0.75,
+        progress: bool = False,
+    ) -> LexicalIndex:
+        """Tokenize every field of every product and index them (bm25s, Lucene BM25)."""
+        import bm25s
+        from tqdm.auto import tqdm
+
+        texts = field_texts(catalog)
+        tokens = {
+            name: tokenize_many(tqdm(t, desc=f"tokenize {name}", disable=not progress))
+            for name, t in texts.items()
+        }
+        n = len(catalog)
+        docs = [
+            [
+                w
+                for name, weight in field_weights.items()
+                for _ in range(weight)
+                for w in tokens[name][i]
+            ]
+            for i in range(n)
+        ]
+        model = bm25s.BM25(k1=k1, b=b)
+        model.index(docs, show_progress=progress)
+        vocab = {w: i for w, i in model.vocab_dict.items() if w != ""}
+        indptr = np.asarray(model.scores["indptr"], dtype=np.int64)
+        rows = np.asarray(model.scores["indices"], dtype=np.int32)
+        weights = np.asarray(model.scores["data"], dtype=np.float32)
+        bm25 = _Postings(indptr, *_sorted_within(indptr, rows, weights))
+        fields = {
+            name: _presence(
+                [[vocab[w] for part in parts for w in tokens[part][i]] for i in range(n)],
+                len(indptr) - 1,
+            )
+            for name, parts in PRESENCE_FIELDS.items()
+        }
+        fields["all"] = _presence([[vocab[w] for w in doc] for doc in docs], len(indptr) - 1)
+        return cls(vocab, bm25, fields, n, k1, b)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """One .npz (no pickles): vocabulary, BM25 postings, per-field presence."""
+        words = np.array(sorted(self.vocab, key=self.vocab.__getitem__))
+        arrays = {
+            "vocab": words,
+            "bm25_indptr": self.bm25.indptr,
+            "bm25_rows": self.bm25.rows,
+            "bm25_weights": self.bm25.weights,
+            "meta": np.array([self.num_docs, self.k1, self.b], dtype=np.float64),
+        }
+        for name, postings in self.fields.items():
+            arrays[f"field_{name}_indptr"] = postings.indptr
+            arrays[f"field_{name}_rows"] = postings.rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> LexicalIndex:
+        """Inverse of `save`; raises ValueError naming the file when it is corrupt."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                words = z["vocab"].tolist()
+                bm25 = _Postings(z["bm25_indptr"], z["bm25_rows"], z["bm25_weights"])
+                fields = {
+                    key[len("field_") : -len("_indptr")]: _Postings(
+                        z[key], z[key.replace("_indptr", "_rows")]
+                    )
+                    for key in z.files
+                    if key.startswith("field_") and key.endswith("_indptr")
+                }
+                num_docs, k1, b = z["meta"].tolist()
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"lexical index {path} is missing or corrupt: {exc}") from None
+        vocab = {w: i for i, w in enumerate(words)}
+        return cls(vocab, bm25, fields, int(num_docs), k1, b)
+
+    # -- queries --------------------------------------------------------------------------
+    def query_ids(self, text_or_tokens: str | Sequence[str]) -> np.ndarray:
+        """Distinct known token ids of a query (unknown words can match nothing)."""
+        tokens = tokenize(text_or_tokens) if isinstance(text_or_tokens, str) else text_or_tokens
+        known = [self.vocab[t] for t in dict.fromkeys(tokens) if t in self.vocab]
+        return np.array(known, dtype=np.int64)
+
+    def search(self, query: str | Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, BM25 scores) of the k best documents, best first (fewer if fewer match).
+
+        Exact: every posting of every query token is scored; documents holding none of
+        them are never candidates.
+        """
+        ids = self.query_ids(query)
+        if len(ids) == 0 or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        starts, ends = self.bm25.indptr[ids], self.bm25.indptr[ids + 1]
+        rows = np.concatenate([self.bm25.rows[s:e] for s, e in zip(starts, ends, strict=True)])
+        weights = np.concatenate(
+            [self.bm25.weights[s:e] for s, e in zip(starts, ends, strict=True)]
+        )
+        if len(rows) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores = np.bincount(rows, weights=weights, minlength=self.num_docs).astype(np.float32)
+        hit = np.flatnonzero(scores)
+        k = min(k, len(hit))
+        top = hit[np.argpartition(-scores[hit], k - 1)[:k]]
+        # Best first; ties by catalog row, so results are deterministic.
+        order = np.lexsort((top, -scores[top]))
+        return top[order].astype(np.int64), scores[top[order]]
+
+    def score_matrix(self, queries: Sequence[str]) -> np.ndarray:
+        """BM25 score of every document for each query, (Q, N) float32 (small catalogs:
+        offline evaluation)."""
+        out = np.zeros((len(queries), self.num_docs), np.float32)
+        for i, query in enumerate(queries):
+            ids = self.query_ids(query)
+            for t in ids:
+                lo, hi = self.bm25.indptr[t], self.bm25.indptr[t + 1]
+                out[i, self.bm25.rows[lo:hi]] += self.bm25.weights[lo:hi]
+        return out
+
+    def bm25_scores(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """BM25 score of each candidate row for the query's token ids, (C,) float32."""
+        out = np.zeros(len(rows), np.float32)
+        for t in query_ids:
+            out += self.bm25.lookup(int(t), rows)[1]
+        return out
+
+    def features(self, query: str | Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """(C, len(LEXICAL_FEATURES)) features of each candidate row for the query."""
+        tokens = tokenize(query) if isinstance(query, str) else list(query)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), len(LEXICAL_FEATURES)), np.float32)
+        distinct = list(dict.fromkeys(tokens))
+        if not distinct or len(rows) == 0:
+            return out
+        ids = np.array([self.vocab.get(t, -1) for t in distinct], dtype=np.int64)
+        bm25 = self.bm25_scores(ids[ids >= 0], rows)
+        title = np.zeros(len(rows), np.float32)
+        attrs = np.zeros(len(rows), np.float32)
+        anywhere = np.zeros((len(distinct), len(rows)), bool)
+        for j, t in enumerate(ids):
+            if t < 0:
+                continue  # no product has it: covered nowhere
+            title += self.fields["title"].lookup(int(t), rows)[0]
+            attrs += self.fields["attributes"].lookup(int(t), rows)[0]
+            anywhere[j] = self.fields["all"].lookup(int(t), rows)[0]
+        numeric = np.array([has_digit(t) for t in distinct])
+        codes = np.array([is_code(t) for t in distinct])
+        out[:, 0] = np.log1p(bm25)
+        out[:, 1] = bm25 / bm25.max() if bm25.max() > 0 else 0.0
+        out[:, 2] = title / len(distinct)
+        out[:, 3] = attrs / len(distinct)
+        out[:, 4] = anywhere.all(axis=0)
+        if numeric.any():
+            out[:, 5] = anywhere[numeric].mean(axis=0)
+            out[:, 7] = 1.0
+        if codes.any():
+            out[:, 6] = anywhere[codes].any(axis=0)
+        return out
+
+
+def _sorted_within(
+    indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (and their weights) sorted within each token's block, as lookups need."""
+    token = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    if len(rows) < 2 or np.all((np.diff(rows) > 0) | (np.diff(token) > 0)):
+        return rows, weights
+    order = np.lexsort((rows, token))
+    return rows[order], weights[order]

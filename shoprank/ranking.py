@@ -1,0 +1,256 @@
+"""Two-stage ranking: candidates from dense ANN and BM25, re-ranked by the fusion ranker.
+
+    ranker = CandidateRanker.load(folder)            # what the Triton `ranker` model holds
+    answers = ranker.rank(requests)                  # one call per dynamic batch
+
+For each request: candidates are the union of the dense index's `dense_k` nearest products
+to the query embedding and BM25's `lexical_k` best matches for the query text (search),
+or the ids the caller sent (re-rank). Every candidate gets the features the fusion
+ranker scores (dense and history vectors from the dense index, lexical features, item and
+shopper↔item features), one ONNX call scores the whole batch, and `fusion.combine`
+applies the re-rank depth before the top k is returned.
+
+The same functions build the candidates and features during training and offline
+evaluation, so what is trained, measured and served cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shoprank import contract
+from shoprank.ann import DenseIndex
+from shoprank.features import ItemTables, user_item_features
+from shoprank.fusion import combine
+from shoprank.lexical import LexicalIndex, tokenize
+from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
+
+
+@dataclass
+class RetrievalConfig:
+    """How many candidates each retriever contributes, and the re-rank depth."""
+
+    dense_k: int = 200
+    lexical_k: int = 100
+    depth: int = 10  # behaviour reorders only the `depth` most relevant candidates
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> RetrievalConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def union_candidates(*lists: np.ndarray) -> np.ndarray:
+    """Rows of every list, each once, in first-seen order (padding -1 dropped)."""
+    rows = np.concatenate([np.asarray(r, np.int64).reshape(-1) for r in lists])
+    rows = rows[rows >= 0]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+def retrieve(
+    dense: DenseIndex,
+    lexical: LexicalIndex,
+    query_embeddings: np.ndarray,
+    query_tokens: Sequence[Sequence[str]],
+    config: RetrievalConfig,
+) -> list[np.ndarray]:
+    """Per query: the union of its dense and BM25 candidates (catalog rows)."""
+    dense_rows, _ = dense.search(query_embeddings, config.dense_k)
+    return [
+        union_candidates(dense_rows[i], lexical.search(tokens, config.lexical_k)[0])
+        for i, tokens in enumerate(query_tokens)
+    ]
+
+
+@dataclass
+class Features:
+    """Everything the fusion ranker scores, for a batch padded to (B, C) candidates."""
+
+    query: np.ndarray  # (B, D)
+    history: np.ndarray  # (B, H, D)
+    history_mask: np.ndarray  # (B, H)
+    candidates: np.ndarray  # (B, C, D)
+    lexical: np.ndarray  # (B, C, L)
+    item_features: np.ndarray  # (B, C, F)
+    user_item: np.ndarray  # (B, C, U)
+    rows: np.ndarray  # (B, C) candidate catalog rows, 0-padded
+    valid: np.ndarray  # (B, C) bool
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """ONNX feeds of the ranker graph."""
+        return {
+            contract.ONNX_RANKER_QUERY: self.query,
+            contract.ONNX_RANKER_HISTORY: self.history,
+            contract.ONNX_RANKER_HISTORY_MASK: self.history_mask,
+            contract.ONNX_RANKER_CANDIDATES: self.candidates,
+            contract.ONNX_RANKER_LEXICAL: self.lexical,
+            contract.ONNX_RANKER_ITEM_FEATURES: self.item_features,
+            contract.ONNX_RANKER_USER_ITEM: self.user_item,
+        }
+
+
+def gather_features(
+    vectors,  # callable: rows (n,) -> (n, D) float32
+    lexical: LexicalIndex,
+    tables: ItemTables,
+    query_embeddings: np.ndarray,
+    query_tokens: Sequence[Sequence[str]],
+    histories: Sequence[np.ndarray],
+    candidates: Sequence[np.ndarray],
+) -> Features:
+    """Pad a batch and gather every feature of every candidate (see `Features`)."""
+    b = len(candidates)
+    rows = pad_rows([np.asarray(c, np.int64) for c in candidates], pad=0)
+    valid = pad_rows([np.ones(len(c), bool) for c in candidates], pad=False).astype(bool)
+    hist = pad_rows([np.asarray(h, np.int64) for h in histories], pad=0)
+    hist_mask = pad_rows([np.ones(len(h), np.float32) for h in histories], pad=0.0)
+    dim = query_embeddings.shape[1]
+    cand_vec = vectors(rows.reshape(-1)).reshape(b, rows.shape[1], dim)
+    hist_vec = vectors(hist.reshape(-1)).reshape(b, hist.shape[1], dim)
+    hist_vec *= hist_mask[:, :, None]
+    lex = np.zeros((b, rows.shape[1], len_lexical()), np.float32)
+    for i, (tokens, cand) in enumerate(zip(query_tokens, candidates, strict=True)):
+        lex[i, : len(cand)] = lexical.features(tokens, np.asarray(cand, np.int64))
+    return Features(
+        query=np.ascontiguousarray(query_embeddings, dtype=np.float32),
+        history=np.ascontiguousarray(hist_vec, dtype=np.float32),
+        history_mask=hist_mask.astype(np.float32),
+        candidates=np.ascontiguousarray(cand_vec, dtype=np.float32),
+        lexical=lex,
+        item_features=tables.item_features[rows].astype(np.float32),
+        user_item=user_item_features(tables, hist, hist_mask, rows),
+        rows=rows,
+        valid=valid,
+    )
+
+
+def len_lexical() -> int:
+    from shoprank.lexical import LEXICAL_FEATURES
+
+    return len(LEXICAL_FEATURES)
+
+
+@dataclass
+class Request:
+    """One ranking request after validation: text, embedding, history rows, k, candidates."""
+
+    query: str
+    embedding: np.ndarray  # (D,)
+    history: np.ndarray  # catalog rows, most recent last
+    k: int
+    candidates: np.ndarray | None = None  # catalog rows to re-rank; None: retrieve
+
+
+@dataclass
+class Ranked:
+    """Top-k answer for one request, best first."""
+
+    product_ids: np.ndarray
+    scores: np.ndarray
+    titles: np.ndarray  # bytes
+
+
+class CandidateRanker:
+    """Retrieval + re-ranking over one catalog: the work of the Triton `ranker` model."""
+
+    def __init__(
+        self,
+        session,
+        dense: DenseIndex,
+        lexical: LexicalIndex,
+        tables: ItemTables,
+        catalog: CatalogIndex,
+        config: RetrievalConfig,
+    ) -> None:
+        self.session = session
+        self.dense = dense
+        self.lexical = lexical
+        self.tables = tables
+        self.catalog = catalog
+        self.config = config
+
+    @classmethod
+    def load(cls, folder: Path, threads: int = 1) -> CandidateRanker:
+        """From a model version folder written by the repository builder."""
+        folder = Path(folder)
+        for name in (
+            contract.RANKER_ONNX_FILE,
+            contract.DENSE_INDEX_FILE,
+            contract.LEXICAL_INDEX_FILE,
+            contract.ITEM_TABLES_FILE,
+            contract.CATALOG_FILE,
+            contract.RETRIEVAL_CONFIG_FILE,
+        ):
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder / name} is missing: rebuild the repository")
+        return cls(
+            cpu_session(folder / contract.RANKER_ONNX_FILE, threads),
+            DenseIndex.load(folder / contract.DENSE_INDEX_FILE),
+            LexicalIndex.load(folder / contract.LEXICAL_INDEX_FILE),
+            ItemTables.load(folder / contract.ITEM_TABLES_FILE),
+            CatalogIndex.load(folder / contract.CATALOG_FILE),
+            RetrievalConfig.load(folder / contract.RETRIEVAL_CONFIG_FILE),
+        )
+
+    def rank(self, requests: Sequence[Request]) -> list[Ranked]:
+        """Answers in request order; one retrieval pass and one ONNX call for the batch."""
+        if not requests:
+            return []
+        tokens = [tokenize(r.query) for r in requests]
+        embeddings = np.stack([r.embedding for r in requests]).astype(np.float32)
+        to_retrieve = [i for i, r in enumerate(requests) if r.candidates is None]
+        candidates: list[np.ndarray] = [
+            r.candidates if r.candidates is not None else np.zeros(0, np.int64) for r in requests
+        ]
+        if to_retrieve:
+            found = retrieve(
+                self.dense,
+                self.lexical,
+                embeddings[to_retrieve],
+                [tokens[i] for i in to_retrieve],
+                self.config,
+            )
+            for i, rows in zip(to_retrieve, found, strict=True):
+                candidates[i] = rows
+        features = gather_features(
+            self.dense.vectors,
+            self.lexical,
+            self.tables,
+            embeddings,
+            tokens,
+            [r.history for r in requests],
+            candidates,
+        )
+        relevance, full = self.session.run(
+            [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES], features.feeds()
+        )
+        scores = combine(relevance, full, self.config.depth, features.valid)
+        out = []
+        for i, r in enumerate(requests):
+            n = len(candidates[i])
+            k = min(r.k, n)
+            if k == 0:
+                out.append(
+                    Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, object))
+                )
+                continue
+            row_scores = scores[i, :n]
+            best = np.argpartition(-row_scores, k - 1)[:k]
+            best = best[np.lexsort((candidates[i][best], -row_scores[best]))]
+            picked = candidates[i][best]
+            out.append(
+                Ranked(
+                    self.catalog.product_ids[picked],
+                    row_scores[best].astype(np.float32),
+                    self.catalog.titles[picked],
+                )
+            )
+        return out

@@ -1,0 +1,154 @@
+"""Lexical retrieval: tokenization of codes, sizes and units; BM25 index; features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shoprank import lexical
+from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
+
+
+@pytest.mark.parametrize(
+    "forms",
+    [
+        ("NV-4521B", "nv 4521b", "nv4521b", "Nv-4521b"),
+        ("55-inch", "55 inch", '55"', "55in", "55″", "55 inches"),
+        ("1.5L", "1.5 l", "1.5 litre", "1.5ltr"),
+        ("r-13", "r13", "R13"),
+        ("5 gal.", "5-gal", "5gal", "5 gallon"),
+        ("28cm", "28 cm", "28-cm"),
+    ],
+)
+def test_surface_forms_of_one_thing_share_their_tokens(forms):
+    """Every spelling of a code or a size yields the same distinguishing tokens."""
+    token_sets = [set(tokenize(f)) for f in forms]
+    core = set.intersection(*token_sets)
+    joined = {t for t in core if lexical.has_digit(t) and any(c.isalpha() for c in t)}
+    assert joined, (forms, token_sets)  # e.g. "nv4521b", "55inch", "1.5l", "r13"
+
+
+def test_words_are_folded_and_stopwords_dropped():
+    assert tokenize("Red Sofas in the Living-Room") == [
+        "red",
+        "sofa",
+        "living",
+        "room",
+        "livingroom",
+    ]
+    assert tokenize("Crème BRÛLÉE") == ["creme", "brulee"]
+    assert tokenize("batteries") == ["battery"]
+    assert tokenize("") == [] and tokenize("   ,;  ") == []
+
+
+def test_a_unit_needs_a_number():
+    assert "inch" not in tokenize("sofa in grey")  # "in" here is a stopword, not a size
+    assert "55inch" in tokenize("tv 55 in")
+    assert tokenize("1/2 in. copper tee")[:3] == ["1/2", "1/2inch", "inch"]
+
+
+def test_code_detection():
+    assert lexical.is_code("nv4521b") and lexical.is_code("r2d2")
+    assert (
+        not lexical.is_code("4521") and not lexical.is_code("sofa") and not lexical.is_code("r13")
+    )
+
+
+@pytest.fixture(scope="module")
+def catalog() -> pd.DataFrame:
+    rows = [
+        ("Nordvik Aria Grey Velvet 3-Seat Sofa NV-4521B", "Nordvik", "grey", "velvet", "3-Seat"),
+        ("Nordvik Aria Blue Linen 2-Seat Sofa NV-4522C", "Nordvik", "blue", "linen", "2-Seat"),
+        ("Lumen 55-inch 4K Smart TV LU-1001A", "Lumen", "black", "", "55-inch"),
+        ("Lumen 65-inch 4K Smart TV LU-1002B", "Lumen", "black", "", "65-inch"),
+        ("Solly Glass Blender 1.5L", "Solly", "red", "glass", "1.5L"),
+    ]
+    return pd.DataFrame(
+        {
+            "product_id": np.arange(100, 100 + len(rows)),
+            "title": [r[0] for r in rows],
+            "brand": [r[1] for r in rows],
+            "category": ["Furniture > Sofas"] * 2
+            + ["Electronics > TVs"] * 2
+            + ["Kitchen > Blenders"],
+            "color": [r[2] for r in rows],
+            "material": [r[3] for r in rows],
+            "size": [r[4] for r in rows],
+            "description": ["A product with a hydraulic disc brake."] + [""] * (len(rows) - 1),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def index(catalog) -> LexicalIndex:
+    return LexicalIndex.build(catalog)
+
+
+def test_search_finds_codes_however_they_are_typed(index):
+    for query in ("nv-4521b", "nv4521b", "NV 4521B", "nordvik nv4521b"):
+        rows, scores = index.search(query, 3)
+        assert rows[0] == 0 and scores[0] > scores[1], query
+
+
+def test_search_matches_sizes_across_spellings_and_ranks_by_bm25(index):
+    rows, _ = index.search('55" tv', 5)
+    assert rows[0] == 2
+    rows, scores = index.search("red velvet sofa", 5)
+    assert rows[0] == 0 and list(scores) == sorted(scores, reverse=True)
+    assert len(index.search("zzzz unknown", 5)[0]) == 0  # nothing matches: no candidates
+
+
+def test_bm25_scores_agree_with_bm25s(catalog, index):
+    """Our lookups over bm25s's postings give bm25s's own scores."""
+    import bm25s
+
+    rows = np.arange(len(catalog))
+    query = "nordvik grey sofa 55 inch"
+    ours = index.bm25_scores(index.query_ids(query), rows)
+    texts = lexical.field_texts(catalog)
+    docs = [
+        [
+            t
+            for name, w in lexical.DEFAULT_FIELD_WEIGHTS.items()
+            for _ in range(w)
+            for t in tokenize(texts[name][i])
+        ]
+        for i in range(len(catalog))
+    ]
+    model = bm25s.BM25(k1=index.k1, b=index.b)
+    model.index(docs, show_progress=False)
+    np.testing.assert_allclose(ours, model.get_scores(tokenize(query)), rtol=1e-5)
+
+
+def test_features_by_hand(index):
+    rows = np.array([0, 1, 2, 4])
+    f = dict(zip(LEXICAL_FEATURES, index.features("nordvik nv-4521b sofa", rows).T, strict=True))
+    query = set(tokenize("nordvik nv-4521b sofa"))  # nordvik nv 4521 4521b nv4521b sofa
+    assert f["code_match"].tolist() == [1, 0, 0, 0]
+    assert f["all_covered"].tolist() == [1, 0, 0, 0]
+    # Product 1 shares "nordvik", "nv", "sofa" of the six query tokens in its title.
+    assert f["title_coverage"][1] == pytest.approx(3 / len(query))
+    assert f["title_coverage"][0] == pytest.approx(1.0)
+    assert f["attribute_coverage"][0] == pytest.approx(1 / len(query))  # the brand
+    assert f["bm25_relative"][0] == 1.0 and 0 < f["bm25_relative"][1] < 1
+    assert f["has_numbers"].tolist() == [1, 1, 1, 1]
+    assert f["number_match"][0] == 1.0 and f["number_match"][2] == 0.0
+    no_numbers = index.features("grey sofa", rows)
+    assert not no_numbers[:, LEXICAL_FEATURES.index("has_numbers")].any()
+
+
+def test_save_load_round_trip_and_a_clear_error(index, tmp_path):
+    path = tmp_path / "lexical.npz"
+    index.save(path)
+    loaded = LexicalIndex.load(path)
+    for query in ("nv4521b", "red glass blender 1.5 l"):
+        np.testing.assert_array_equal(index.search(query, 5)[0], loaded.search(query, 5)[0])
+        np.testing.assert_allclose(
+            index.features(query, np.arange(5)), loaded.features(query, np.arange(5))
+        )
+    path.write_bytes(b"not an index")
+    with pytest.raises(ValueError, match=r"lexical\.npz"):
+        LexicalIndex.load(path)
+    with pytest.raises(ValueError, match=r"missing\.npz"):
+        LexicalIndex.load(tmp_path / "missing.npz")
