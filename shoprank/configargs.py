@@ -8,10 +8,12 @@ list of options to keep in sync.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,3 +62,14 @@ def setup_logging(*packages: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in packages:
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Errors in the user's input (bad data files, wrong options) end a CLI with one line
+    on stderr and exit status 2 instead of a traceback; anything else still raises."""
+    try:
+        yield
+    except kinds as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

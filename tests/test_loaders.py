@@ -367,3 +367,56 @@ def test_load_any_reads_a_saved_shop_and_rejects_unknowns(tmp_path):
         load_any(tmp_path / "empty")
     with pytest.raises(ValueError, match="unknown format"):
         load_any(tmp_path / "run", fmt="xml")
+
+
+LATIN1 = (
+    "query,product_title,product_description,median_relevance\n"
+    "café crème,Machine à café Crème 1.5 l,Café noir et crème fraîche,4\n"
+    'café crème,"Théière en fonte 0,8 l",Thé vert,1\n'
+    "crème brûlée,Set à crème brûlée (4 ramequins),Chalumeau inclus,4\n"
+)
+
+
+def test_latin1_file_is_detected_and_read(tmp_path, caplog):
+    path = tmp_path / "export.csv"
+    path.write_bytes(LATIN1.encode("latin-1"))
+    with caplog.at_level(logging.WARNING, logger="shoprank.training.loaders"):
+        data = load_any(path)
+    validate(data)
+    assert "Machine à café Crème 1.5 l" in set(data.catalog["title"])
+    assert "crème brûlée" in set(data.queries["query"])
+    assert any("not UTF-8" in r.getMessage() for r in caplog.records)
+    # The same file read as the encoding the user names, without a guess logged.
+    caplog.clear()
+    named = load_any(path, encoding="cp1252")
+    assert list(named.catalog["title"]) == list(data.catalog["title"])
+    assert not caplog.records
+
+
+def test_utf8_with_bom_and_gzip(tmp_path):
+    path = tmp_path / "export.csv.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbf" + LATIN1.encode("utf-8"))
+    data = load_any(path)
+    assert "Set à crème brûlée (4 ramequins)" in set(data.catalog["title"])
+
+
+def test_wrong_or_unknown_encoding_is_one_clear_error(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(LATIN1.encode("latin-1"))
+    with pytest.raises(DataError, match=r"not valid utf-8 text .*--data-encoding"):
+        load_any(path, encoding="utf-8")
+    with pytest.raises(DataError, match="unknown encoding"):
+        load_any(path, encoding="klingon-8")
+
+
+def test_cli_reports_a_data_error_in_one_line(tmp_path, capsys):
+    from shoprank.training.crossval import main
+
+    path = tmp_path / "export.csv"
+    path.write_bytes(LATIN1.encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(path), "--data-encoding", "utf-8", "--out", str(tmp_path / "cv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "export.csv" in err[0]

@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from shoprank import contract
 from shoprank.ann import DenseConfig, DenseIndex
-from shoprank.configargs import config_to_dict, parse_config, setup_logging
-from shoprank.datasets import ShopData, judgement_grades, product_text, validate
+from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
+from shoprank.datasets import DataError, ShopData, judgement_grades, product_text, validate
 from shoprank.encoder import embed, load_encoder
 from shoprank.lexical import LexicalIndex
 from shoprank.metrics import (
@@ -76,6 +76,9 @@ class CrossvalConfig:
 
     data: str = field(default="", metadata={"help": "relevance data file/folder (required)"})
     data_format: str = field(default="auto", metadata={"help": "format of --data"})
+    data_encoding: str = field(
+        default="", metadata={"help": "text encoding of --data (e.g. latin-1); default: detected"}
+    )
     out: Path = field(default=Path("artifacts/crossval"), metadata={"help": "output folder"})
     folds: int = 5
     dense_k: int = field(default=200, metadata={"help": "hybrid: dense candidates per query"})
@@ -501,7 +504,7 @@ def run(config: CrossvalConfig) -> dict:
 
     if not config.data:
         raise SystemExit("--data is required: a relevance file or folder (see training.loaders)")
-    data = load_any(config.data, fmt=config.data_format)
+    data = load_any(config.data, fmt=config.data_format, encoding=config.data_encoding)
     if data.events is not None:
         log.info("behaviour events are ignored by cross-validation")
     result = crossval(data, config)
@@ -513,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     setup_logging("shoprank")
     config = parse_config(CrossvalConfig, argv, description=__doc__ or "")
-    result = run(config)
+    with user_errors(DataError):
+        result = run(config)
     print(markdown(result))
     print(f"written: {Path(config.out) / 'crossval.json'}, {Path(config.out) / 'crossval.md'}")
 

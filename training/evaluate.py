@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoprank import contract, datasets
-from shoprank.configargs import parse_config, setup_logging
+from shoprank.configargs import parse_config, setup_logging, user_errors
 from shoprank.metrics import CLICK_AUC, NDCG_AT_10, mean_metrics
 from shoprank.training.baselines import run_baselines
 from shoprank.training.report import targets, write_report
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     setup_logging("shoprank")
     config = parse_config(EvalConfig, argv, description=__doc__ or "")
-    metrics, report = evaluate(config)
+    with user_errors(datasets.DataError, FileNotFoundError):
+        metrics, report = evaluate(config)
     print("baselines:")
     print("\n".join(summary_lines(metrics)))
     print(f"report: {report}")

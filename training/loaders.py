@@ -135,11 +135,57 @@ def _stem(path: Path) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _open_text(path: Path) -> IO[str]:
+def _raw(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def detect_encoding(path: Path, sample_bytes: int = 1 << 22) -> str:
+    """The text encoding of a file: UTF-8 when its bytes decode as such (the common case,
+    and a BOM is honoured), else charset_normalizer's best guess (public Kaggle and shop
+    exports are often Latin-1 / Windows-1252), else Latin-1, which decodes anything.
+    The guess is logged, so a wrong one can be overridden with `encoding=`."""
+    with _raw(path) as fh:
+        sample = fh.read(sample_bytes)
+    if sample.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        sample.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(sample) - 3:  # a character cut by the sample's end
+            return "utf-8"
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(sample)
+    best = matches.best()
+    guess = best.encoding if best is not None else "latin-1"
+    # Short samples often tie between the single-byte code pages; shop exports that are
+    # not UTF-8 are most often Windows-1252, so it wins a tie.
+    if best is not None and any(
+        m.encoding == "cp1252" and m.chaos <= best.chaos and m.coherence >= best.coherence
+        for m in matches
+    ):
+        guess = "cp1252"
+    logger.warning("%s is not UTF-8; reading it as %s (--data-encoding chooses)", path, guess)
+    return guess
+
+
+def _encoding_error(path: Path, exc: UnicodeDecodeError | LookupError) -> DataError:
+    if isinstance(exc, LookupError) and not isinstance(exc, UnicodeDecodeError):
+        return DataError(f"{path}: {exc}", source=str(path))  # an unknown encoding name
+    return DataError(
+        f"{path}: not valid {exc.encoding} text (byte 0x{exc.object[exc.start]:02x} at "
+        f"offset {exc.start}); pass the file's encoding (--data-encoding latin-1, cp1252, ...)",
+        source=str(path),
+    )
+
+
+def _open_text(path: Path, encoding: str | None = None) -> IO[str]:
+    enc = encoding or detect_encoding(path)
     return (
-        gzip.open(path, "rt", encoding="utf-8")
+        gzip.open(path, "rt", encoding=enc)
         if path.name.lower().endswith(".gz")
-        else open(path, encoding="utf-8")
+        else open(path, encoding=enc)
     )
 
 
@@ -160,9 +206,9 @@ def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
-def _read_jsonl(path: Path) -> _Table:
+def _read_jsonl(path: Path, encoding: str | None = None) -> _Table:
     records, rows = [], []
-    with _open_text(path) as fh:
+    with _open_text(path, encoding) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -188,18 +234,19 @@ def _read_jsonl(path: Path) -> _Table:
     return _Table(path, frame.reset_index(drop=True), np.array(rows, dtype=np.int64), "line")
 
 
-def _read(path: str | Path, *, sep: str | None = None) -> _Table:
-    """Read CSV/TSV (.gz ok), JSONL/JSON or Parquet as a string table."""
+def _read(path: str | Path, *, sep: str | None = None, encoding: str | None = None) -> _Table:
+    """Read CSV/TSV (.gz ok), JSONL/JSON or Parquet as a string table; text files in
+    `encoding`, or the one `detect_encoding` finds."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found", source=str(path))
     stem = _stem(path)
     if stem.endswith((".jsonl", ".ndjson")):
-        return _read_jsonl(path)
+        return _read_jsonl(path, encoding)
     note = " (1-based, header excluded)"
     try:
         if stem.endswith(".json"):
-            with _open_text(path) as fh:
+            with _open_text(path, encoding) as fh:
                 data = json.load(fh)
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise DataError(
@@ -211,16 +258,19 @@ def _read(path: str | Path, *, sep: str | None = None) -> _Table:
             frame = _as_strings(pd.read_parquet(path))
             note = " (1-based)"
         else:
+            encoding = encoding or detect_encoding(path)
             if sep is None:
-                with _open_text(path) as fh:
+                with _open_text(path, encoding) as fh:
                     header = fh.readline()
                 sep = "\t" if stem.endswith(".tsv") or "\t" in header else ","
             frame = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False
+                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding
             ).astype(object)
     except DataError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise _encoding_error(path, exc) from None
+    except (ValueError, OSError) as exc:
         # pandas' parser errors name the line; keep its words and add the file.
         raise DataError(f"{path}: cannot be parsed: {exc}", source=str(path)) from exc
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -474,6 +524,7 @@ def load_relevance_csv(
     relevance_column: str | None = None,
     grade_range: tuple[float, float] | None = None,
     seed: int = 0,
+    encoding: str | None = None,
 ) -> ShopData:
     """A Kaggle-style relevance CSV (CrowdFlower, Home Depot shape), optionally gzipped.
 
@@ -483,7 +534,7 @@ def load_relevance_csv(
     ids per unique query string. Grades are mapped onto 0..3 from `grade_range`, or from
     the scale `infer_grade_range` finds.
     """
-    t = _read(path)
+    t = _read(path, encoding=encoding)
     query_col = t.need(("query", "search_term"))
     title_col = t.need(("product_title", "title"))
     rel_col = t.need((relevance_column,) if relevance_column else ("relevance", "median_relevance"))
@@ -501,6 +552,7 @@ def load_table(
     *,
     grade_range: tuple[float, float] | None = None,
     seed: int = 0,
+    encoding: str | None = None,
 ) -> ShopData:
     """The judgements join as one file: JSONL, JSON, CSV/TSV (.gz ok) or Parquet.
 
@@ -510,7 +562,7 @@ def load_table(
     product), `category`, `brand`, `color`, `material`, `size`, `price`, and `split`
     (train/val/test, per query; assigned by hash when absent).
     """
-    t = _read(path)
+    t = _read(path, encoding=encoding)
     query_col = t.need(("query",))
     title_col = t.need(("title", "product_title"))
     rel_col = t.need(("relevance",))
@@ -541,12 +593,16 @@ def load_table(
 
 
 def load_jsonl(
-    path: str | Path, *, grade_range: tuple[float, float] | None = None, seed: int = 0
+    path: str | Path,
+    *,
+    grade_range: tuple[float, float] | None = None,
+    seed: int = 0,
+    encoding: str | None = None,
 ) -> ShopData:
     """`load_table` for a JSONL file (one JSON object per line; errors name the line)."""
     if not _stem(Path(path)).endswith((".jsonl", ".ndjson")):
         raise DataError(f"{path}: expected a .jsonl or .ndjson file", source=str(path))
-    return load_table(path, grade_range=grade_range, seed=seed)
+    return load_table(path, grade_range=grade_range, seed=seed, encoding=encoding)
 
 
 def load_esci(
@@ -556,6 +612,7 @@ def load_esci(
     locale: str | None = "us",
     small_version: bool = False,
     seed: int = 0,
+    encoding: str | None = None,
 ) -> ShopData:
     """Amazon ESCI (Shopping Queries Dataset) examples + products, Parquet or CSV.
 
@@ -566,8 +623,8 @@ def load_esci(
     locales (and, with `small_version`, outside the reduced set) are left out and counted
     in the log. ESCI's test split stays test; 15% of its train queries become val.
     """
-    ex = _read(examples_path)
-    pr = _read(products_path)
+    ex = _read(examples_path, encoding=encoding)
+    pr = _read(products_path, encoding=encoding)
     for name in ("query", "query_id", "product_id", "esci_label"):
         ex.need((name,))
     pr.need(("product_id",))
@@ -678,6 +735,7 @@ def load_wands(
     *,
     label_grades: Mapping[str, int] | None = None,
     seed: int = 0,
+    encoding: str | None = None,
 ) -> ShopData:
     """Wayfair WANDS: tab-separated query.csv, product.csv and label.csv.
 
@@ -688,9 +746,9 @@ def load_wands(
     Queries without labels are kept (they have no judgements).
     """
     grades_map = dict(label_grades or WANDS_GRADES)
-    qt = _read(query_csv, sep="\t")
-    pt = _read(product_csv, sep="\t")
-    lt = _read(label_csv, sep="\t")
+    qt = _read(query_csv, sep="\t", encoding=encoding)
+    pt = _read(product_csv, sep="\t", encoding=encoding)
+    lt = _read(label_csv, sep="\t", encoding=encoding)
     for t, cols in (
         (qt, ("query_id", "query")),
         (pt, ("product_id", "product_name")),
@@ -765,15 +823,19 @@ def _shoprank_root(folder: Path) -> Path | None:
     return None
 
 
-def load_any(path_or_dir: str | Path, fmt: str = "auto", **options: Any) -> ShopData:
+def load_any(
+    path_or_dir: str | Path, fmt: str = "auto", encoding: str | None = None, **options: Any
+) -> ShopData:
     """Load any supported source; `fmt` one of `FORMATS`, "auto" guesses from the path.
 
     A folder is a saved shoprank run (see `training.datasets.save`), an ESCI folder
     (shopping_queries_dataset_examples/_products files) or a WANDS folder (query.csv,
     product.csv, label.csv, directly or under dataset/). A file is a relevance CSV when it
-    has a `product_title` column, `load_table` otherwise. `options` go to the loader.
+    has a `product_title` column, `load_table` otherwise. `options` go to the loader; text
+    files are read in `encoding`, or the one `detect_encoding` finds.
     """
     path = Path(path_or_dir)
+    options["encoding"] = encoding or None
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     if not path.exists():
@@ -806,8 +868,11 @@ def load_any(path_or_dir: str | Path, fmt: str = "auto", **options: Any) -> Shop
         return load_relevance_csv(path, **options)
     stem = _stem(path)
     if stem.endswith((".csv", ".tsv")):
-        with _open_text(path) as fh:
-            header = fh.readline()
+        try:
+            with _open_text(path, encoding) as fh:
+                header = fh.readline()
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise _encoding_error(path, exc) from None
         if "product_title" in header:
             return load_relevance_csv(path, **options)
     return load_table(path, **options)

@@ -29,7 +29,7 @@ import torch
 from shoprank import contract, datasets
 from shoprank.ann import DenseConfig, DenseIndex
 from shoprank.artifacts import save_item_index
-from shoprank.configargs import config_to_dict, parse_config, setup_logging
+from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
 from shoprank.encoder import embed, load_encoder
 from shoprank.features import USER_ITEM_FEATURES, ItemTables
 from shoprank.fusion import FusionRanker, as_tensors, combine, save_ranker
@@ -59,6 +59,9 @@ class TrainConfig:
     scale: str = field(default="demo", metadata={"help": "synthetic data scale: tiny|demo|full"})
     data: str = field(default="", metadata={"help": "bring-your-own data file/folder"})
     data_format: str = field(default="auto", metadata={"help": "format of --data"})
+    data_encoding: str = field(
+        default="", metadata={"help": "text encoding of --data (e.g. latin-1); default: detected"}
+    )
     regenerate: bool = field(default=False, metadata={"help": "rebuild data even if present"})
     seed: int = 0
     encoder_path: str = field(
@@ -87,6 +90,10 @@ class TrainConfig:
     eval_steps: int = field(default=50, metadata={"help": "validation NDCG@10 every N steps"})
     patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint"})
+    reuse_encoder: bool = field(
+        default=False,
+        metadata={"help": "keep OUT's fine-tuned encoder; retrain only retrieval and ranking"},
+    )
     max_relevance_loss: float = field(
         default=0.02,
         metadata={"help": "relevance (val NDCG@10) the behaviour re-ranking may cost, relative"},
@@ -107,7 +114,7 @@ def load_data(config: TrainConfig, paths: contract.ArtifactPaths) -> datasets.Sh
     if config.data:
         from shoprank.training.loaders import load_any
 
-        data = load_any(config.data, fmt=config.data_format)
+        data = load_any(config.data, fmt=config.data_format, encoding=config.data_encoding)
         datasets.save(data, paths)
         return data
     if paths.catalog.exists() and not config.regenerate:
@@ -239,21 +246,23 @@ def choose_rerank_depth(
     return {"depth": chosen, "val_ndcg@10": tried, "val_relevance_only_ndcg@10": base}
 
 
-def run(config: TrainConfig) -> dict:
-    """Run the whole training stage; return (and write) the metrics."""
-    torch.manual_seed(config.seed)
-    paths = contract.ArtifactPaths(Path(config.out))
-    started = time.perf_counter()
-    data = load_data(config, paths)
-    datasets.validate(data)
-    log.info(
-        "data: %d products, %d queries, %d judgements, %s events",
-        len(data.catalog),
-        len(data.queries),
-        len(data.judgements),
-        "no" if data.events is None else len(data.events),
+def reused_encoder(paths: contract.ArtifactPaths, config: TrainConfig) -> tuple:
+    """The fine-tuned encoder of an earlier run in OUT, with its recorded loss curves."""
+    if not (paths.encoder / "config.json").exists():
+        raise FileNotFoundError(f"--reuse-encoder: no fine-tuned encoder at {paths.encoder}")
+    previous = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    log.info("reusing the fine-tuned encoder at %s", paths.encoder)
+    return (
+        load_encoder(paths.encoder, config.max_product_tokens),
+        previous.get("encoder_loss_curve", []),
+        previous.get("mlm_loss_curve", []),
     )
 
+
+def train_encoder(
+    data: datasets.ShopData, paths: contract.ArtifactPaths, config: TrainConfig
+) -> tuple:
+    """Optional domain MLM, then fine-tuning on the judgements; saves the encoder."""
     base_path = base_encoder_path(
         config.encoder_path, config.tiny_encoder, paths.training_work, config.seed
     )
@@ -290,6 +299,28 @@ def run(config: TrainConfig) -> dict:
         model, data, train_sets, finetune.config_from(config), paths.model / "trainer"
     )
     model.save(str(paths.encoder))
+    return model, encoder_curve, mlm_curve
+
+
+def run(config: TrainConfig) -> dict:
+    """Run the whole training stage; return (and write) the metrics."""
+    torch.manual_seed(config.seed)
+    paths = contract.ArtifactPaths(Path(config.out))
+    started = time.perf_counter()
+    data = load_data(config, paths)
+    datasets.validate(data)
+    log.info(
+        "data: %d products, %d queries, %d judgements, %s events",
+        len(data.catalog),
+        len(data.queries),
+        len(data.judgements),
+        "no" if data.events is None else len(data.events),
+    )
+
+    if config.reuse_encoder:
+        model, encoder_curve, mlm_curve = reused_encoder(paths, config)
+    else:
+        model, encoder_curve, mlm_curve = train_encoder(data, paths, config)
 
     item_emb = embed_catalog(model, paths.encoder, data, config, "embed catalog (fine-tuned)")
     eval_split = "test"
@@ -468,5 +499,6 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     setup_logging("shoprank")
     config = parse_config(TrainConfig, argv, description=__doc__ or "")
-    metrics = run(config)
+    with user_errors(datasets.DataError):
+        metrics = run(config)
     print("\n".join(summary_lines(metrics)))
