@@ -26,10 +26,12 @@ from shoprank_client.protocol import (
     MAX_BATCH_SIZE,
     MAX_CANDIDATES,
     MAX_HISTORY,
+    MAX_HISTORY_IDS,
     MAX_QUERY_CHARS,
     MAX_QUERY_TOKENS,
     MAX_TOP_K,
     METRICS_PORT,
+    PADDING_ID,
     PRODUCT_IDS,
     QUERY,
     RERANK_INPUTS,
@@ -53,10 +55,12 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
     "MAX_BATCH_SIZE",
     "MAX_CANDIDATES",
     "MAX_HISTORY",
+    "MAX_HISTORY_IDS",
     "MAX_QUERY_CHARS",
     "MAX_QUERY_TOKENS",
     "MAX_TOP_K",
     "METRICS_PORT",
+    "PADDING_ID",
     "PRODUCT_IDS",
     "QUERY",
     "RERANK_INPUTS",
@@ -344,3 +348,14 @@ class ArtifactPaths:
 
 
 DEFAULT_ARTIFACTS = Path("artifacts") / "demo"
+
+# The supervisor's health endpoints (/live, /ready, /status) listen here.
+HEALTH_PORT = 8003
+# Header carrying the admin key when the model-control and other admin APIs are restricted
+# (the server listens beyond localhost).
+ADMIN_KEY_HEADER = "shoprank-admin-key"
+# gRPC clients send it under Triton's prefix for restricted protocols.
+ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+# A deploy holds this file (its pid inside) in the live repository; the supervisor does
+# not repair models while a live deploy holds it.
+DEPLOY_LOCK_FILE = "DEPLOYING.pid"

@@ -17,6 +17,7 @@ evaluation, so what is trained, measured and served cannot drift apart.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ class Ranked:
     product_ids: np.ndarray
     scores: np.ndarray
     titles: np.ndarray  # bytes
+    candidates: int = 0  # how many candidates were ranked
 
 
 class CandidateRanker:
@@ -176,6 +178,8 @@ class CandidateRanker:
         self.tables = tables
         self.catalog = catalog
         self.config = config
+        # What the last `rank` call spent per stage (seconds), for the serving metrics.
+        self.last_timings: dict[str, float] = {}
 
     @classmethod
     def load(cls, folder: Path, threads: int = 1) -> CandidateRanker:
@@ -204,6 +208,15 @@ class CandidateRanker:
         """Answers in request order; one retrieval pass and one ONNX call for the batch."""
         if not requests:
             return []
+        clock = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = now - clock
+            clock = now
+
         tokens = [tokenize(r.query) for r in requests]
         embeddings = np.stack([r.embedding for r in requests]).astype(np.float32)
         to_retrieve = [i for i, r in enumerate(requests) if r.candidates is None]
@@ -220,6 +233,7 @@ class CandidateRanker:
             )
             for i, rows in zip(to_retrieve, found, strict=True):
                 candidates[i] = rows
+        lap("retrieve")
         features = gather_features(
             self.dense.vectors,
             self.lexical,
@@ -229,10 +243,12 @@ class CandidateRanker:
             [r.history for r in requests],
             candidates,
         )
+        lap("features")
         relevance, full = self.session.run(
             [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES], features.feeds()
         )
         scores = combine(relevance, full, self.config.depth, features.valid)
+        lap("score")
         out = []
         for i, r in enumerate(requests):
             n = len(candidates[i])
@@ -251,6 +267,9 @@ class CandidateRanker:
                     self.catalog.product_ids[picked],
                     row_scores[best].astype(np.float32),
                     self.catalog.titles[picked],
+                    n,
                 )
             )
+        lap("select")
+        self.last_timings = timings
         return out

@@ -61,7 +61,12 @@ def encoder_feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str
 # Requests
 # ---------------------------------------------------------------------------------------
 class InvalidInput(ValueError):
-    """A request the server must answer with INVALID_ARGUMENT (the message says why)."""
+    """A request the server must answer with INVALID_ARGUMENT (the message says why;
+    `reason` is a short label for the invalid-request metric)."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def decode_query(raw: bytes | str | np.bytes_) -> str:
@@ -72,15 +77,18 @@ def decode_query(raw: bytes | str | np.bytes_) -> str:
         except UnicodeDecodeError as exc:
             raise InvalidInput(
                 f"{contract.QUERY.name} is not valid UTF-8 (byte 0x{bytes(raw)[exc.start]:02x} "
-                f"at offset {exc.start})"
+                f"at offset {exc.start})",
+                "query_not_utf8",
             ) from None
     elif isinstance(raw, str):
         text = raw
     else:
-        raise InvalidInput(f"{contract.QUERY.name} must be a string, got {type(raw).__name__}")
+        raise InvalidInput(
+            f"{contract.QUERY.name} must be a string, got {type(raw).__name__}", "query_type"
+        )
     text = " ".join(text[: contract.MAX_QUERY_CHARS * 2].split())[: contract.MAX_QUERY_CHARS]
     if not text:
-        raise InvalidInput(f"{contract.QUERY.name} is empty or only whitespace")
+        raise InvalidInput(f"{contract.QUERY.name} is empty or only whitespace", "query_empty")
     return text
 
 
@@ -89,7 +97,8 @@ def validate_top_k(value: int) -> int:
     k = int(value)
     if not 1 <= k <= contract.MAX_TOP_K:
         raise InvalidInput(
-            f"{contract.TOP_K.name} must be between 1 and {contract.MAX_TOP_K}, got {k}"
+            f"{contract.TOP_K.name} must be between 1 and {contract.MAX_TOP_K}, got {k}",
+            "top_k",
         )
     return k
 
@@ -122,6 +131,67 @@ class QueryTokenizer:
             mask[:n] = 1
             out.append((ids, mask))
         return out
+
+
+def tokenize_rows(tokenizer: QueryTokenizer, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids (B, L), attention_mask (B, L)) for a request's QUERY rows (B, 1): each
+    row validated (InvalidInput names the row of a batched request), tokenized and padded
+    to the longest row (itself a multiple of SEQUENCE_BUCKET)."""
+    values = np.asarray(raw, dtype=object).reshape(-1)
+    if values.size == 0:
+        raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
+    texts = []
+    for i, value in enumerate(values):
+        try:
+            texts.append(decode_query(value))
+        except InvalidInput as exc:
+            message = f"{exc} (row {i})" if values.size > 1 else str(exc)
+            raise InvalidInput(message, exc.reason) from None
+    encoded = tokenizer.encode(texts)
+    return pad_rows([ids for ids, _ in encoded]), pad_rows([m for _, m in encoded])
+
+
+def encode_requests(
+    session, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """One encoder call for a dynamic batch of requests, each (B_r, L_r): rows padded to the
+    longest, embeddings split back per request, (B_r, D) each."""
+    rows_ids = [row for r in ids for row in np.atleast_2d(r)]
+    rows_mask = [row for r in masks for row in np.atleast_2d(r)]
+    (embeddings,) = session.run(
+        [contract.ONNX_SENTENCE_EMBEDDING], encoder_feeds(pad_rows(rows_ids), pad_rows(rows_mask))
+    )
+    bounds = np.cumsum([len(np.atleast_2d(r)) for r in ids])[:-1]
+    return np.split(embeddings, bounds)
+
+
+def row_values(raw: np.ndarray | None, rows: int, name: str) -> list[np.ndarray]:
+    """Per-row id lists of an optional (B, n) input: [] for each row when it is absent;
+    a batched request pads shorter rows with ids no product has (e.g. -1)."""
+    if raw is None:
+        return [np.zeros(0, np.int64) for _ in range(rows)]
+    values = np.asarray(raw, dtype=np.int64)
+    if values.ndim == 1:
+        values = values.reshape(1, -1)
+    if values.shape[0] != rows:
+        raise InvalidInput(f"{name} has {values.shape[0]} rows for a batch of {rows}", "shape")
+    return list(values)
+
+
+def pad_answers(
+    answers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (B, K), scores (B, K), titles (B, K)) of a request's rows, padded to the longest
+    row with PADDING_ID, 0.0 and b"" (a one-row request is not padded)."""
+    width = max((len(a[0]) for a in answers), default=0)
+    ids = np.full((len(answers), width), contract.PADDING_ID, np.int64)
+    scores = np.zeros((len(answers), width), np.float32)
+    titles = np.full((len(answers), width), b"", dtype=object)
+    for i, (row_ids, row_scores, row_titles) in enumerate(answers):
+        ids[i, : len(row_ids)] = row_ids
+        scores[i, : len(row_ids)] = row_scores
+        titles[i, : len(row_ids)] = row_titles
+    return ids, scores, titles
 
 
 def pad_rows(rows: Sequence[np.ndarray], pad: float = 0, min_width: int = 1) -> np.ndarray:
@@ -185,6 +255,12 @@ class CatalogIndex:
     def rows_of(self, history: np.ndarray) -> np.ndarray:
         """Catalog rows of the last MAX_HISTORY known ids of `history`; unknown ids dropped."""
         ids = np.asarray(history, dtype=np.int64).reshape(-1)
+        if ids.size > contract.MAX_HISTORY_IDS:
+            raise InvalidInput(
+                f"{contract.HISTORY.name} holds {ids.size} ids; at most "
+                f"{contract.MAX_HISTORY_IDS} per row (the last {contract.MAX_HISTORY} are used)",
+                "history_too_long",
+            )
         if ids.size == 0:
             return np.zeros(0, dtype=np.int64)
         pos = np.searchsorted(self._sorted, ids)
@@ -202,7 +278,8 @@ class CatalogIndex:
         if ids.size > contract.MAX_CANDIDATES:
             raise InvalidInput(
                 f"{contract.CANDIDATE_IDS.name} holds {ids.size} ids; at most "
-                f"{contract.MAX_CANDIDATES} may be re-ranked per request"
+                f"{contract.MAX_CANDIDATES} may be re-ranked per request",
+                "too_many_candidates",
             )
         if ids.size == 0 or len(self._sorted) == 0:
             return np.zeros(0, dtype=np.int64), int(ids.size), 0

@@ -296,3 +296,17 @@ def test_cli_rerank_prints_json(grpc_url: str, in_process, capsys: pytest.Captur
     assert payload["candidates"] == list(reversed(candidates))
     want = in_process.rerank("lamp", list(reversed(candidates)), [], 3).product_ids.tolist()
     assert [r["product_id"] for r in payload["results"]] == want
+
+
+@pytest.mark.integration
+def test_search_batch_is_one_request_with_every_row(
+    search_client: SearchClient, search_workload
+) -> None:
+    rows = search_workload[:4]
+    ks = [5, 2, 7, 3]
+    got = search_client.search_batch([r["query"] for r in rows], [r["history"] for r in rows], ks)
+    assert [len(g) for g in got] == ks
+    for r, k, results in zip(rows, ks, got, strict=True):
+        assert_same_results(results, as_ranked(search_client.search(r["query"], r["history"], k)))
+    with pytest.raises(ValueError, match="a batch holds"):
+        search_client.search_batch([])

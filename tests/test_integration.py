@@ -1,5 +1,6 @@
 """The real embedded tritonserver serving the tiny ensemble, vs the in-process pipeline."""
 
+import json
 import re
 import time
 
@@ -232,3 +233,146 @@ def test_a_corrupt_index_fails_the_load_naming_the_file(tiny_artifacts, tmp_path
         running_server(repository, log_path=tmp_path / "triton.log", wait_s=90),
     ):
         pass
+
+
+def batched(url: str, model: str, rows: list[dict]):
+    """One request holding len(rows) rows, ragged lists padded with PADDING_ID."""
+
+    def padded(key: str) -> np.ndarray:
+        width = max(1, *(len(r.get(key, [])) for r in rows))
+        out = np.full((len(rows), width), contract.PADDING_ID, np.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r.get(key, []))] = r.get(key, [])
+        return out
+
+    values = {
+        contract.QUERY: np.array([[r["query"]] for r in rows], dtype=object),
+        contract.HISTORY: padded("history"),
+        contract.TOP_K: np.array([[r["top_k"]] for r in rows], dtype=np.int32),
+    }
+    if model == contract.RERANK_MODEL:
+        values[contract.CANDIDATE_IDS] = padded("candidates")
+    inputs = []
+    for spec, value in values.items():
+        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(model, inputs)
+    finally:
+        client.close()
+    return [result.as_numpy(t.name) for t in contract.ENSEMBLE_OUTPUTS]
+
+
+@pytest.mark.parametrize("model", [contract.ENSEMBLE_MODEL, contract.RERANK_MODEL])
+def test_a_batched_request_answers_every_row(ensemble_server, in_process, workload, model):
+    """Rows of one request with their own query length, history, top-k (and candidates)."""
+    base = [r for r in workload if r["history"]][:2]
+    rows = [
+        {"query": base[0]["query"], "history": base[0]["history"], "top_k": 10},
+        {"query": "lamp", "history": [], "top_k": 3},
+        {
+            "query": base[1]["query"] + " with extra words",
+            "history": base[1]["history"][:1],
+            "top_k": 5,
+        },
+    ]
+    for r in rows:
+        r["candidates"] = [int(p) for p in in_process.search(r["query"], [], 12).product_ids[1::2]]
+    ids, scores, titles = batched(ensemble_server.grpc_url, model, rows)
+    assert ids.shape == (3, 10)  # padded to the longest row
+    for i, r in enumerate(rows):
+        if model == contract.RERANK_MODEL:
+            want = in_process.rerank(r["query"], r["candidates"], r["history"], r["top_k"])
+        else:
+            want = in_process.search(r["query"], r["history"], r["top_k"])
+        k = len(want.product_ids)
+        assert (ids[i, k:] == contract.PADDING_ID).all() and (titles[i, k:] == b"").all()
+        assert_same_answer((ids[i, :k], scores[i, :k], titles[i, :k]), want)
+
+
+def test_one_bad_row_refuses_the_whole_request_naming_it(ensemble_server):
+    rows = [
+        {"query": "red sofa", "history": [], "top_k": 5},
+        {"query": "   ", "history": [], "top_k": 5},
+    ]
+    with pytest.raises(InferenceServerException, match=r"empty.*row 1") as err:
+        batched(ensemble_server.grpc_url, contract.ENSEMBLE_MODEL, rows)
+    assert "INVALID_ARGUMENT" in str(err.value.status())
+
+
+def _http_infer(server, body, model=contract.ENSEMBLE_MODEL):
+    import requests
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    url = f"http://{server.http_url}/v2/models/{model}/infer"
+    return requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+
+
+def _json_input(spec, shape, data, datatype=None):
+    return {
+        "name": spec.name,
+        "shape": shape,
+        "datatype": datatype or spec.client_dtype,
+        "data": data,
+    }
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        # Triton 2.51 answers JSON it cannot parse with 500, not 400 (its choice, noted
+        # in the README); requests it can parse but refuses are a 400.
+        (b'{"inputs": [ {"name": "QUERY"', 500, "failed to parse"),
+        ({"inputs": [_json_input(contract.TOP_K, [1, 1], [3])]}, 400, "QUERY"),
+        (
+            {
+                "inputs": [
+                    _json_input(contract.QUERY, [1, 1], [5], "INT64"),
+                    _json_input(contract.TOP_K, [1, 1], [3]),
+                ]
+            },
+            400,
+            "data-type is 'INT64', but model 'search' expects 'BYTES'",
+        ),
+        (
+            {
+                "inputs": [
+                    _json_input(contract.QUERY, [1, 1], ["sofa"]),
+                    _json_input(contract.TOP_K, [1, 1], ["three"]),
+                ]
+            },
+            500,
+            "unable to parse 'data'",
+        ),
+        (
+            {
+                "inputs": [
+                    _json_input(contract.QUERY, [1, 1], ["   "]),
+                    _json_input(contract.TOP_K, [1, 1], [3]),
+                ]
+            },
+            400,
+            "QUERY is empty",
+        ),
+    ],
+    ids=["truncated-json", "missing-query", "wrong-dtype", "non-numeric-top-k", "blank-query"],
+)
+def test_malformed_http_json_is_refused_and_the_server_keeps_serving(
+    ensemble_server, body, status, words
+):
+    answer = _http_infer(ensemble_server, body)
+    assert answer.status_code == status, answer.text
+    assert words.lower() in answer.json()["error"].lower()
+    good = {
+        "inputs": [
+            _json_input(contract.QUERY, [1, 1], ["red sofa"]),
+            _json_input(contract.HISTORY, [1, 2], [100005, 100002]),
+            _json_input(contract.TOP_K, [1, 1], [3]),
+        ]
+    }
+    served = _http_infer(ensemble_server, good)
+    assert served.status_code == 200, served.text
+    outputs = {o["name"]: o for o in served.json()["outputs"]}
+    assert outputs[contract.PRODUCT_IDS.name]["shape"] == [1, 3]

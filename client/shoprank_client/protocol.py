@@ -27,6 +27,12 @@ MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
 # A re-rank request may send at most this many candidate ids.
 MAX_CANDIDATES = 1000
+# More history ids than this in one row are refused (only the last MAX_HISTORY are used).
+MAX_HISTORY_IDS = 1000
+# A request may hold up to MAX_BATCH_SIZE rows (queries). Rows of a batched request are
+# rectangular: shorter HISTORY / CANDIDATE_IDS rows are padded with PADDING_ID (no product
+# has it), and shorter answer rows come back padded with PADDING_ID, score 0, title "".
+PADDING_ID = -1
 MAX_BATCH_SIZE = 64
 
 # Ports of the server (Triton's defaults).

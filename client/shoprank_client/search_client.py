@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,8 +20,10 @@ from shoprank_client.protocol import (
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
     HISTORY,
+    MAX_BATCH_SIZE,
     MAX_CANDIDATES,
     MAX_TOP_K,
+    PADDING_ID,
     PRODUCT_IDS,
     QUERY,
     RERANK_MODEL,
@@ -29,6 +33,11 @@ from shoprank_client.protocol import (
 )
 
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF_S = 0.05
+# Worth another try: the server refused for load, or is restarting. Anything else
+# (INVALID_ARGUMENT, INTERNAL, DEADLINE_EXCEEDED) would fail again, or has no time left.
+RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 _INT64 = np.iinfo(np.int64)
 
 
@@ -113,32 +122,44 @@ def _inputs(
 _OUTPUTS = [grpcclient.InferRequestedOutput(s.name) for s in ENSEMBLE_OUTPUTS]
 
 
-def parse_response(response: grpcclient.InferResult) -> list[SearchResult]:
-    """Turn a Triton response of the ensemble into ranked results."""
+def parse_rows(response: grpcclient.InferResult) -> list[list[SearchResult]]:
+    """Ranked results of every row of a Triton response (padding dropped)."""
     ids = response.as_numpy(PRODUCT_IDS.name)
     scores = response.as_numpy(SCORES.name)
     titles = response.as_numpy(TITLES.name)
     if ids is None or scores is None or titles is None:
         raise SearchError("response is missing an output tensor", "INTERNAL")
-    # Drop the batch dimension of our single request.
-    ids, scores, titles = ids.reshape(-1), scores.reshape(-1), titles.reshape(-1)
-    if not len(ids) == len(scores) == len(titles):
+    ids, scores, titles = (np.atleast_2d(a) for a in (ids, scores, titles))
+    if not ids.shape == scores.shape == titles.shape:
         raise SearchError(
-            f"inconsistent output lengths: {len(ids)} ids, {len(scores)} scores, "
-            f"{len(titles)} titles",
+            f"inconsistent output shapes: {ids.shape} ids, {scores.shape} scores, "
+            f"{titles.shape} titles",
             "INTERNAL",
         )
-    return [
-        SearchResult(
-            rank=rank,
-            product_id=int(pid),
-            score=float(score),
-            title=title.decode("utf-8", errors="replace")
-            if isinstance(title, bytes)
-            else str(title),
+    rows = []
+    for row_ids, row_scores, row_titles in zip(ids, scores, titles, strict=True):
+        keep = row_ids != PADDING_ID
+        rows.append(
+            [
+                SearchResult(
+                    rank=rank,
+                    product_id=int(pid),
+                    score=float(score),
+                    title=title.decode("utf-8", errors="replace")
+                    if isinstance(title, bytes)
+                    else str(title),
+                )
+                for rank, (pid, score, title) in enumerate(
+                    zip(row_ids[keep], row_scores[keep], row_titles[keep], strict=True), 1
+                )
+            ]
         )
-        for rank, (pid, score, title) in enumerate(zip(ids, scores, titles, strict=True), 1)
-    ]
+    return rows
+
+
+def parse_response(response: grpcclient.InferResult) -> list[SearchResult]:
+    """Ranked results of a one-row response."""
+    return parse_rows(response)[0]
 
 
 class SearchClient:
@@ -154,12 +175,41 @@ class SearchClient:
         model: str = ENSEMBLE_MODEL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         rerank_model: str = RERANK_MODEL,
+        retries: int = DEFAULT_RETRIES,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        ssl: bool = False,
+        root_certificates: str | None = None,
     ) -> None:
         self.url = url
         self.model = model
         self.rerank_model = rerank_model
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._client = grpcclient.InferenceServerClient(
+            url=url, ssl=ssl, root_certificates=root_certificates
+        )
+
+    def _infer(self, model: str, inputs: list) -> grpcclient.InferResult:
+        """One request with a deadline of `timeout_s` in all; an overloaded or restarting
+        server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff and
+        jitter, within the deadline; every other error is raised at once."""
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(self.retries + 1):
+            left = deadline - time.monotonic()
+            try:
+                return self._client.infer(
+                    model, inputs, outputs=_OUTPUTS, client_timeout=max(left, 0.001)
+                )
+            except InferenceServerException as err:
+                error = SearchError.from_exception(err)
+            if error.status not in RETRYABLE or attempt == self.retries:
+                raise error
+            pause = self.backoff_s * 2**attempt * (1 + random.random())
+            if time.monotonic() + pause >= deadline:
+                raise error
+            time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def search(
         self, query: str, history: Sequence[int] = (), top_k: int = DEFAULT_TOP_K
@@ -171,12 +221,7 @@ class SearchClient:
             SearchError: the server rejected the request or could not be reached.
         """
         inputs = _inputs(query, _validate(query, history, top_k), top_k)
-        try:
-            response = self._client.infer(
-                self.model, inputs, outputs=_OUTPUTS, client_timeout=self.timeout_s
-            )
-        except InferenceServerException as err:
-            raise SearchError.from_exception(err) from None
+        response = self._infer(self.model, inputs)
         return parse_response(response)
 
     def rerank(
@@ -200,13 +245,46 @@ class SearchClient:
                 f"at most {MAX_CANDIDATES} candidates per request, got {rows.shape[1]}"
             )
         inputs = _inputs(query, _validate(query, history, top_k), top_k, rows)
-        try:
-            response = self._client.infer(
-                self.rerank_model, inputs, outputs=_OUTPUTS, client_timeout=self.timeout_s
-            )
-        except InferenceServerException as err:
-            raise SearchError.from_exception(err) from None
+        response = self._infer(self.rerank_model, inputs)
         return parse_response(response)
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        histories: Sequence[Sequence[int]] | None = None,
+        top_k: int | Sequence[int] = DEFAULT_TOP_K,
+    ) -> list[list[SearchResult]]:
+        """Send up to MAX_BATCH_SIZE searches as *one* request (rows of a batch): one round
+        trip, ranked together on the server. Each row has its own history and top-k.
+
+        Raises:
+            ValueError: invalid arguments (checked before anything is sent).
+            SearchError: the server rejected the request (all of it) or was unreachable.
+        """
+        n = len(queries)
+        if not 1 <= n <= MAX_BATCH_SIZE:
+            raise ValueError(f"a batch holds 1..{MAX_BATCH_SIZE} queries, got {n}")
+        histories = [()] * n if histories is None else histories
+        ks = [top_k] * n if isinstance(top_k, (int, np.integer)) else list(top_k)
+        if len(histories) != n or len(ks) != n:
+            raise ValueError(f"{n} queries need {n} histories and top-k values")
+        rows = [_validate(q, h, k) for q, h, k in zip(queries, histories, ks, strict=True)]
+        width = max(r.shape[1] for r in rows)
+        history = np.full((n, width), PADDING_ID, dtype=np.int64)
+        for i, r in enumerate(rows):
+            history[i, : r.shape[1]] = r[0]
+        arrays = {
+            QUERY: np.array([[q.encode("utf-8")] for q in queries], dtype=QUERY.numpy_dtype),
+            HISTORY: history,
+            TOP_K: np.array([[k] for k in ks], dtype=TOP_K.numpy_dtype),
+        }
+        inputs = []
+        for spec, array in arrays.items():
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        response = self._infer(self.model, inputs)
+        return parse_rows(response)
 
     def search_many(
         self,

@@ -1,8 +1,8 @@
 """Triton model `encoder`: token ids → L2-normalised QUERY_EMBEDDING, ONNX Runtime inside
 the Python backend (the embedded CPU server has no ONNX Runtime backend).
 
-Requests of different lengths arrive in one dynamic batch (ragged inputs); they are padded
-to the longest and run as one ONNX call.
+Requests of different lengths arrive in one dynamic batch (ragged inputs), each with one
+or more rows; every row is padded to the longest and the batch runs as one ONNX call.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
 from shoprank.model_repository.models.common import input_array, parameters, version_dir
-from shoprank.runtime import cpu_session, pad_rows
+from shoprank.runtime import cpu_session, encode_requests
 
 
 class TritonPythonModel:
@@ -22,15 +22,12 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        ids = [input_array(r, contract.INPUT_IDS.name).reshape(-1) for r in requests]
-        masks = [input_array(r, contract.ATTENTION_MASK.name).reshape(-1) for r in requests]
-        (embeddings,) = self.session.run(
-            [contract.ONNX_SENTENCE_EMBEDDING],
-            {contract.ONNX_INPUT_IDS: pad_rows(ids), contract.ONNX_ATTENTION_MASK: pad_rows(masks)},
+        embeddings = encode_requests(
+            self.session,
+            [input_array(r, contract.INPUT_IDS.name) for r in requests],
+            [input_array(r, contract.ATTENTION_MASK.name) for r in requests],
         )
         return [
-            pb_utils.InferenceResponse(
-                [pb_utils.Tensor(contract.QUERY_EMBEDDING.name, row[None, :])]
-            )
-            for row in embeddings
+            pb_utils.InferenceResponse([pb_utils.Tensor(contract.QUERY_EMBEDDING.name, e)])
+            for e in embeddings
         ]

@@ -2,7 +2,7 @@
 of the caller's CANDIDATE_IDS (ensemble `rerank`).
 
 One `CandidateRanker.rank` call per dynamic batch: one retrieval pass and one ONNX call
-score every request of the batch. Requests are validated here one by one, so a bad one
+score every row of every request. Requests are validated here one by one, so a bad one
 is refused with INVALID_ARGUMENT and the rest of its batch is still answered.
 """
 
@@ -19,8 +19,9 @@ from shoprank.model_repository.models.common import (
     parameters,
     version_dir,
 )
+from shoprank.model_repository.models.metrics import ServingMetrics, mode_of
 from shoprank.ranking import CandidateRanker, Request
-from shoprank.runtime import InvalidInput, decode_query, validate_top_k
+from shoprank.runtime import InvalidInput, decode_query, pad_answers, row_values, validate_top_k
 
 
 class TritonPythonModel:
@@ -28,44 +29,87 @@ class TritonPythonModel:
         params = parameters(args)
         self.ranker = CandidateRanker.load(version_dir(args), threads=int(params["threads"]))
         self.logger = pb_utils.Logger
+        self.metrics = ServingMetrics()
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        parsed, slots = [], []
+        rows: list[Request] = []
+        spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
         for i, request in enumerate(requests):
             try:
-                parsed.append(self._parse(request))
-                slots.append(i)
+                parsed = self._parse(request)
             except InvalidInput as exc:
+                self.metrics.invalid_request(contract.RANKER_MODEL, exc.reason)
                 responses[i] = invalid(str(exc))
-        for i, ranked in zip(slots, self.ranker.rank(parsed), strict=True):
+                continue
+            spans.append((i, len(rows), len(parsed)))
+            rows += parsed
+        answers = self.ranker.rank(rows)
+        self._observe(rows, answers)
+        for i, first, count in spans:
+            ids, scores, titles = pad_answers(
+                [(a.product_ids, a.scores, a.titles) for a in answers[first : first + count]]
+            )
             responses[i] = pb_utils.InferenceResponse(
                 [
-                    pb_utils.Tensor(contract.PRODUCT_IDS.name, ranked.product_ids[None, :]),
-                    pb_utils.Tensor(contract.SCORES.name, ranked.scores[None, :]),
-                    pb_utils.Tensor(contract.TITLES.name, ranked.titles[None, :]),
+                    pb_utils.Tensor(contract.PRODUCT_IDS.name, ids),
+                    pb_utils.Tensor(contract.SCORES.name, scores),
+                    pb_utils.Tensor(contract.TITLES.name, titles),
                 ]
             )
         return responses
 
-    def _parse(self, request) -> Request:
+    def _observe(self, rows: list[Request], answers) -> None:
+        m = self.metrics
+        for stage, seconds in self.ranker.last_timings.items():
+            m.stage_seconds(stage=stage).observe(seconds)
+        for row, answer in zip(rows, answers, strict=True):
+            mode = mode_of(row.candidates)
+            history = "present" if len(row.history) else "empty"
+            m.rows(mode=mode, history=history).increment(1)
+            m.results(mode=mode).increment(len(answer.product_ids))
+            n = len(row.candidates) if row.candidates is not None else answer.candidates
+            m.candidates(mode=mode).observe(n)
+
+    def _parse(self, request) -> list[Request]:
+        """The request's rows, validated; InvalidInput refuses the whole request."""
+        queries = input_array(request, contract.QUERY.name).reshape(-1)
+        embeddings = input_array(request, contract.QUERY_EMBEDDING.name)
         top_k = input_array(request, contract.TOP_K.name).reshape(-1)
-        if top_k.size != 1:
-            raise InvalidInput(f"{contract.TOP_K.name} must hold one value, got {top_k.size}")
-        history = optional_array(request, contract.HISTORY.name)
+        b = len(queries)
+        if top_k.size != b:
+            raise InvalidInput(
+                f"{contract.TOP_K.name} must hold one value per row, got {top_k.size}"
+            )
+        histories = row_values(
+            optional_array(request, contract.HISTORY.name), b, contract.HISTORY.name
+        )
         candidates = optional_array(request, contract.CANDIDATE_IDS.name)
         catalog = self.ranker.catalog
-        rows = None
-        if candidates is not None:
-            rows, unknown, duplicates = catalog.candidate_rows(candidates)
-            if unknown or duplicates:
-                self.logger.log_info(
-                    f"rerank: {unknown} unknown and {duplicates} duplicate candidate ids ignored"
+        out = []
+        for row in range(b):
+            rows = None
+            if candidates is not None:
+                row_ids = row_values(candidates, b, contract.CANDIDATE_IDS.name)[row]
+                rows, unknown, duplicates = catalog.candidate_rows(
+                    row_ids[row_ids != contract.PADDING_ID]
                 )
-        return Request(
-            query=decode_query(input_array(request, contract.QUERY.name).reshape(-1)[0]),
-            embedding=input_array(request, contract.QUERY_EMBEDDING.name).reshape(-1),
-            history=catalog.rows_of(history if history is not None else np.zeros(0, np.int64)),
-            k=validate_top_k(top_k[0]),
-            candidates=rows,
-        )
+                if unknown:
+                    self.metrics.ignored(kind="unknown").increment(unknown)
+                if duplicates:
+                    self.metrics.ignored(kind="duplicate").increment(duplicates)
+                if unknown or duplicates:
+                    self.logger.log_verbose(
+                        f"rerank row {row}: {unknown} unknown and {duplicates} duplicate "
+                        "candidate ids ignored"
+                    )
+            out.append(
+                Request(
+                    query=decode_query(queries[row]),
+                    embedding=np.asarray(embeddings[row], np.float32).reshape(-1),
+                    history=catalog.rows_of(histories[row]),
+                    k=validate_top_k(top_k[row]),
+                    candidates=rows,
+                )
+            )
+        return out
