@@ -5,7 +5,8 @@
 #   make test    the test suite
 #
 # Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu),
-# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m shoprank.training`).
+# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m shoprank.training`),
+# SERVE_ARGS (e.g. --host 0.0.0.0 --tls-cert ...), NEW (artifacts `make deploy` puts live).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,11 +22,14 @@ USERS ?= 8
 RUN_TIME ?= 30s
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
+SERVE_ARGS ?=
+DEPLOY_ARGS ?=
+NEW ?= $(OUT)
 PIDFILE := $(OUT)/tritonserver.pid
 # This machine keeps the CPU build of torch 2.13.0 as a local wheel; use it when present.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help venv data train eval evaluate crossval convert repo workload serve stop search loadtest \
+.PHONY: help venv data train eval evaluate crossval convert repo workload serve deploy rollback stop search loadtest \
         demo summary bench bench-scale bench-ann test lint serve-gpu clean
 
 help: ## list the targets
@@ -61,8 +65,14 @@ convert: venv ## ONNX export, parity check, int8 quantization, conversion report
 repo: venv ## generate the Triton model repository (TARGET=cpu|gpu)
 	$(PY) -m shoprank.model_repository.build --out $(OUT) --target $(TARGET)
 
-serve: venv ## start the embedded Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002)
-	$(PY) -m shoprank.model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log
+serve: venv ## start the supervised Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002, health 8003)
+	$(PY) -m shoprank.model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log $(SERVE_ARGS)
+
+deploy: venv ## hot-deploy the artifacts of NEW (default OUT) as the next version of the served repository
+	$(PY) -m shoprank.model_repository.deploy --out $(NEW) --repository $(OUT)/repository_cpu $(DEPLOY_ARGS)
+
+rollback: venv ## put the previously served version back, without downtime
+	$(PY) -m shoprank.model_repository.deploy --rollback --repository $(OUT)/repository_cpu $(DEPLOY_ARGS)
 
 stop: ## stop the embedded Triton server
 	@if [ -x $(PY) ]; then $(PY) -m shoprank.model_repository.server stop --pidfile $(PIDFILE); fi

@@ -190,6 +190,8 @@ def server_command(
         f"--grpc-port={grpc_port}",
         f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
+        # Per-model p50/p90/p95/p99 latency (nv_inference_request_summary_us) for dashboards.
+        "--metrics-config=summary_latencies=true",
         f"--log-verbose={log_verbose}",
         f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         *extra_args,
@@ -257,34 +259,47 @@ def log_errors(log_path: Path, limit: int = 20) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # Readiness (tritonclient, gRPC)
 # ---------------------------------------------------------------------------------------
-def model_states(grpc_url: str, timeout_s: float = 5.0) -> list[dict]:
-    """The repository index (name, version, state, reason) of a running server."""
-    import tritonclient.grpc as grpcclient
+def model_states(
+    http_url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None
+) -> list[dict]:
+    """The repository index (name, version, state, reason) of a running server.
 
-    client = grpcclient.InferenceServerClient(grpc_url)
+    Control-plane calls go over HTTP: on loopback it is always plaintext, while gRPC may be
+    TLS-only (`--grpc-use-ssl`) with a certificate made for another host name."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url, network_timeout=timeout_s)
     try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+        return list(client.get_model_repository_index(headers=headers))
     finally:
         client.close()
-    return list(index.get("models", []))
 
 
-def server_ready(grpc_url: str, timeout_s: float = 2.0) -> bool:
-    """Whether the server at `grpc_url` answers and says it is ready."""
-    import tritonclient.grpc as grpcclient
+def server_ready(http_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the server at `http_url` answers and says it is ready."""
+    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        return bool(client.is_server_ready(client_timeout=timeout_s))
+        client = httpclient.InferenceServerClient(
+            http_url, connection_timeout=timeout_s, network_timeout=timeout_s
+        )
     except InferenceServerException:
+        return False
+    try:
+        return bool(client.is_server_ready())
+    except (InferenceServerException, OSError):
         return False
     finally:
         client.close()
 
 
 def wait_until_ready(
-    grpc_url: str, *, wait_s: float, proc: subprocess.Popen | None = None
+    http_url: str,
+    *,
+    wait_s: float,
+    proc: subprocess.Popen | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[dict]:
     """Poll until the server is ready and every model in its repository is READY.
 
@@ -300,10 +315,10 @@ def wait_until_ready(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise TritonServerError(f"tritonserver exited with code {proc.returncode}")
-        if server_ready(grpc_url):
+        if server_ready(http_url):
             try:
-                index = model_states(grpc_url)
-            except InferenceServerException as err:
+                index = model_states(http_url, headers=headers)
+            except (InferenceServerException, OSError) as err:
                 last = f"repository index failed: {err}"
             else:
                 failed = [m for m in index if m.get("state") == "UNAVAILABLE"]
@@ -335,6 +350,7 @@ def start(
     host: str = DEFAULT_HOST,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
+    headers: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start tritonserver on `repository` and wait until it and all its models are ready.
 
@@ -377,7 +393,9 @@ def start(
             start_new_session=True,
         )
     try:
-        wait_until_ready(f"{client_host(host)}:{grpc_port}", wait_s=wait_s, proc=proc)
+        wait_until_ready(
+            f"{client_host(host)}:{http_port}", wait_s=wait_s, proc=proc, headers=headers
+        )
     except BaseException as err:
         stop(proc)
         if not isinstance(err, TritonServerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -162,7 +163,11 @@ def test_cli_starts_detached_and_stops(tmp_path: Path) -> None:
 
         status = _cli("status", f"--pidfile={pidfile}")
         assert status.returncode == 0, status.stdout
-        assert "READY" in status.stdout
+        assert "READY" in status.stdout and "model doubler v1: READY" in status.stdout
+        # Supervised by default: the pid file names the supervisor, which owns the server.
+        assert "supervisor pid" in status.stdout
+        triton_pid = int(re.search(r"tritonserver pid (\d+)", status.stdout).group(1))
+        assert triton_pid != pid and server.pid_alive(triton_pid)
 
         again = _cli("start", f"--repository={repository}", *ports, f"--pidfile={pidfile}")
         assert again.returncode == 2
@@ -171,7 +176,7 @@ def test_cli_starts_detached_and_stops(tmp_path: Path) -> None:
         stopped = _cli("stop", f"--pidfile={pidfile}")
         assert stopped.returncode == 0, stopped.stderr
         assert not pidfile.exists()
-        assert not server.pid_alive(pid)
+        assert not server.pid_alive(pid) and not server.pid_alive(triton_pid)
         assert server.group_members(pid) == []
     finally:
         if pid is not None:
