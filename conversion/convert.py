@@ -81,7 +81,7 @@ class ConversionConfig:
     )
     trt_workspace_gb: float = 2.0
     dense_kind: str = field(
-        default="hnsw_sq8", metadata={"help": "dense index: " + ", ".join(KINDS)}
+        default=DenseConfig().kind, metadata={"help": "dense index: " + ", ".join(KINDS)}
     )
     hnsw_m: int = field(default=32, metadata={"help": "HNSW graph degree"})
     ef_construction: int = 80

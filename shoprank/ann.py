@@ -1,6 +1,6 @@
 """Dense retrieval over the product embeddings: an exact scan or an ANN index (faiss).
 
-    index = DenseIndex.build(embeddings, DenseConfig(kind="hnsw_sq8"))
+    index = DenseIndex.build(embeddings, DenseConfig(kind="ivf_sq8"))
     rows, scores = index.search(query_embeddings, k=200)   # (B, k) each, best first
     vectors = index.vectors(rows)                          # what the ranker scores with
 
@@ -35,7 +35,10 @@ KINDS = ("flat", "hnsw_sq8", "ivf_sq8")
 class DenseConfig:
     """How to build (and search) a dense index; every field is recorded beside it."""
 
-    kind: str = "hnsw_sq8"
+    # IVF-SQ8 by measurement (`make bench-ann`, 200k products, 2026-11-30): recall@100
+    # 0.977 at 0.56 ms/query (nprobe 32), where HNSW-SQ8 reached 0.941 at 1.61 ms
+    # (efSearch 512) and usearch int8 0.871 at 1.86 ms; it also builds 2x faster, smaller.
+    kind: str = "ivf_sq8"
     hnsw_m: int = 32  # graph degree
     ef_construction: int = 80
     ef_search: int = 128  # HNSW: candidates kept while searching

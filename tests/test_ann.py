@@ -1,0 +1,55 @@
+"""Dense retrieval indexes (shoprank.ann): every kind searches, tunes, decodes and persists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shoprank.ann import KINDS, DenseConfig, DenseIndex, exact_top_k
+
+
+@pytest.fixture(scope="module")
+def vectors() -> tuple[np.ndarray, np.ndarray]:
+    """Clustered unit vectors (as product embeddings are) and queries near them."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    items = centres[rng.integers(40, size=4000)] + 0.5 * rng.normal(size=(4000, 32))
+    queries = centres[rng.integers(40, size=50)] + 0.5 * rng.normal(size=(50, 32))
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(items), unit(queries)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_tunes_to_the_recall_target(vectors, kind) -> None:
+    items, queries = vectors
+    exact = exact_top_k(items, queries, 20)
+    index = DenseIndex.build(items, DenseConfig(kind=kind, train_size=2000))
+    stats = index.tune(queries, exact, 20, target=0.9)
+    assert index.recall_at(queries, exact, 20) >= 0.9
+    assert stats["recall"] >= 0.9
+    rows, scores = index.search(queries[:3], 20)
+    assert rows.shape == (3, 20) and np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    # 8-bit vectors decode to within quantization error of the originals.
+    np.testing.assert_allclose(index.vectors(rows[0]), items[rows[0]], atol=0.05)
+
+
+def test_the_default_kind_is_the_measured_choice() -> None:
+    assert DenseConfig().kind == "ivf_sq8"
+    with pytest.raises(ValueError, match="kind"):
+        DenseConfig(kind="lsh")
+
+
+def test_save_load_round_trip_and_errors_naming_the_file(vectors, tmp_path) -> None:
+    items, queries = vectors
+    index = DenseIndex.build(items, DenseConfig(train_size=2000))
+    index.tune(queries, exact_top_k(items, queries, 10), 10, target=0.9)
+    path = tmp_path / "dense.faiss"
+    index.save(path)
+    loaded = DenseIndex.load(path)
+    assert loaded.config == index.config
+    np.testing.assert_array_equal(loaded.search(queries, 10)[0], index.search(queries, 10)[0])
+    path.write_bytes(b"not an index")
+    with pytest.raises(ValueError, match=r"dense\.faiss"):
+        DenseIndex.load(path)
+    with pytest.raises(ValueError, match=r"missing\.faiss"):
+        DenseIndex.load(tmp_path / "missing.faiss")
