@@ -4,7 +4,7 @@
 #                convert, Triton repository, server, a search, a load test, summary)
 #   make test    the test suite
 #
-# Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu),
+# Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu|gpu-embedded),
 # USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m shoprank.training`),
 # SERVE_ARGS (e.g. --host 0.0.0.0 --tls-cert ...), NEW (artifacts `make deploy` puts live).
 
@@ -30,7 +30,7 @@ PIDFILE := $(OUT)/tritonserver.pid
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: help venv data train eval evaluate crossval convert repo workload serve deploy rollback stop search loadtest \
-        demo summary bench bench-scale bench-ann test lint serve-gpu clean
+        demo summary bench bench-scale bench-ann gpu-check test lint serve-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ crossval: venv ## query-grouped k-fold on your own data: make crossval DATA=file
 convert: venv ## ONNX export, parity check, int8 quantization, conversion report
 	$(PY) -m shoprank.conversion --out $(OUT)
 
-repo: venv ## generate the Triton model repository (TARGET=cpu|gpu)
+repo: venv ## generate the Triton model repository (TARGET=cpu|gpu|gpu-embedded)
 	$(PY) -m shoprank.model_repository.build --out $(OUT) --target $(TARGET)
 
 serve: venv ## start the supervised Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002, health 8003)
@@ -101,6 +101,9 @@ bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratio
 
 bench-scale: venv ## Triton at 20k/200k/1M products, exact scan vs ANN: OUT/reports/scale.{csv,png}
 	$(PY) -m shoprank.bench.scale --out $(OUT) $(BENCH_ARGS)
+
+gpu-check: venv ## on a GPU host: serve the gpu-embedded target, agreement + concurrency sweep -> docs/gpu/
+	$(PY) -m shoprank.bench.gpu_check --out $(OUT) $(GPU_CHECK_ARGS)
 
 bench-ann: venv ## ANN libraries and indexes compared on this machine: reports/ann.{md,csv}
 	$(PY) -m shoprank.bench.ann --out $(OUT) $(BENCH_ARGS)

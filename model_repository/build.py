@@ -1,6 +1,6 @@
 """Generate the Triton model repository from `contract` and the converted artifacts.
 
-    python -m shoprank.model_repository.build --out artifacts/demo --target cpu|gpu
+    python -m shoprank.model_repository.build --out artifacts/demo --target cpu|gpu|gpu-embedded
 
 - cpu: the embedded server in nvidia-pytriton (Python backend only). Tokenizer, encoder
   and ranker are Python-backend models; encoder and ranker run ONNX Runtime inside.
@@ -8,6 +8,12 @@
   engine was built (conversion/tensorrt.py: `encoder.fp16.plan`, or `encoder.int8.plan`
   when the conversion report selected it after its quality gate), else `onnxruntime_onnx`;
   the tokenizer and ranker stay Python-backend models.
+- gpu-embedded: the embedded server on a host with CUDA PyTorch (no TensorRT or ONNX
+  Runtime GPU needed). Encoder and ranker are Python-backend models on a GPU instance:
+  the fine-tuned encoder in PyTorch (fp16, CUDA graphs per batch/sequence bucket) and the
+  exact dense scan on the GPU (`shoprank.gpu`); BM25, features and the fusion ranker's
+  ONNX graph stay on the CPU. `--device cpu` builds the same repository on CPU instances
+  (how it is tested on hosts without a GPU).
 
 Both are written from the same tensor specs, so the ensemble wiring cannot drift between
 them. Each model gets dynamic batching, warm-up requests and a numbered version folder.
@@ -39,7 +45,9 @@ from shoprank.encoder import tokenizer_file
 from shoprank.model_repository import models as model_sources
 from shoprank.runtime import CatalogIndex, QueryTokenizer
 
-TARGETS = ("cpu", "gpu")
+TARGETS = ("cpu", "gpu", "gpu-embedded")
+# gpu-embedded: the encoder's sentence-transformers folder inside its version folder.
+GPU_ENCODER_DIR = "encoder"
 # Every model is warmed up at load with this query (the encoder with its token ids).
 WARMUP_QUERY = "red leather sofa"
 
@@ -50,6 +58,8 @@ class ServingConfig:
 
     target: str = "cpu"
     version: int = 1
+    device: str = "gpu"  # gpu-embedded: instance kind of encoder and ranker (gpu|cpu)
+    dtype: str = "float16"  # gpu-embedded: encoder weights and the dense scan
     max_batch_size: int = contract.MAX_BATCH_SIZE
     # On 2 CPU cores waiting for company only adds latency: requests that arrive while a
     # model is busy are batched anyway (measured: p50 7.3 ms → 4.5 ms at concurrency 1,
@@ -119,11 +129,12 @@ def _base(
     # and switches the ensembles over in one step (model_repository/deploy.py).
     config.version_policy.specific.versions.append(serving.version)
     group = config.instance_group.add()
-    group.kind = (
-        mc.ModelInstanceGroup.KIND_GPU
-        if serving.target == "gpu" and name == contract.ENCODER_MODEL
-        else mc.ModelInstanceGroup.KIND_CPU
+    on_gpu = (serving.target == "gpu" and name == contract.ENCODER_MODEL) or (
+        serving.target == "gpu-embedded"
+        and serving.device == "gpu"
+        and name in (contract.ENCODER_MODEL, contract.RANKER_MODEL)
     )
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     group.count = serving.instances.get(name, 1)
     return config
 
@@ -165,7 +176,10 @@ def _write_model(
     version_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     for target_name, source in files.items():
-        shutil.copyfile(source, version_dir / target_name)
+        if Path(source).is_dir():
+            shutil.copytree(source, version_dir / target_name)
+        else:
+            shutil.copyfile(source, version_dir / target_name)
     if python_source:
         src = Path(model_sources.__file__).parent / f"{python_source}.py"
         shutil.copyfile(src, version_dir / "model.py")
@@ -294,6 +308,20 @@ def build(
         cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.ENCODER_MODEL])
         files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
         source: str | None = "encoder"
+    elif serving.target == "gpu-embedded":
+        cfg = _base(
+            contract.ENCODER_MODEL,
+            serving,
+            contract.ENCODER_INPUTS,
+            contract.ENCODER_OUTPUTS,
+            emb_dims,
+        )
+        cfg.backend = "python"
+        cfg.parameters["runtime"].string_value = "torch"
+        cfg.parameters["encoder_dir"].string_value = GPU_ENCODER_DIR
+        cfg.parameters["dtype"].string_value = serving.dtype
+        files = {GPU_ENCODER_DIR: paths.encoder}
+        source = "encoder"
     else:
         engine = served_plan(paths)
         profile = read_plan_profile(engine) if engine is not None else None
@@ -348,6 +376,13 @@ def build(
         contract.CATALOG_FILE: paths.catalog_npz,
         contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
     }
+    if serving.target == "gpu-embedded":
+        cfg.parameters["runtime"].string_value = "torch"
+        cfg.parameters["item_index"].string_value = paths.item_index.name
+        cfg.parameters["dtype"].string_value = serving.dtype
+        del ranker_files[contract.DENSE_INDEX_FILE]
+        del ranker_files[meta_path(Path(contract.DENSE_INDEX_FILE)).name]
+        ranker_files[paths.item_index.name] = paths.item_index
     model_dir = _write_model(repo, cfg, v, ranker_files, python_source="ranker")
     query = np.zeros(dim, dtype=np.float32)
     query[0] = 1.0
@@ -381,12 +416,16 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m shoprank.model_repository.build --out DIR --target cpu|gpu`."""
+    """CLI: `python -m shoprank.model_repository.build --out DIR --target TARGET`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)
     parser.add_argument("--target", choices=TARGETS, default="cpu")
     parser.add_argument("--version", type=int, default=1)
     defaults = ServingConfig()
+    parser.add_argument(
+        "--device", choices=("gpu", "cpu"), default=defaults.device, help="gpu-embedded"
+    )
+    parser.add_argument("--dtype", default=defaults.dtype, help="gpu-embedded: float16|...")
     parser.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us)
     parser.add_argument("--max-queue-size", type=int, default=defaults.max_queue_size)
     parser.add_argument("--queue-timeout-us", type=int, default=defaults.queue_timeout_us)
@@ -394,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     serving = ServingConfig(
         target=args.target,
         version=args.version,
+        device=args.device,
+        dtype=args.dtype,
         max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_us,

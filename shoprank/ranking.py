@@ -182,12 +182,13 @@ class CandidateRanker:
         self.last_timings: dict[str, float] = {}
 
     @classmethod
-    def load(cls, folder: Path, threads: int = 1) -> CandidateRanker:
-        """From a model version folder written by the repository builder."""
+    def load(cls, folder: Path, threads: int = 1, dense=None) -> CandidateRanker:
+        """From a model version folder written by the repository builder; `dense` replaces
+        the folder's dense index (the GPU scan of `shoprank.gpu`)."""
         folder = Path(folder)
         for name in (
             contract.RANKER_ONNX_FILE,
-            contract.DENSE_INDEX_FILE,
+            *(() if dense is not None else (contract.DENSE_INDEX_FILE,)),
             contract.LEXICAL_INDEX_FILE,
             contract.ITEM_TABLES_FILE,
             contract.CATALOG_FILE,
@@ -197,7 +198,7 @@ class CandidateRanker:
                 raise FileNotFoundError(f"{folder / name} is missing: rebuild the repository")
         return cls(
             cpu_session(folder / contract.RANKER_ONNX_FILE, threads),
-            DenseIndex.load(folder / contract.DENSE_INDEX_FILE),
+            dense if dense is not None else DenseIndex.load(folder / contract.DENSE_INDEX_FILE),
             LexicalIndex.load(folder / contract.LEXICAL_INDEX_FILE),
             ItemTables.load(folder / contract.ITEM_TABLES_FILE),
             CatalogIndex.load(folder / contract.CATALOG_FILE),

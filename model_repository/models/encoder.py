@@ -1,5 +1,6 @@
 """Triton model `encoder`: token ids → L2-normalised QUERY_EMBEDDING, ONNX Runtime inside
-the Python backend (the embedded CPU server has no ONNX Runtime backend).
+the Python backend (the embedded CPU server has no ONNX Runtime backend), or PyTorch with
+CUDA graphs for the `gpu-embedded` target (`shoprank.gpu`).
 
 Requests of different lengths arrive in one dynamic batch (ragged inputs), each with one
 or more rows; every row is padded to the longest and the batch runs as one ONNX call.
@@ -17,9 +18,18 @@ from shoprank.runtime import cpu_session, encode_requests
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        self.session = cpu_session(
-            version_dir(args) / params["onnx_file"], threads=int(params["threads"])
-        )
+        if params.get("runtime") == "torch":  # gpu-embedded: PyTorch, CUDA graphs
+            from shoprank.gpu import TorchEncoder, device_of
+
+            device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
+            self.session = TorchEncoder(
+                version_dir(args) / params["encoder_dir"], device, params["dtype"]
+            )
+            self.session.warm_up()
+        else:
+            self.session = cpu_session(
+                version_dir(args) / params["onnx_file"], threads=int(params["threads"])
+            )
 
     def execute(self, requests):
         embeddings = encode_requests(

@@ -27,7 +27,17 @@ from shoprank.runtime import InvalidInput, decode_query, pad_answers, row_values
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        self.ranker = CandidateRanker.load(version_dir(args), threads=int(params["threads"]))
+        dense = None
+        if params.get("runtime") == "torch":  # gpu-embedded: the exact scan on the device
+            from shoprank.artifacts import load_item_index
+            from shoprank.gpu import TorchDenseIndex, device_of
+
+            embeddings = load_item_index(version_dir(args) / params["item_index"])["embeddings"]
+            device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
+            dense = TorchDenseIndex(embeddings, device, params["dtype"])
+        self.ranker = CandidateRanker.load(
+            version_dir(args), threads=int(params["threads"]), dense=dense
+        )
         self.logger = pb_utils.Logger
         self.metrics = ServingMetrics()
 
