@@ -281,12 +281,16 @@ def test_a_batched_request_answers_every_row(ensemble_server, in_process, worklo
     for r in rows:
         r["candidates"] = [int(p) for p in in_process.search(r["query"], [], 12).product_ids[1::2]]
     ids, scores, titles = batched(ensemble_server.grpc_url, model, rows)
-    assert ids.shape == (3, 10)  # padded to the longest row
-    for i, r in enumerate(rows):
-        if model == contract.RERANK_MODEL:
-            want = in_process.rerank(r["query"], r["candidates"], r["history"], r["top_k"])
-        else:
-            want = in_process.search(r["query"], r["history"], r["top_k"])
+    wants = [
+        in_process.rerank(r["query"], r["candidates"], r["history"], r["top_k"])
+        if model == contract.RERANK_MODEL
+        else in_process.search(r["query"], r["history"], r["top_k"])
+        for r in rows
+    ]
+    # Padded to the longest row (re-ranking 6 candidates answers at most 6).
+    assert ids.shape == (3, max(len(w.product_ids) for w in wants))
+    assert len({len(w.product_ids) for w in wants}) > 1  # rows of different lengths
+    for i, want in enumerate(wants):
         k = len(want.product_ids)
         assert (ids[i, k:] == contract.PADDING_ID).all() and (titles[i, k:] == b"").all()
         assert_same_answer((ids[i, :k], scores[i, :k], titles[i, :k]), want)

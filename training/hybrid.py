@@ -242,6 +242,6 @@ def fit_relevance(
     return best, {
         "chosen": "linear" if not best.hidden else f"mlp{best.hidden}",
         "tried": tried,
-        "dense_scale": float(best.log_scale.exp()),
+        "dense_scale": float(best.log_scale.detach().exp()),
         "lexical_weights": weights,
     }
