@@ -295,7 +295,7 @@ def build(
     # encoder: warmed up with the tokenizer's own ids for the tokenizer's warm-up query
     build_extra: dict = {}
     sample, sample_mask = QueryTokenizer(tokenizer_file(paths.encoder)).encode([WARMUP_QUERY])[0]
-    if serving.target == "cpu":
+    if serving.target in ("cpu", "gpu-embedded"):
         cfg = _base(
             contract.ENCODER_MODEL,
             serving,
@@ -304,24 +304,17 @@ def build(
             emb_dims,
         )
         cfg.backend = "python"
-        cfg.parameters["onnx_file"].string_value = contract.ENCODER_ONNX_FILE
-        cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.ENCODER_MODEL])
-        files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
+        if serving.target == "cpu":
+            cfg.parameters["onnx_file"].string_value = contract.ENCODER_ONNX_FILE
+            threads = serving.ort_threads[contract.ENCODER_MODEL]
+            cfg.parameters["threads"].string_value = str(threads)
+            files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
+        else:
+            cfg.parameters["runtime"].string_value = contract.TORCH_RUNTIME
+            cfg.parameters["encoder_dir"].string_value = GPU_ENCODER_DIR
+            cfg.parameters["dtype"].string_value = serving.dtype
+            files = {GPU_ENCODER_DIR: paths.encoder}
         source: str | None = "encoder"
-    elif serving.target == "gpu-embedded":
-        cfg = _base(
-            contract.ENCODER_MODEL,
-            serving,
-            contract.ENCODER_INPUTS,
-            contract.ENCODER_OUTPUTS,
-            emb_dims,
-        )
-        cfg.backend = "python"
-        cfg.parameters["runtime"].string_value = "torch"
-        cfg.parameters["encoder_dir"].string_value = GPU_ENCODER_DIR
-        cfg.parameters["dtype"].string_value = serving.dtype
-        files = {GPU_ENCODER_DIR: paths.encoder}
-        source = "encoder"
     else:
         engine = served_plan(paths)
         profile = read_plan_profile(engine) if engine is not None else None
@@ -377,7 +370,7 @@ def build(
         contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
     }
     if serving.target == "gpu-embedded":
-        cfg.parameters["runtime"].string_value = "torch"
+        cfg.parameters["runtime"].string_value = contract.TORCH_RUNTIME
         cfg.parameters["item_index"].string_value = paths.item_index.name
         cfg.parameters["dtype"].string_value = serving.dtype
         del ranker_files[contract.DENSE_INDEX_FILE]

@@ -354,6 +354,8 @@ HEALTH_PORT = 8003
 # Header carrying the admin key when the model-control and other admin APIs are restricted
 # (the server listens beyond localhost).
 ADMIN_KEY_HEADER = "shoprank-admin-key"
+# The `runtime` parameter of Python-backend models that run PyTorch (gpu-embedded target).
+TORCH_RUNTIME = "torch"
 # gRPC clients send it under Triton's prefix for restricted protocols.
 ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
 # A deploy holds this file (its pid inside) in the live repository; the supervisor does

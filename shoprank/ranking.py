@@ -28,7 +28,7 @@ from shoprank import contract
 from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
 from shoprank.fusion import combine
-from shoprank.lexical import LexicalIndex, tokenize
+from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
 
 
@@ -117,7 +117,7 @@ def gather_features(
     cand_vec = vectors(rows.reshape(-1)).reshape(b, rows.shape[1], dim)
     hist_vec = vectors(hist.reshape(-1)).reshape(b, hist.shape[1], dim)
     hist_vec *= hist_mask[:, :, None]
-    lex = np.zeros((b, rows.shape[1], len_lexical()), np.float32)
+    lex = np.zeros((b, rows.shape[1], len(LEXICAL_FEATURES)), np.float32)
     for i, (tokens, cand) in enumerate(zip(query_tokens, candidates, strict=True)):
         lex[i, : len(cand)] = lexical.features(tokens, np.asarray(cand, np.int64))
     return Features(
@@ -131,12 +131,6 @@ def gather_features(
         rows=rows,
         valid=valid,
     )
-
-
-def len_lexical() -> int:
-    from shoprank.lexical import LEXICAL_FEATURES
-
-    return len(LEXICAL_FEATURES)
 
 
 @dataclass

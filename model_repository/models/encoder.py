@@ -18,7 +18,7 @@ from shoprank.runtime import cpu_session, encode_requests
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        if params.get("runtime") == "torch":  # gpu-embedded: PyTorch, CUDA graphs
+        if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: PyTorch, CUDA graphs
             from shoprank.gpu import TorchEncoder, device_of
 
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])

@@ -28,7 +28,7 @@ class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
         dense = None
-        if params.get("runtime") == "torch":  # gpu-embedded: the exact scan on the device
+        if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: scan on the device
             from shoprank.artifacts import load_item_index
             from shoprank.gpu import TorchDenseIndex, device_of
 
