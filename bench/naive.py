@@ -19,7 +19,7 @@ import torch
 from shoprank import contract
 from shoprank.artifacts import load_item_index
 from shoprank.features import ItemTables
-from shoprank.fusion import as_tensors, combine
+from shoprank.fusion import as_tensors, combine, row_depths
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.pipeline import Ranked
 from shoprank.ranking import RetrievalConfig, gather_features, union_candidates
@@ -89,7 +89,8 @@ class NaivePipeline:
                     features.user_item,
                 )
             )
-        scores = combine(relevance.numpy(), full.numpy(), self.config.depth, features.valid)[0]
+        depth = row_depths(np.array([len(rows)]), self.config.depth, self.config.cold_start_depth)
+        scores = combine(relevance.numpy(), full.numpy(), depth, features.valid)[0]
         k = min(k, len(candidates))
         best = np.argsort(-scores[: len(candidates)], kind="stable")[:k]
         picked = candidates[best]

@@ -56,6 +56,7 @@ class FusionConfig:
     relevance_hidden: int = 0  # 0: linear relevance; else an MLP of this width on top
     hidden: int = 128
     depth: int = 10  # behaviour reorders the `depth` most relevant candidates only
+    cold_start_depth: int | None = None  # the same for an empty history; None: `depth`
 
 
 class Relevance(nn.Module):
@@ -161,9 +162,22 @@ class FusionRanker(nn.Module):
         return relevance, self.log_gamma.exp() * relevance + behaviour + prior
 
 
-def combine(relevance: np.ndarray, full: np.ndarray, depth: int, valid: np.ndarray) -> np.ndarray:
+def row_depths(history_lengths: np.ndarray, depth: int, cold_start_depth: int | None) -> np.ndarray:
+    """Re-rank depth of each row (B,): `cold_start_depth` where the history is empty.
+
+    With no history the only behaviour signal is the item prior (popularity), which can
+    help or hurt judged relevance on its own, so its depth is chosen separately.
+    """
+    cold = depth if cold_start_depth is None else cold_start_depth
+    return np.where(np.asarray(history_lengths) > 0, depth, cold).astype(np.int64)
+
+
+def combine(
+    relevance: np.ndarray, full: np.ndarray, depth: int | np.ndarray, valid: np.ndarray
+) -> np.ndarray:
     """Final scores (B, C): the full score for each row's `depth` most relevant valid
-    candidates, the relevance BELOW_DEPTH lower for the rest, -inf for padding.
+    candidates (`depth` one int, or one per row), the relevance BELOW_DEPTH lower for the
+    rest, -inf for padding.
 
     Click logs only ever show plausible products, so what the ranker learns about
     popularity must not let a best-seller outrank relevance for an unrelated query: the
@@ -171,14 +185,14 @@ def combine(relevance: np.ndarray, full: np.ndarray, depth: int, valid: np.ndarr
     """
     relevance = np.where(valid, relevance, -np.inf)
     out = np.where(valid, relevance - BELOW_DEPTH, -np.inf).astype(np.float32)
-    k = min(depth, relevance.shape[1])
-    if k <= 0:
+    if relevance.size == 0:
         return out
-    top = np.argpartition(-relevance, k - 1, axis=1)[:, :k]
-    rows = np.arange(len(relevance))[:, None]
-    keep = valid[rows, top]
-    out[rows, top] = np.where(keep, full[rows, top], out[rows, top])
-    return out
+    depths = np.broadcast_to(np.asarray(depth, np.int64), (len(relevance),))
+    order = np.argsort(-relevance, axis=1, kind="stable")  # (B, C) best first
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(relevance.shape[1])[None, :], axis=1)
+    keep = valid & (ranks < depths[:, None])
+    return np.where(keep, full, out).astype(np.float32)
 
 
 def save_ranker(ranker: FusionRanker, out_dir: Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from shoprank import contract
 from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
-from shoprank.fusion import combine
+from shoprank.fusion import combine, row_depths
 from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
 
@@ -39,6 +39,7 @@ class RetrievalConfig:
     dense_k: int = 200
     lexical_k: int = 100
     depth: int = 10  # behaviour reorders only the `depth` most relevant candidates
+    cold_start_depth: int | None = None  # the same for an empty history; None: `depth`
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -242,7 +243,12 @@ class CandidateRanker:
         relevance, full = self.session.run(
             [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES], features.feeds()
         )
-        scores = combine(relevance, full, self.config.depth, features.valid)
+        depths = row_depths(
+            np.array([len(r.history) for r in requests]),
+            self.config.depth,
+            self.config.cold_start_depth,
+        )
+        scores = combine(relevance, full, depths, features.valid)
         lap("score")
         out = []
         for i, r in enumerate(requests):

@@ -15,6 +15,7 @@ from shoprank.fusion import (
     as_tensors,
     combine,
     load_ranker,
+    row_depths,
     save_ranker,
 )
 from shoprank.lexical import LEXICAL_FEATURES
@@ -113,6 +114,18 @@ def test_combine_lets_behaviour_reorder_only_the_most_relevant():
     assert out[0, 3] == pytest.approx(2.0 - BELOW_DEPTH)
     assert out[0, 4] == -np.inf  # padding never ranks
     assert np.argmax(out[0]) == 1
+
+
+def test_combine_takes_one_depth_per_row_and_cold_start_rows_their_own():
+    relevance = np.array([[5.0, 4.0, 3.0], [5.0, 4.0, 3.0]])
+    full = np.array([[0.0, 0.0, 99.0], [0.0, 0.0, 99.0]])
+    valid = np.ones((2, 3), bool)
+    depths = row_depths(np.array([2, 0]), depth=3, cold_start_depth=0)
+    assert depths.tolist() == [3, 0]
+    out = combine(relevance, full, depths, valid)
+    assert np.argmax(out[0]) == 2  # with a history, behaviour reorders all three
+    assert out[1].tolist() == pytest.approx((relevance[1] - BELOW_DEPTH).tolist())  # none
+    assert row_depths(np.array([0]), depth=7, cold_start_depth=None).tolist() == [7]
 
 
 @pytest.fixture

@@ -138,6 +138,16 @@ def test_features_by_hand(index):
     assert not no_numbers[:, LEXICAL_FEATURES.index("has_numbers")].any()
 
 
+def test_title_trigrams_still_match_a_typo(index):
+    rows = np.array([0, 1, 2, 4])
+    f = dict(zip(LEXICAL_FEATURES, index.features("nordvk", rows).T, strict=True))
+    assert not f["title_coverage"].any()  # the misspelt token matches nothing whole
+    # " nordvk " has 6 trigrams; " no", "nor", "ord", "rdv" are in "nordvik".
+    assert f["title_trigrams"][0] == pytest.approx(4 / 6)
+    assert f["title_trigrams"][1] == pytest.approx(4 / 6)
+    assert f["title_trigrams"][2] < 4 / 6
+
+
 def test_save_load_round_trip_and_a_clear_error(index, tmp_path):
     path = tmp_path / "lexical.npz"
     index.save(path)

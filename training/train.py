@@ -219,31 +219,39 @@ def choose_rerank_depth(
     max_loss: float,
     depths: tuple[int, ...] = (256, 100, 50, 20, 10, 5),
 ) -> dict:
-    """Deepest re-rank depth whose validation NDCG@10 stays within `max_loss` (relative) of
-    ranking by relevance alone.
+    """Re-rank depths: with a history, the deepest whose validation NDCG@10 stays within
+    `max_loss` (relative) of ranking by relevance alone; with an empty one, the best.
 
     Click logs judge products the way shoppers click, judgements the way the catalog is
     described: letting behaviour reorder deep into the relevance ranking can trade
-    relevance for popularity, so the depth is chosen on held-out queries, not assumed.
+    relevance for popularity, so the depth is chosen on held-out queries, not assumed. A
+    shopper with a history gains personalisation for that price; a new shopper gains only
+    the item prior, so the cold-start depth (0 allowed) simply maximises judged NDCG@10.
     """
     relevance, _ = cold_start_scores(ranker, qs, item_emb, tables)
     grades = datasets.judgement_grades(data, qs.query_ids.tolist())
     base = hybrid.ndcg_of_scores(qs, np.where(qs.valid, relevance, -np.inf), grades)
-    tried = {}
-    chosen = depths[-1]
-    for depth in depths:
-        tried[depth] = served_judged_metrics(ranker, qs, item_emb, tables, data, depth)[NDCG_AT_10]
-        if tried[depth] >= (1.0 - max_loss) * base:
-            chosen = depth
-            break
+    tried = {
+        depth: served_judged_metrics(ranker, qs, item_emb, tables, data, depth)[NDCG_AT_10]
+        for depth in (*depths, 0)
+    }
+    chosen = next((d for d in depths if tried[d] >= (1.0 - max_loss) * base), depths[-1])
+    cold = max(sorted(tried), key=lambda d: tried[d])  # ties: the shallowest
     ranker.config.depth = chosen
+    ranker.config.cold_start_depth = cold
     log.info(
-        "re-rank depth %d (validation NDCG@10 by depth %s, relevance only %.4f)",
+        "re-rank depth %d, cold start %d (validation NDCG@10 by depth %s, relevance only %.4f)",
         chosen,
+        cold,
         tried,
         base,
     )
-    return {"depth": chosen, "val_ndcg@10": tried, "val_relevance_only_ndcg@10": base}
+    return {
+        "depth": chosen,
+        "cold_start_depth": cold,
+        "val_ndcg@10": tried,
+        "val_relevance_only_ndcg@10": base,
+    }
 
 
 def reused_encoder(paths: contract.ArtifactPaths, config: TrainConfig) -> tuple:
@@ -428,10 +436,11 @@ def run(config: TrainConfig) -> dict:
             ranker, qsets["val"], item_emb, tables, data, config.max_relevance_loss
         )
     fusion_report["judged_cold_start"] = served_judged_metrics(
-        ranker, qsets[eval_split], item_emb, tables, data, ranker.config.depth
+        ranker, qsets[eval_split], item_emb, tables, data, ranker.config.cold_start_depth
     )
     save_ranker(ranker, paths.ranker)
     retrieval.depth = ranker.config.depth
+    retrieval.cold_start_depth = ranker.config.cold_start_depth
     retrieval.save(paths.retrieval_config)
 
     metrics = {
@@ -486,7 +495,8 @@ def summary_lines(metrics: dict) -> list[str]:
     if f.get("trained"):
         lines.append(
             f"fusion on held-out sessions (served: {f['served']}, α = {f['alpha']:.3f}, "
-            f"re-rank depth {f['rerank_depth']['depth']}) (click AUC / purchase-NDCG@10):"
+            f"re-rank depth {f['rerank_depth']['depth']}, cold start "
+            f"{f['rerank_depth'].get('cold_start_depth')}) (click AUC / purchase-NDCG@10):"
         )
         for name, m in f.items():
             if isinstance(m, dict) and CLICK_AUC in m and PURCHASE_NDCG_AT_10 in m:
