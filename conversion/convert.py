@@ -39,6 +39,7 @@ from shoprank.encoder import export_fused_encoder, tokenizer_file
 from shoprank.fusion import load_ranker
 from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
 from shoprank.runtime import tokenized_feeds
+from shoprank.sequential import load_sequential
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +426,23 @@ def run(config: ConversionConfig) -> dict:
         paths.ranker_onnx, ranker, export.ranker_sample(index["embeddings"], fp32_q[:32], seed=1)
     )
 
+    # Recommend mode: the sequential model's history encoder and item vectors.
+    sequential_report: dict = {"exported": False}
+    if paths.sequential.exists():
+        diff = export.export_sequential(
+            load_sequential(paths.sequential),
+            index["embeddings"],
+            np.load(paths.popularity),
+            paths.sequential_onnx,
+            paths.item_vectors,
+        )
+        sequential_report = {
+            "exported": True,
+            "path": str(paths.sequential_onnx),
+            "size_mb": file_mb(paths.sequential_onnx),
+            "max_abs_diff": diff,
+        }
+
     # The dense ANN index, its search knob tuned on val queries embedded by the encoder.
     tune_q = export.onnx_embeddings(
         paths.encoder_onnx,
@@ -461,6 +479,7 @@ def run(config: ConversionConfig) -> dict:
         "tensorrt": trt_report.to_json(),
         "ranker": {"path": str(paths.ranker_onnx), "size_mb": file_mb(paths.ranker_onnx)},
         "dense_index": dense_report,
+        "sequential": sequential_report,
     }
     paths.conversion_report.write_text(json.dumps(report, indent=2))
     paths.conversion_report_md.write_text("\n".join(report_lines(report)) + "\n")

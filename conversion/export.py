@@ -24,6 +24,7 @@ from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.fusion import FusionRanker
 from shoprank.lexical import LEXICAL_FEATURES
 from shoprank.runtime import cpu_session, encoder_feeds
+from shoprank.sequential import SequentialRecommender, left_pad
 
 
 class ParityError(RuntimeError):
@@ -191,4 +192,71 @@ def check_ranker_parity(
     scale = max(1.0, *(float(np.abs(w).max()) for w in want))
     if diff > tolerance * scale:
         raise ParityError(f"{onnx_path.name}: max score diff vs PyTorch {diff:.2e}")
+    return diff
+
+
+class _UserVector(torch.nn.Module):
+    """The served part of the sequential model: history item vectors → shopper vector."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder.user_vector(history, mask)
+
+
+def export_sequential(
+    model: SequentialRecommender,
+    text_embeddings: np.ndarray,
+    popularity: np.ndarray,
+    onnx_path: Path,
+    vectors_path: Path,
+    seed: int = 0,
+) -> float:
+    """Write the history encoder's graph and every catalog row's item vector (with the
+    popularity prior) and return the max |user vector| difference ONNX vs PyTorch on random
+    histories (raises ParityError beyond 1e-3 relative)."""
+    model.eval()
+    with torch.no_grad():
+        items = model.item_vectors(torch.from_numpy(np.ascontiguousarray(text_embeddings)))
+    items_np = items.numpy().astype(np.float32)
+    vectors_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(vectors_path, item_vectors=items_np, popularity=popularity.astype(np.float32))
+
+    rng = np.random.default_rng(seed)
+
+    def sample(longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = rng.integers(0, longest + 1, 16)
+        histories = [list(rng.integers(0, len(items_np), n)) for n in lengths]
+        rows, mask = left_pad(histories, model.config.max_len)
+        return torch.from_numpy(items_np[rows]), torch.from_numpy(mask)
+
+    names = (contract.ONNX_SEQ_HISTORY, contract.ONNX_SEQ_MASK)
+    wrapper = _UserVector(model).eval()
+    # Traced at the longest history, checked at shorter ones: the length must stay dynamic.
+    traced, checked = sample(model.config.max_len), sample(7)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            traced,
+            str(onnx_path),
+            input_names=list(names),
+            output_names=[contract.ONNX_SEQ_USER],
+            dynamic_axes={
+                contract.ONNX_SEQ_HISTORY: {0: "batch", 1: "history"},
+                contract.ONNX_SEQ_MASK: {0: "batch", 1: "history"},
+                contract.ONNX_SEQ_USER: {0: "batch"},
+            },
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+        want = wrapper(*checked).numpy()
+    onnx.checker.check_model(str(onnx_path))
+    got = cpu_session(onnx_path, threads=2).run(
+        [contract.ONNX_SEQ_USER], {n: t.numpy() for n, t in zip(names, checked, strict=True)}
+    )[0]
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-3 * max(1.0, float(np.abs(want).max())):
+        raise ParityError(f"{onnx_path.name}: max user-vector diff vs PyTorch {diff:.2e}")
     return diff

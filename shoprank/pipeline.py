@@ -16,6 +16,7 @@ import numpy as np
 
 from shoprank import contract
 from shoprank.ranking import CandidateRanker, Request
+from shoprank.recommend import Recommender, RecommendRequest
 from shoprank.runtime import (
     QueryTokenizer,
     cpu_session,
@@ -45,6 +46,10 @@ class InProcessPipeline:
         self.tokenizer = QueryTokenizer(tokenizer_dir / contract.TOKENIZER_FILE)
         self.encoder = cpu_session(encoder_dir / contract.ENCODER_ONNX_FILE, threads)
         self.ranker = CandidateRanker.load(repository / contract.RANKER_MODEL / v, threads)
+        recommender_dir = repository / contract.RECOMMENDER_MODEL / v
+        self.recommender = (
+            Recommender.load(recommender_dir, threads) if recommender_dir.is_dir() else None
+        )
 
     @property
     def catalog(self):
@@ -100,3 +105,11 @@ class InProcessPipeline:
     ) -> Ranked:
         """Top-k of the given candidate ids for one query."""
         return self.search_many([query], [history], k, [candidates])[0]
+
+    def recommend(self, history: Sequence[int] = (), k: int = contract.DEFAULT_TOP_K) -> Ranked:
+        """Top-k from a history alone (the `recommend` ensemble), history products left out."""
+        if self.recommender is None:
+            raise ValueError("this repository has no recommender (trained without event logs)")
+        rows = self.recommender.catalog.rows_of(np.asarray(history, dtype=np.int64))
+        (r,) = self.recommender.recommend([RecommendRequest(rows, validate_top_k(k))])
+        return Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles])

@@ -24,7 +24,11 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
     from shoprank.training.train import run as train
 
     out = tmp_path_factory.mktemp("artifacts")
-    train(TrainConfig(out=out, scale="tiny", tiny_encoder=True, max_steps=30, fusion_epochs=2))
+    train(
+        TrainConfig(
+            out=out, scale="tiny", tiny_encoder=True, max_steps=30, fusion_epochs=2, seq_epochs=3
+        )
+    )
     convert(ConversionConfig(out=out, latency_runs=3))
     paths = contract.ArtifactPaths(out)
     # The fp32 encoder, not the conversion's pick: dynamic int8 quantizes activations with

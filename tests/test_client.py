@@ -310,3 +310,25 @@ def test_search_batch_is_one_request_with_every_row(
         assert_same_results(results, as_ranked(search_client.search(r["query"], r["history"], k)))
     with pytest.raises(ValueError, match="a batch holds"):
         search_client.search_batch([])
+
+
+@pytest.mark.integration
+def test_recommend_from_history_alone(search_client: SearchClient, in_process, shopper: dict):
+    history = shopper["history"]
+    results = search_client.recommend(history, top_k=6)
+    assert_same_results(results, in_process.recommend(history, 6))
+    assert len(results) == 6 and not {r.product_id for r in results} & set(history)
+    # Cold start: the most popular products.
+    assert_same_results(search_client.recommend([], top_k=3), in_process.recommend([], 3))
+
+
+@pytest.mark.integration
+def test_cli_recommend_prints_json(grpc_url: str, in_process, shopper: dict, capsys) -> None:
+    history = ",".join(str(p) for p in shopper["history"])
+    assert (
+        main(["recommend", "--history", history, "--top-k", "4", "--json", "--url", grpc_url]) == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    want = in_process.recommend(shopper["history"], 4).product_ids.tolist()
+    assert [r["product_id"] for r in payload["results"]] == want
+    assert main(["recommend", "--top-k", "0", "--url", grpc_url]) == 2  # checked client-side

@@ -380,3 +380,47 @@ def test_malformed_http_json_is_refused_and_the_server_keeps_serving(
     assert served.status_code == 200, served.text
     outputs = {o["name"]: o for o in served.json()["outputs"]}
     assert outputs[contract.PRODUCT_IDS.name]["shape"] == [1, 3]
+
+
+def recommend_rows(url: str, histories, top_ks, leave_out_history: bool = False):
+    """One raw gRPC request to `recommend` with a row per history (padded with PADDING_ID)."""
+    width = max([1, *(len(h) for h in histories)])
+    padded = np.full((len(histories), width), contract.PADDING_ID, np.int64)
+    for i, h in enumerate(histories):
+        padded[i, : len(h)] = h
+    values = {contract.TOP_K: np.array(top_ks, np.int32).reshape(-1, 1)}
+    if not leave_out_history:
+        values[contract.HISTORY] = padded
+    inputs = []
+    for spec, value in values.items():
+        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(contract.RECOMMEND_MODEL, inputs)
+    finally:
+        client.close()
+    return [result.as_numpy(t.name) for t in contract.ENSEMBLE_OUTPUTS]
+
+
+def test_recommend_matches_in_process_batched_and_cold(ensemble_server, in_process, workload):
+    histories = [r["history"] for r in workload if len(r["history"]) >= 2][:2]
+    rows = [histories[0], [], [*histories[1][:1], 10**15]]  # unknown ids are ignored
+    ids, scores, titles = recommend_rows(ensemble_server.grpc_url, rows, [5, 3, 4])
+    assert ids.shape == (3, 5)
+    for i, (history, k) in enumerate(zip(rows, [5, 3, 4], strict=True)):
+        want = in_process.recommend(history, k)
+        assert_same_answer((ids[i, :k], scores[i, :k], titles[i, :k]), want)
+        assert not set(ids[i, :k].tolist()) & set(history)  # the history is left out
+        assert (ids[i, k:] == contract.PADDING_ID).all()
+    # HISTORY left out altogether: cold start, the same as an empty one.
+    cold = recommend_rows(ensemble_server.grpc_url, [[]], [3], leave_out_history=True)
+    np.testing.assert_array_equal(cold[0][0], ids[1, :3])
+
+
+def test_recommend_bad_top_k_is_invalid_argument(ensemble_server):
+    with pytest.raises(InferenceServerException, match=contract.TOP_K.name) as err:
+        recommend_rows(ensemble_server.grpc_url, [[]], [0])
+    assert "INVALID_ARGUMENT" in str(err.value.status())
+    assert recommend_rows(ensemble_server.grpc_url, [[]], [2])[0].shape == (1, 2)

@@ -36,6 +36,7 @@ from shoprank.fusion import FusionRanker, as_tensors, combine, save_ranker
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.metrics import (
     CLICK_AUC,
+    HIT_RATE_AT_10,
     MRR,
     NDCG_AT_10,
     PURCHASE_NDCG_AT_10,
@@ -45,7 +46,8 @@ from shoprank.metrics import (
     top_k_rankings,
 )
 from shoprank.ranking import RetrievalConfig
-from shoprank.training import behaviour, finetune, hybrid
+from shoprank.sequential import save_sequential
+from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.encoder import base_encoder_path, embed_onnx
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,12 @@ class TrainConfig:
     max_relevance_loss: float = field(
         default=0.02,
         metadata={"help": "relevance (val NDCG@10) the behaviour re-ranking may cost, relative"},
+    )
+    seq_epochs: int = field(default=10, metadata={"help": "sequential recommender epochs"})
+    seq_layers: int = field(default=2, metadata={"help": "sequential recommender blocks"})
+    seq_batch_size: int = 128
+    seq_negatives: int = field(
+        default=0, metadata={"help": "sampled softmax negatives (0: the whole catalog)"}
     )
     fusions: str = field(
         default="weighted,concat_mlp,target_attention",
@@ -443,6 +451,33 @@ def run(config: TrainConfig) -> dict:
     retrieval.cold_start_depth = ranker.config.cold_start_depth
     retrieval.save(paths.retrieval_config)
 
+    # Recommend mode: the sequential model over the shoppers' ordered histories.
+    recommendation: dict = {}
+    if events is not None:
+        sequential, counts, recommendation = recommend.train_and_evaluate(
+            events,
+            {int(p): i for i, p in enumerate(product_ids)},
+            item_emb,
+            recommend.SequentialTraining(
+                layers=config.seq_layers,
+                epochs=config.seq_epochs,
+                batch_size=config.seq_batch_size,
+                negatives=config.seq_negatives,
+                seed=config.seed,
+            ),
+            max_len=contract.MAX_HISTORY,
+        )
+        save_sequential(sequential, paths.sequential)
+        np.save(paths.popularity, counts)
+        log.info(
+            "recommendation (HR@10): %s",
+            {
+                k: round(v[HIT_RATE_AT_10], 4)
+                for k, v in recommendation.items()
+                if isinstance(v, dict) and HIT_RATE_AT_10 in v
+            },
+        )
+
     metrics = {
         "config": config_to_dict(config),
         "data": {
@@ -460,6 +495,7 @@ def run(config: TrainConfig) -> dict:
         "encoder_loss_curve": encoder_curve,
         "mlm_loss_curve": mlm_curve,
         "fusion": fusion_report,
+        "recommendation": recommendation,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     paths.metrics.write_text(json.dumps(metrics, indent=2))
@@ -501,6 +537,14 @@ def summary_lines(metrics: dict) -> list[str]:
         for name, m in f.items():
             if isinstance(m, dict) and CLICK_AUC in m and PURCHASE_NDCG_AT_10 in m:
                 lines.append(f"  {name:<17} {m[CLICK_AUC]:.4f} / {m[PURCHASE_NDCG_AT_10]:.4f}")
+    rec = metrics.get("recommendation") or {}
+    shown_rec = [(k, m) for k, m in rec.items() if isinstance(m, dict) and HIT_RATE_AT_10 in m]
+    if shown_rec:
+        lines.append("recommendation, leave-last-out (HR@10 / NDCG@10 / MRR):")
+        lines += [
+            f"  {k:<21} {m[HIT_RATE_AT_10]:.4f} / {m[NDCG_AT_10]:.4f} / {m[MRR]:.4f}"
+            for k, m in shown_rec
+        ]
     lines.append(f"training took {metrics['train_seconds']} s")
     return lines
 

@@ -3,6 +3,7 @@
     python -m shoprank_client search "red leather sofa" --history 12,55 --top-k 10
     python -m shoprank_client search "red leather sofa" --json
     python -m shoprank_client rerank "red leather sofa" --candidates 100012,100055,100077
+    python -m shoprank_client recommend --history 100012,100055 --top-k 5
     python -m shoprank_client health
 
 Exit codes: 0 success, 2 bad arguments, server error or server not ready.
@@ -85,6 +86,13 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    with SearchClient(args.url, timeout_s=args.timeout) as client:
+        results = client.recommend(history=args.history, top_k=args.top_k)
+    _print(args, results, history=args.history, top_k=args.top_k)
+    return 0
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
         if not client.is_ready():
@@ -141,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _connection_args(p_rerank)
     p_rerank.set_defaults(func=_cmd_rerank)
+
+    p_recommend = sub.add_parser(
+        "recommend", help="recommend products from a shopper's history alone (no query)"
+    )
+    p_recommend.add_argument(
+        "--history",
+        type=parse_history,
+        default=[],
+        help="comma-separated product ids, oldest first (empty: the most popular products)",
+    )
+    p_recommend.add_argument(
+        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
+    )
+    p_recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _connection_args(p_recommend)
+    p_recommend.set_defaults(func=_cmd_recommend)
 
     p_health = sub.add_parser("health", help="is the server up and the model ready?")
     _connection_args(p_health)

@@ -15,6 +15,8 @@ import numpy as np
 # `rerank` ranks only the candidates a search backend sends (CANDIDATE_IDS).
 ENSEMBLE_MODEL = "search"
 RERANK_MODEL = "rerank"
+# `recommend` ranks the catalog from a shopper's history alone (no query).
+RECOMMEND_MODEL = "recommend"
 
 # Request limits, documented in the README. Queries are truncated (never rejected) at
 # MAX_QUERY_TOKENS; raw text beyond MAX_QUERY_CHARS is dropped before tokenizing so a
@@ -81,4 +83,5 @@ CANDIDATE_IDS = TensorSpec("CANDIDATE_IDS", "TYPE_INT64", (-1,), ragged=True)
 
 ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K)
 RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS)
+RECOMMEND_INPUTS = (HISTORY, TOP_K)
 ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)

@@ -26,6 +26,7 @@ from shoprank_client.protocol import (
     PADDING_ID,
     PRODUCT_IDS,
     QUERY,
+    RECOMMEND_MODEL,
     RERANK_MODEL,
     SCORES,
     TITLES,
@@ -247,6 +248,26 @@ class SearchClient:
         inputs = _inputs(query, _validate(query, history, top_k), top_k, rows)
         response = self._infer(self.rerank_model, inputs)
         return parse_response(response)
+
+    def recommend(
+        self, history: Sequence[int] = (), top_k: int = DEFAULT_TOP_K
+    ) -> list[SearchResult]:
+        """Recommend products from the shopper's `history` alone (product ids, oldest
+        first); products already in it are left out. An empty history gets the most
+        popular products (cold start).
+
+        Raises:
+            ValueError: invalid arguments (checked before anything is sent).
+            SearchError: the server rejected the request or could not be reached.
+        """
+        rows = _validate("", history, top_k)
+        inputs = []
+        arrays = {HISTORY: rows, TOP_K: np.array([[top_k]], dtype=TOP_K.numpy_dtype)}
+        for spec, array in arrays.items():
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return parse_response(self._infer(RECOMMEND_MODEL, inputs))
 
     def search_batch(
         self,

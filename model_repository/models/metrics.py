@@ -6,7 +6,7 @@ Series (beside Triton's own nv_inference_* ones, on the same :8002/metrics):
     shoprank_stage_seconds{stage}              histogram: ranker time per stage and batch
                                                (retrieve, features, score, select)
     shoprank_candidates{mode}                  histogram: candidates re-ranked per row
-    shoprank_rows_total{mode, history}         counter: rows ranked (search | rerank;
+    shoprank_rows_total{mode, history}         counter: rows ranked (search | rerank | recommend;
                                                empty | present history)
     shoprank_results_total{mode}               counter: products returned
     shoprank_invalid_requests_total{model, reason}   counter: refused with INVALID_ARGUMENT

@@ -1,0 +1,117 @@
+"""Recommend mode at serving time: the work behind the Triton model `recommender`.
+
+A shopper's history (catalog rows, most recent last) goes through the sequential model's
+history encoder (ONNX) to a shopper vector; every product is scored by its dot product with
+the product's vector (precomputed at conversion), products already in the history are left
+out, and the top k come back. An empty history (cold start) ranks by popularity: how many
+shoppers in the training logs interacted with each product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shoprank import contract
+from shoprank.ranking import Ranked
+from shoprank.runtime import CatalogIndex, cpu_session
+from shoprank.sequential import left_pad
+
+
+@dataclass
+class RecommendRequest:
+    """One validated recommend row."""
+
+    history: np.ndarray  # catalog rows, most recent last (empty: cold start)
+    k: int
+
+
+def load_item_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(item vectors (N, d), popularity (N,)); ValueError naming the file when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["item_vectors"].astype(np.float32), z["popularity"].astype(np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"item vectors {path} are missing or corrupt: {exc}") from None
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k best finite scores, best first, ties by row (deterministic)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    k = min(k, len(finite))
+    if k == 0:
+        return np.zeros(0, np.int64)
+    best = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    return best[np.lexsort((best, -scores[best]))]
+
+
+class Recommender:
+    """History → top-k products, one ONNX call per batch of rows with a history."""
+
+    def __init__(
+        self, session, item_vectors: np.ndarray, popularity: np.ndarray, catalog: CatalogIndex
+    ) -> None:
+        if len(item_vectors) != len(catalog.product_ids):
+            raise ValueError(
+                f"{len(item_vectors)} item vectors for {len(catalog.product_ids)} products"
+            )
+        self.session = session
+        self.items = item_vectors
+        self.popularity = popularity
+        self.catalog = catalog
+
+    @classmethod
+    def load(cls, version_dir: Path, threads: int = 1) -> Recommender:
+        """From a `recommender` model version folder (the repository builder writes it)."""
+        version_dir = Path(version_dir)
+        for name in (contract.SEQUENTIAL_ONNX_FILE, contract.ITEM_VECTORS_FILE):
+            if not (version_dir / name).is_file():
+                raise ValueError(f"{version_dir / name} is missing: rebuild the repository")
+        items, popularity = load_item_vectors(version_dir / contract.ITEM_VECTORS_FILE)
+        return cls(
+            cpu_session(version_dir / contract.SEQUENTIAL_ONNX_FILE, threads),
+            items,
+            popularity,
+            CatalogIndex.load(version_dir / contract.CATALOG_FILE),
+        )
+
+    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Shopper vectors (B, d) for non-empty histories (catalog rows, most recent last)."""
+        rows, mask = left_pad([list(h) for h in histories], contract.MAX_HISTORY)
+        (user,) = self.session.run(
+            [contract.ONNX_SEQ_USER],
+            {contract.ONNX_SEQ_HISTORY: self.items[rows], contract.ONNX_SEQ_MASK: mask},
+        )
+        return user
+
+    def scores(self, requests: Sequence[RecommendRequest]) -> np.ndarray:
+        """Scores (B, N) of every product per row; history products -inf."""
+        out = np.broadcast_to(self.popularity, (len(requests), len(self.items))).copy()
+        warm = [i for i, r in enumerate(requests) if len(r.history)]
+        if warm:
+            users = self.user_vectors([requests[i].history for i in warm])
+            out[warm] = users @ self.items.T
+        for i, r in enumerate(requests):
+            out[i, r.history] = -np.inf
+        return out
+
+    def recommend(self, requests: Sequence[RecommendRequest]) -> list[Ranked]:
+        """Answers in request order."""
+        if not requests:
+            return []
+        scores = self.scores(requests)
+        answers = []
+        for i, r in enumerate(requests):
+            best = top_k_rows(scores[i], r.k)
+            answers.append(
+                Ranked(
+                    self.catalog.product_ids[best],
+                    scores[i, best].astype(np.float32),
+                    self.catalog.titles[best],
+                    len(self.items),
+                )
+            )
+        return answers

@@ -1,0 +1,124 @@
+"""Recommend mode: sequences, leave-last-out ranking, the sequential model and its export."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from shoprank import contract
+from shoprank.conversion.export import export_sequential
+from shoprank.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
+from shoprank.recommend import Recommender, RecommendRequest, top_k_rows
+from shoprank.runtime import CatalogIndex, cpu_session
+from shoprank.sequential import SequentialConfig, SequentialRecommender, left_pad
+from shoprank.training import recommend
+
+
+def test_sequences_are_ordered_deduplicated_and_split_leave_last_out():
+    events = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1, 2, 2],
+            "session_id": [1, 1, 2, 2, 3, 4, 4],
+            "timestamp": [10, 11, 20, 21, 30, 5, 6],
+            "event_type": ["click", "purchase", "impression", "click", "click", "click", "click"],
+            "product_id": [100, 100, 999, 101, 102, 103, 104],
+        }
+    )
+    row_of = {100: 0, 101: 1, 102: 2, 103: 3, 104: 4, 999: 9}
+    seqs = recommend.user_sequences(events, row_of)
+    assert seqs == [[0, 1, 2], [3, 4]]  # purchase of a clicked product adds nothing
+    split = recommend.leave_last_out(seqs)
+    assert split.test == [([0, 1], 2)] and split.val == [([0], 1)]
+    assert split.train == [[0], [3, 4]]  # short shoppers only train
+
+
+def test_target_ranks_leave_out_the_history_and_split_ties():
+    scores = np.array([[5.0, 4.0, 3.0, 3.0, 1.0]])
+    scorer = lambda histories: np.repeat(scores, len(histories), axis=0)  # noqa: E731
+    # Target 2 ties with 3; product 0 (better) is in the history and does not count.
+    ranks = recommend.target_ranks(scorer, [([0], 2)])
+    assert ranks.tolist() == [2.5]  # 1 (product 1) + 1 + 0.5 (the tie)
+
+
+def test_next_item_metrics_by_hand():
+    m = next_item_metrics(np.array([1.0, 3.0, 20.0]))
+    assert m[HIT_RATE_AT_10] == pytest.approx(2 / 3)
+    assert m[NDCG_AT_10] == pytest.approx((1.0 + 1.0 / np.log2(4.0)) / 3)
+    assert m[MRR] == pytest.approx((1 + 1 / 3 + 1 / 20) / 3)
+
+
+@pytest.fixture(scope="module")
+def cyclic():
+    """A shop where the next product is always the following one on a ring of 40: order
+    matters, popularity knows nothing (every product equally common)."""
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(40, 16)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    sequences = []
+    for start in rng.integers(0, 40, 300):
+        length = int(rng.integers(4, 9))
+        sequences.append([(int(start) + i) % 40 for i in range(length)])
+    return text, recommend.leave_last_out(sequences)
+
+
+def test_the_sequential_model_learns_what_comes_next(cyclic):
+    text, seqs = cyclic
+    config = recommend.SequentialTraining(dim=16, heads=2, epochs=15, patience=15, lr=5e-3)
+    model, curve = recommend.train_sequential(seqs, text, config, max_len=8)
+    scorer = recommend.sequential_scorer(model, torch.from_numpy(text))
+    learned = recommend.evaluate(scorer, seqs.test)
+    pop = recommend.evaluate(
+        recommend.popularity_scorer(recommend.popularity(seqs.train, 40)), seqs.test
+    )
+    assert learned[HIT_RATE_AT_10] > 0.9 > pop[HIT_RATE_AT_10] * 2
+    assert curve[-1]["loss"] < curve[0]["loss"]
+
+
+def test_new_products_are_their_text_alone():
+    model = SequentialRecommender(SequentialConfig(text_dim=8, num_items=3, dim=8))
+    with torch.no_grad():
+        model.item_id.weight.fill_(1.0)
+    text = torch.randn(5, 8)
+    vectors = model.item_vectors(text)
+    with torch.no_grad():
+        torch.testing.assert_close(vectors[3:], model.project(text[3:]))  # rows 3, 4 are new
+        torch.testing.assert_close(vectors[:3], model.project(text[:3]) + 1.0)
+
+
+def test_left_pad_keeps_the_most_recent_last():
+    rows, mask = left_pad([[1, 2, 3], [], [4]], max_len=2)
+    assert rows.tolist() == [[2, 3], [0, 0], [0, 4]]
+    assert mask.tolist() == [[1, 1], [0, 0], [0, 1]]
+
+
+def test_exported_recommender_matches_pytorch_and_serves_the_rules(cyclic, tmp_path):
+    text, seqs = cyclic
+    config = recommend.SequentialTraining(dim=16, heads=2, epochs=2)
+    model, _ = recommend.train_sequential(seqs, text, config, max_len=contract.MAX_HISTORY)
+    popularity = np.arange(40, dtype=np.float32)  # product 39 the most popular
+    diff = export_sequential(
+        model, text, popularity, tmp_path / "seq.onnx", tmp_path / "vectors.npz"
+    )
+    assert diff < 1e-3
+    catalog = CatalogIndex(
+        product_ids=np.arange(40, dtype=np.int64) + 1000,
+        titles=np.array([f"p{i}".encode() for i in range(40)], dtype=object),
+    )
+    with np.load(tmp_path / "vectors.npz") as z:
+        rec = Recommender(
+            cpu_session(tmp_path / "seq.onnx"), z["item_vectors"], z["popularity"], catalog
+        )
+    history = np.array([3, 4, 5])
+    (warm, cold) = rec.recommend([RecommendRequest(history, 5), RecommendRequest(history[:0], 3)])
+    want = recommend.sequential_scorer(model, torch.from_numpy(text))([history.tolist()])[0]
+    want[history] = -np.inf
+    np.testing.assert_array_equal(warm.product_ids, catalog.product_ids[top_k_rows(want, 5)])
+    np.testing.assert_allclose(warm.scores, want[top_k_rows(want, 5)], rtol=1e-4, atol=1e-4)
+    assert not set(warm.product_ids) & set(catalog.product_ids[history])  # history left out
+    assert cold.product_ids.tolist() == [1039, 1038, 1037]  # cold start: popularity
+
+
+def test_top_k_rows_skips_excluded_and_breaks_ties_by_row():
+    scores = np.array([1.0, 3.0, -np.inf, 3.0, 2.0])
+    assert top_k_rows(scores, 3).tolist() == [1, 3, 4]
+    assert top_k_rows(np.full(3, -np.inf), 2).size == 0
