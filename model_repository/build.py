@@ -33,7 +33,7 @@ import pandas as pd
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from shoprank import contract
+from shoprank import contract, datasets
 from shoprank.ann import meta_path
 from shoprank.artifacts import (
     OptimizationProfile,
@@ -209,7 +209,7 @@ def ensemble_config(
     own candidates) or `rerank` (the caller's CANDIDATE_IDS go to the ranker)."""
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
     for spec in inputs:
-        _io(config.input, spec, ragged=False, optional=spec == contract.HISTORY)
+        _io(config.input, spec, ragged=False, optional=spec in contract.OPTIONAL_INPUTS)
     for spec in contract.ENSEMBLE_OUTPUTS:
         _io(config.output, spec)
 
@@ -403,10 +403,15 @@ def build(
             contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
         },
     )
-    catalog = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
+    catalog = pd.read_parquet(paths.catalog)
     CatalogIndex(
         product_ids=catalog["product_id"].to_numpy(np.int64),
         titles=catalog["title"].to_numpy(object),
+        categories=catalog["category"].fillna("").astype(str).to_numpy(str),
+        prices=pd.to_numeric(catalog["price"], errors="coerce").to_numpy(np.float64),
+        in_stock=catalog[datasets.IN_STOCK].fillna(True).to_numpy(bool)
+        if datasets.IN_STOCK in catalog
+        else None,
     ).save(paths.catalog_npz)
     ranker_files = {
         contract.RANKER_ONNX_FILE: paths.ranker_onnx,

@@ -15,23 +15,31 @@ from pathlib import Path
 
 from shoprank_client.protocol import (
     CANDIDATE_IDS,
+    CATEGORY_PREFIX,
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_INPUTS,
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
+    EXCLUDE_IDS,
+    FILTER_INPUTS,
     GRPC_PORT,
     HISTORY,
     HTTP_PORT,
+    IN_STOCK_ONLY,
     MAX_BATCH_SIZE,
     MAX_CANDIDATES,
+    MAX_EXCLUDE_IDS,
     MAX_HISTORY,
     MAX_HISTORY_IDS,
     MAX_QUERY_CHARS,
     MAX_QUERY_TOKENS,
     MAX_TOP_K,
     METRICS_PORT,
+    OPTIONAL_INPUTS,
     PADDING_ID,
+    PRICE_MAX,
+    PRICE_MIN,
     PRODUCT_IDS,
     QUERY,
     RECOMMEND_INPUTS,
@@ -46,23 +54,31 @@ from shoprank_client.protocol import (
 
 __all__ = [  # the protocol names, re-exported (the rest of this module is public too)
     "CANDIDATE_IDS",
+    "CATEGORY_PREFIX",
     "DEFAULT_GRPC_URL",
     "DEFAULT_TOP_K",
     "ENSEMBLE_INPUTS",
     "ENSEMBLE_MODEL",
     "ENSEMBLE_OUTPUTS",
+    "EXCLUDE_IDS",
+    "FILTER_INPUTS",
     "GRPC_PORT",
     "HISTORY",
     "HTTP_PORT",
+    "IN_STOCK_ONLY",
     "MAX_BATCH_SIZE",
     "MAX_CANDIDATES",
+    "MAX_EXCLUDE_IDS",
     "MAX_HISTORY",
     "MAX_HISTORY_IDS",
     "MAX_QUERY_CHARS",
     "MAX_QUERY_TOKENS",
     "MAX_TOP_K",
     "METRICS_PORT",
+    "OPTIONAL_INPUTS",
     "PADDING_ID",
+    "PRICE_MAX",
+    "PRICE_MIN",
     "PRODUCT_IDS",
     "QUERY",
     "RECOMMEND_INPUTS",
@@ -123,11 +139,12 @@ TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
 # The ranker retrieves (dense ANN + BM25) and re-ranks; in `rerank` it ranks CANDIDATE_IDS.
-RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS)
-RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS)  # omitted: empty history / retrieve candidates
+RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS)
+# omitted: empty history / retrieve candidates / no filters
+RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS)
 RANKER_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
 RECOMMENDER_INPUTS = RECOMMEND_INPUTS
-RECOMMENDER_OPTIONAL = (HISTORY,)  # omitted: cold start
+RECOMMENDER_OPTIONAL = OPTIONAL_INPUTS  # omitted: cold start, no filters
 RECOMMENDER_OUTPUTS = RANKER_OUTPUTS
 
 

@@ -16,6 +16,8 @@ catalog — one row per product
     material     str      may be ""
     size         str      may be "" (not every category has sizes)
     price        float64  NaN when the source has no price
+    in_stock     bool     optional: False when the product cannot be bought now (filters
+                          may ask for in-stock products only); absent means all in stock
 
 queries — one row per query string
     query_id     int64    unique
@@ -90,6 +92,9 @@ CATALOG_COLUMNS: dict[str, str] = {
     "size": "str",
     "price": "float",
 }
+IN_STOCK = "in_stock"
+# Columns a table may have beyond its schema; kept by `save` when present.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"catalog": (IN_STOCK,)}
 QUERY_COLUMNS: dict[str, str] = {"query_id": "int", "query": "str", "split": "str"}
 JUDGEMENT_COLUMNS: dict[str, str] = {"query_id": "int", "product_id": "int", "relevance": "int"}
 USER_COLUMNS: dict[str, str] = {
@@ -182,7 +187,9 @@ def save(data: ShopData, paths: ArtifactPaths | str | Path) -> None:
     tables = data.tables()
     for name, path in _table_paths(paths).items():
         if name in tables:
-            frame = tables[name][list(SCHEMA[name])].reset_index(drop=True)
+            table = tables[name]
+            extra = [c for c in OPTIONAL_COLUMNS.get(name, ()) if c in table.columns]
+            frame = table[[*SCHEMA[name], *extra]].reset_index(drop=True)
             frame.to_parquet(path, index=False)
         elif path.exists():
             path.unlink()

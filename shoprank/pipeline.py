@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
+from shoprank.filters import Filters
 from shoprank.ranking import CandidateRanker, Request
 from shoprank.recommend import Recommender, RecommendRequest
 from shoprank.runtime import (
@@ -68,8 +69,9 @@ class InProcessPipeline:
         histories: Sequence[Sequence[int]],
         k: int,
         candidates: Sequence[Sequence[int]] | None = None,
+        filters: Sequence[Filters | None] | None = None,
     ) -> list[Ranked]:
-        """Top-k for a batch of (query, history[, candidate ids]) requests."""
+        """Top-k for a batch of (query, history[, candidate ids][, filters]) requests."""
         k = validate_top_k(k)
         texts = [decode_query(q) for q in queries]
         embeddings = self.encode(texts)
@@ -82,6 +84,7 @@ class InProcessPipeline:
                 candidates=None
                 if candidates is None
                 else self.catalog.candidate_rows(np.asarray(candidates[i], dtype=np.int64))[0],
+                filters=None if filters is None else filters[i],
             )
             for i, text in enumerate(texts)
         ]
@@ -91,10 +94,14 @@ class InProcessPipeline:
         ]
 
     def search(
-        self, query: str | bytes, history: Sequence[int] = (), k: int = contract.DEFAULT_TOP_K
+        self,
+        query: str | bytes,
+        history: Sequence[int] = (),
+        k: int = contract.DEFAULT_TOP_K,
+        filters: Filters | None = None,
     ) -> Ranked:
         """Top-k for one query."""
-        return self.search_many([query], [history], k)[0]
+        return self.search_many([query], [history], k, filters=[filters])[0]
 
     def rerank(
         self,
@@ -102,14 +109,20 @@ class InProcessPipeline:
         candidates: Sequence[int],
         history: Sequence[int] = (),
         k: int = contract.DEFAULT_TOP_K,
+        filters: Filters | None = None,
     ) -> Ranked:
         """Top-k of the given candidate ids for one query."""
-        return self.search_many([query], [history], k, [candidates])[0]
+        return self.search_many([query], [history], k, [candidates], [filters])[0]
 
-    def recommend(self, history: Sequence[int] = (), k: int = contract.DEFAULT_TOP_K) -> Ranked:
+    def recommend(
+        self,
+        history: Sequence[int] = (),
+        k: int = contract.DEFAULT_TOP_K,
+        filters: Filters | None = None,
+    ) -> Ranked:
         """Top-k from a history alone (the `recommend` ensemble), history products left out."""
         if self.recommender is None:
             raise ValueError("this repository has no recommender (trained without event logs)")
         rows = self.recommender.catalog.rows_of(np.asarray(history, dtype=np.int64))
-        (r,) = self.recommender.recommend([RecommendRequest(rows, validate_top_k(k))])
+        (r,) = self.recommender.recommend([RecommendRequest(rows, validate_top_k(k), filters)])
         return Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles])

@@ -27,6 +27,7 @@ import numpy as np
 from shoprank import contract
 from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
+from shoprank.filters import Facets, Filters
 from shoprank.fusion import combine, row_depths
 from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
@@ -70,6 +71,28 @@ def retrieve(
         union_candidates(dense_rows[i], lexical.search(tokens, config.lexical_k)[0])
         for i, tokens in enumerate(query_tokens)
     ]
+
+
+# A filter that allows at most this many products is met by an exact scan over them; a
+# broader one by a deeper ANN search, rather than decoding that many vectors per request.
+WIDEN_EXACT_MAX = 100_000
+
+
+def widen(dense: DenseIndex, query: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+    """Up to k allowed catalog rows nearest to `query` (D,), for a filter that left
+    retrieval short of TOP_K: filtering must not shorten the answer while products match."""
+    rows = np.flatnonzero(allowed)
+    if len(rows) == 0:
+        return rows
+    if len(rows) <= WIDEN_EXACT_MAX:
+        scores = dense.vectors(rows) @ np.asarray(query, np.float32)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return rows[best]
+    # Broad filter: search deep enough that about k allowed rows are expected.
+    depth = min(dense.size, int(np.ceil(4 * k * len(allowed) / len(rows))))
+    found, _ = dense.search(query[None, :], depth)
+    found = found[0][found[0] >= 0]
+    return found[allowed[found]][:k]
 
 
 @dataclass
@@ -143,6 +166,7 @@ class Request:
     history: np.ndarray  # catalog rows, most recent last
     k: int
     candidates: np.ndarray | None = None  # catalog rows to re-rank; None: retrieve
+    filters: Filters | None = None  # None: everything may be returned
 
 
 @dataclass
@@ -173,6 +197,7 @@ class CandidateRanker:
         self.tables = tables
         self.catalog = catalog
         self.config = config
+        self.facets = Facets.of(catalog)
         # What the last `rank` call spent per stage (seconds), for the serving metrics.
         self.last_timings: dict[str, float] = {}
 
@@ -229,6 +254,15 @@ class CandidateRanker:
             )
             for i, rows in zip(to_retrieve, found, strict=True):
                 candidates[i] = rows
+        for i, r in enumerate(requests):
+            allowed = self.facets.allowed(r.filters) if r.filters is not None else None
+            if allowed is not None:
+                kept = candidates[i][allowed[candidates[i]]]
+                if r.candidates is None and len(kept) < r.k:
+                    depth = max(self.config.dense_k, r.k)
+                    more = widen(self.dense, embeddings[i], allowed, depth)
+                    kept = union_candidates(kept, more)
+                candidates[i] = kept
         lap("retrieve")
         features = gather_features(
             self.dense.vectors,

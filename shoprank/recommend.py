@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
+from shoprank.filters import Facets, Filters
 from shoprank.ranking import Ranked
 from shoprank.runtime import CatalogIndex, cpu_session
 from shoprank.sequential import left_pad
@@ -27,6 +28,7 @@ class RecommendRequest:
 
     history: np.ndarray  # catalog rows, most recent last (empty: cold start)
     k: int
+    filters: Filters | None = None
 
 
 def load_item_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +64,7 @@ class Recommender:
         self.items = item_vectors
         self.popularity = popularity
         self.catalog = catalog
+        self.facets = Facets.of(catalog)
 
     @classmethod
     def load(cls, version_dir: Path, threads: int = 1) -> Recommender:
@@ -96,6 +99,9 @@ class Recommender:
             out[warm] = users @ self.items.T
         for i, r in enumerate(requests):
             out[i, r.history] = -np.inf
+            allowed = self.facets.allowed(r.filters) if r.filters is not None else None
+            if allowed is not None:
+                out[i, ~allowed] = -np.inf
         return out
 
     def recommend(self, requests: Sequence[RecommendRequest]) -> list[Ranked]:

@@ -229,10 +229,13 @@ def tokenized_feeds(
 
 @dataclass
 class CatalogIndex:
-    """Product ids ↔ catalog rows, and titles, for the ranker."""
+    """Product ids ↔ catalog rows, titles, and the facets filters look at."""
 
     product_ids: np.ndarray  # (N,) int64, row order of the item table
     titles: np.ndarray  # (N,) object (bytes), same order
+    categories: np.ndarray | None = None  # (N,) str category paths; None: unknown
+    prices: np.ndarray | None = None  # (N,) float64, NaN unknown
+    in_stock: np.ndarray | None = None  # (N,) bool; None: everything in stock
 
     def __post_init__(self) -> None:
         self._order = np.argsort(self.product_ids, kind="stable")
@@ -243,14 +246,24 @@ class CatalogIndex:
         """From the `catalog.npz` written by the repository builder."""
         with np.load(path, allow_pickle=False) as z:
             titles = np.array([t.encode("utf-8") for t in z["titles"].tolist()], dtype=object)
-            return cls(product_ids=z["product_ids"].astype(np.int64), titles=titles)
+            optional = {k: z[k] for k in ("categories", "prices", "in_stock") if k in z.files}
+            return cls(product_ids=z["product_ids"].astype(np.int64), titles=titles, **optional)
 
     def save(self, path: Path) -> None:
-        """Write ids and titles (as unicode, no pickles) for `load`."""
+        """Write ids, titles (as unicode, no pickles) and the known facets for `load`."""
         titles = np.array(
             [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in self.titles]
         )
-        np.savez(path, product_ids=self.product_ids, titles=titles)
+        facets = {
+            k: v
+            for k, v in (
+                ("categories", self.categories),
+                ("prices", self.prices),
+                ("in_stock", self.in_stock),
+            )
+            if v is not None
+        }
+        np.savez(path, product_ids=self.product_ids, titles=titles, **facets)
 
     def rows_of(self, history: np.ndarray) -> np.ndarray:
         """Catalog rows of the last MAX_HISTORY known ids of `history`; unknown ids dropped."""
@@ -261,12 +274,15 @@ class CatalogIndex:
                 f"{contract.MAX_HISTORY_IDS} per row (the last {contract.MAX_HISTORY} are used)",
                 "history_too_long",
             )
-        if ids.size == 0:
+        return self.known_rows(ids)[-contract.MAX_HISTORY :]
+
+    def known_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Catalog rows of the ids that are in the catalog, in order; unknown ids dropped."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or len(self._sorted) == 0:
             return np.zeros(0, dtype=np.int64)
-        pos = np.searchsorted(self._sorted, ids)
-        pos = np.minimum(pos, len(self._sorted) - 1)
-        known = self._sorted[pos] == ids
-        return self._order[pos[known]][-contract.MAX_HISTORY :]
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return self._order[pos[self._sorted[pos] == ids]]
 
     def candidate_rows(self, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         """(rows of the known ids, each once in first-seen order, #unknown, #duplicates).

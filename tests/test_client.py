@@ -16,7 +16,7 @@ from pipeline_fixtures import assert_same_ranking
 from shoprank.contract import DEFAULT_TOP_K, MAX_TOP_K
 from shoprank.pipeline import Ranked
 from shoprank.tritonserver import free_ports
-from shoprank_client import SearchClient, SearchError, SearchResult
+from shoprank_client import Filters, SearchClient, SearchError, SearchResult
 from shoprank_client.__main__ import format_table, main, parse_history
 
 # Validation happens before anything is sent, so no server is needed; the port is unused.
@@ -332,3 +332,30 @@ def test_cli_recommend_prints_json(grpc_url: str, in_process, shopper: dict, cap
     want = in_process.recommend(shopper["history"], 4).product_ids.tolist()
     assert [r["product_id"] for r in payload["results"]] == want
     assert main(["recommend", "--top-k", "0", "--url", grpc_url]) == 2  # checked client-side
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (Filters(price_min=5, price_max=1), "price_min 5 > price_max 1"),
+        (Filters(price_min="5"), "price_min must be a number"),
+        (Filters(exclude_ids="1,2"), "not a string"),
+    ],
+)
+def test_filters_are_checked_before_sending(filters, message) -> None:
+    with SearchClient(OFFLINE_URL) as client, pytest.raises(ValueError, match=message):
+        client.search("sofa", filters=filters)
+
+
+@pytest.mark.integration
+def test_filters_reach_every_mode(search_client: SearchClient, in_process, shopper: dict):
+    first = search_client.search("sofa", top_k=5)
+    skip = [first[0].product_id]
+    again = search_client.search("sofa", top_k=5, filters=Filters(exclude_ids=skip))
+    assert skip[0] not in {r.product_id for r in again} and len(again) == 5
+    cheap = search_client.recommend(
+        shopper["history"], 5, Filters(price_max=50, in_stock_only=True)
+    )
+    catalog = in_process.recommender.catalog
+    rows = catalog.known_rows([r.product_id for r in cheap])
+    assert len(cheap) == 5 and (catalog.prices[rows] <= 50).all() and catalog.in_stock[rows].all()

@@ -424,3 +424,87 @@ def test_recommend_bad_top_k_is_invalid_argument(ensemble_server):
         recommend_rows(ensemble_server.grpc_url, [[]], [0])
     assert "INVALID_ARGUMENT" in str(err.value.status())
     assert recommend_rows(ensemble_server.grpc_url, [[]], [2])[0].shape == (1, 2)
+
+
+def filtered_infer(url: str, model: str, values: dict):
+    """One raw gRPC request with whichever inputs `values` holds (spec → array)."""
+    inputs = []
+    for spec, value in values.items():
+        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(model, inputs)
+    finally:
+        client.close()
+    return [result.as_numpy(t.name)[0] for t in contract.ENSEMBLE_OUTPUTS]
+
+
+@pytest.fixture(scope="module")
+def rare_category(tiny_artifacts):
+    """The smallest category path with 3+ products (about 1% of the tiny catalog)."""
+    catalog = datasets.load(tiny_artifacts).catalog
+    counts = catalog["category"].value_counts()
+    path = counts[counts >= 3].sort_values(kind="stable").index[0]
+    members = set(catalog.loc[catalog["category"] == path, "product_id"].tolist())
+    return path, members, counts[path] / len(catalog)
+
+
+def test_a_rare_filter_still_returns_top_k(ensemble_server, in_process, rare_category):
+    from shoprank.filters import Filters
+
+    path, members, share = rare_category
+    assert share <= 0.02
+    k = min(len(members), 10)
+    url = ensemble_server.grpc_url
+    query = "garden hose"
+    values = {
+        contract.QUERY: np.array([[query]], dtype=object),
+        contract.TOP_K: np.array([[k]], np.int32),
+        contract.CATEGORY_PREFIX: np.array([[path.lower().encode()]], dtype=object),
+    }
+    ids, scores, titles = filtered_infer(url, contract.ENSEMBLE_MODEL, values)
+    assert len(ids) == k and set(ids.tolist()) <= members
+    assert_same_answer((ids, scores, titles), in_process.search(query, [], k, Filters(path)))
+    # recommend: the same filter; then the best one excluded and in stock only
+    del values[contract.QUERY]
+    ids, _, _ = filtered_infer(url, contract.RECOMMEND_MODEL, values)
+    assert len(ids) == k and set(ids.tolist()) <= members
+    values[contract.EXCLUDE_IDS] = ids[:1].reshape(1, 1)
+    values[contract.IN_STOCK_ONLY] = np.array([[True]])
+    again, _, _ = filtered_infer(url, contract.RECOMMEND_MODEL, values)
+    assert ids[0] not in again and set(again.tolist()) <= members
+    excluded = in_process.recommender.catalog.known_rows(ids[:1])
+    want = in_process.recommend([], k, Filters(path, exclude_rows=excluded, in_stock_only=True))
+    np.testing.assert_array_equal(again, want.product_ids)
+
+
+def test_filtered_search_widens_when_retrieval_falls_short(in_process, rare_category):
+    from shoprank.filters import Filters
+
+    path, members, _ = rare_category
+    config = in_process.ranker.config
+    saved = (config.dense_k, config.lexical_k)
+    config.dense_k, config.lexical_k = 2, 2  # retrieval alone cannot find k of them
+    try:
+        found = in_process.search("garden hose", [], len(members), Filters(path))
+    finally:
+        config.dense_k, config.lexical_k = saved
+    assert set(found.product_ids.tolist()) == members
+
+
+def test_rerank_filters_only_the_callers_candidates(ensemble_server, in_process):
+    found = in_process.search("sofa", [], 12).product_ids
+    values = {
+        contract.QUERY: np.array([["sofa"]], dtype=object),
+        contract.TOP_K: np.array([[10]], np.int32),
+        contract.CANDIDATE_IDS: found.reshape(1, -1),
+        contract.EXCLUDE_IDS: found[:3].reshape(1, -1),
+    }
+    ids, _, _ = filtered_infer(ensemble_server.grpc_url, contract.RERANK_MODEL, values)
+    assert set(ids.tolist()) == set(found[3:].tolist())  # nothing from outside the list
+    values[contract.PRICE_MIN] = np.array([[5.0]], np.float32)
+    values[contract.PRICE_MAX] = np.array([[1.0]], np.float32)
+    with pytest.raises(InferenceServerException, match="price range is empty"):
+        filtered_infer(ensemble_server.grpc_url, contract.RERANK_MODEL, values)

@@ -52,6 +52,7 @@ from shoprank.contract import ArtifactPaths
 from shoprank.datasets import (
     CATEGORY_SEPARATOR,
     EVENT_TYPES,
+    IN_STOCK,
     LIST_SEPARATOR,
     PRICE_BANDS,
     SPLITS,
@@ -547,6 +548,8 @@ def _make_catalog(
             "price": price.astype(np.float64),
         }
     )
+    # About 8% out of stock, from the id alone (the random streams stay as they were).
+    frame[IN_STOCK] = (frame["product_id"].to_numpy() * 2_654_435_761 % 100) >= 8
     return _Catalog(
         frame,
         leaf_of,

@@ -1,5 +1,5 @@
 """Python client for the shoprank search ensemble served by Triton (gRPC)."""
 
-from shoprank_client.search_client import SearchClient, SearchError, SearchResult
+from shoprank_client.search_client import Filters, SearchClient, SearchError, SearchResult
 
-__all__ = ["SearchClient", "SearchError", "SearchResult"]
+__all__ = ["Filters", "SearchClient", "SearchError", "SearchResult"]

@@ -22,7 +22,13 @@ from shoprank_client.protocol import (
     MAX_CANDIDATES,
     MAX_TOP_K,
 )
-from shoprank_client.search_client import DEFAULT_TIMEOUT_S, SearchClient, SearchError, SearchResult
+from shoprank_client.search_client import (
+    DEFAULT_TIMEOUT_S,
+    Filters,
+    SearchClient,
+    SearchError,
+    SearchResult,
+)
 
 EXIT_ERROR = 2
 
@@ -59,7 +65,9 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
-        results = client.search(args.query, history=args.history, top_k=args.top_k)
+        results = client.search(
+            args.query, history=args.history, top_k=args.top_k, filters=_filters(args)
+        )
     _print(args, results, query=args.query, history=args.history, top_k=args.top_k)
     return 0
 
@@ -74,7 +82,13 @@ def _print(args: argparse.Namespace, results: list[SearchResult], **request) -> 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
     with SearchClient(args.url, timeout_s=args.timeout) as client:
-        results = client.rerank(args.query, args.candidates, history=args.history, top_k=args.top_k)
+        results = client.rerank(
+            args.query,
+            args.candidates,
+            history=args.history,
+            top_k=args.top_k,
+            filters=_filters(args),
+        )
     _print(
         args,
         results,
@@ -88,9 +102,30 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     with SearchClient(args.url, timeout_s=args.timeout) as client:
-        results = client.recommend(history=args.history, top_k=args.top_k)
+        results = client.recommend(history=args.history, top_k=args.top_k, filters=_filters(args))
     _print(args, results, history=args.history, top_k=args.top_k)
     return 0
+
+
+def _filter_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters (TOP_K results whenever that many match)")
+    group.add_argument("--category", help='category path prefix, e.g. "Furniture > Sofas"')
+    group.add_argument("--price-min", type=float, help="lowest price")
+    group.add_argument("--price-max", type=float, help="highest price")
+    group.add_argument(
+        "--exclude", type=parse_history, default=[], help="comma-separated product ids to leave out"
+    )
+    group.add_argument("--in-stock", action="store_true", help="in-stock products only")
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(
+        category_prefix=args.category,
+        price_min=args.price_min,
+        price_max=args.price_max,
+        exclude_ids=args.exclude,
+        in_stock_only=args.in_stock,
+    )
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -126,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
     )
     p_search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _filter_args(p_search)
     _connection_args(p_search)
     p_search.set_defaults(func=_cmd_search)
 
@@ -147,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
     )
     p_rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _filter_args(p_rerank)
     _connection_args(p_rerank)
     p_rerank.set_defaults(func=_cmd_rerank)
 
@@ -163,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
     )
     p_recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _filter_args(p_recommend)
     _connection_args(p_recommend)
     p_recommend.set_defaults(func=_cmd_recommend)
 

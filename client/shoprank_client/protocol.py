@@ -69,6 +69,7 @@ _NUMPY_DTYPES: dict[str, type] = {
     "TYPE_FP16": np.float16,
     "TYPE_INT64": np.int64,
     "TYPE_INT32": np.int32,
+    "TYPE_BOOL": np.bool_,
 }
 
 # Ensemble inputs/outputs: what a search backend sends and receives.
@@ -81,7 +82,21 @@ TITLES = TensorSpec("TITLES", "TYPE_STRING", (-1,))
 
 CANDIDATE_IDS = TensorSpec("CANDIDATE_IDS", "TYPE_INT64", (-1,), ragged=True)
 
-ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K)
-RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS)
-RECOMMEND_INPUTS = (HISTORY, TOP_K)
+# Optional filters of every mode (each row its own): a category path prefix
+# ("Furniture > Sofas", case-insensitive), a price range (products without a price never
+# match one), product ids to leave out, and in-stock products only.
+CATEGORY_PREFIX = TensorSpec("CATEGORY_PREFIX", "TYPE_STRING", (1,))
+PRICE_MIN = TensorSpec("PRICE_MIN", "TYPE_FP32", (1,))
+PRICE_MAX = TensorSpec("PRICE_MAX", "TYPE_FP32", (1,))
+EXCLUDE_IDS = TensorSpec("EXCLUDE_IDS", "TYPE_INT64", (-1,), ragged=True)
+IN_STOCK_ONLY = TensorSpec("IN_STOCK_ONLY", "TYPE_BOOL", (1,))
+FILTER_INPUTS = (CATEGORY_PREFIX, PRICE_MIN, PRICE_MAX, EXCLUDE_IDS, IN_STOCK_ONLY)
+# At most this many ids in EXCLUDE_IDS per row.
+MAX_EXCLUDE_IDS = 10_000
+
+ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K, *FILTER_INPUTS)
+RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS)
+RECOMMEND_INPUTS = (HISTORY, TOP_K, *FILTER_INPUTS)
+# Inputs a request may leave out: no history (cold start), no filters.
+OPTIONAL_INPUTS = (HISTORY, *FILTER_INPUTS)
 ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)

@@ -15,15 +15,21 @@ from tritonclient.utils import InferenceServerException
 
 from shoprank_client.protocol import (
     CANDIDATE_IDS,
+    CATEGORY_PREFIX,
     DEFAULT_GRPC_URL,
     DEFAULT_TOP_K,
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
+    EXCLUDE_IDS,
     HISTORY,
+    IN_STOCK_ONLY,
     MAX_BATCH_SIZE,
     MAX_CANDIDATES,
+    MAX_EXCLUDE_IDS,
     MAX_TOP_K,
     PADDING_ID,
+    PRICE_MAX,
+    PRICE_MIN,
     PRODUCT_IDS,
     QUERY,
     RECOMMEND_MODEL,
@@ -101,16 +107,65 @@ def _validate(query: str, history: Sequence[int], top_k: int) -> np.ndarray:
     return _ids(history, "history")
 
 
+@dataclass(frozen=True)
+class Filters:
+    """Optional result filters of search, rerank and recommend (None / empty: no filter).
+
+    category_prefix: a category path prefix, case-insensitive ("Furniture > Sofas").
+    price_min, price_max: a price range; products without a price never match one.
+    exclude_ids: product ids never to return. in_stock_only: in-stock products only.
+    """
+
+    category_prefix: str | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    exclude_ids: Sequence[int] = ()
+    in_stock_only: bool = False
+
+    def arrays(self) -> dict:
+        """The filter inputs of a one-row request (only those that filter something)."""
+        out: dict = {}
+        if self.category_prefix:
+            if not isinstance(self.category_prefix, str):
+                raise ValueError("category_prefix must be a str")
+            out[CATEGORY_PREFIX] = np.array(
+                [[self.category_prefix.encode("utf-8")]], dtype=CATEGORY_PREFIX.numpy_dtype
+            )
+        for spec, value in ((PRICE_MIN, self.price_min), (PRICE_MAX, self.price_max)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                    raise ValueError(f"{spec.name.lower()} must be a number, got {value!r}")
+                out[spec] = np.array([[value]], dtype=spec.numpy_dtype)
+        low, high = self.price_min, self.price_max
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"price_min {low} > price_max {high}")
+        if len(self.exclude_ids):
+            ids = _ids(self.exclude_ids, "exclude")
+            if ids.shape[1] > MAX_EXCLUDE_IDS:
+                raise ValueError(f"at most {MAX_EXCLUDE_IDS} excluded ids, got {ids.shape[1]}")
+            out[EXCLUDE_IDS] = ids
+        if self.in_stock_only:
+            out[IN_STOCK_ONLY] = np.array([[True]], dtype=IN_STOCK_ONLY.numpy_dtype)
+        return out
+
+
 def _inputs(
-    query: str, history: np.ndarray, top_k: int, candidates: np.ndarray | None = None
+    query: str | None,
+    history: np.ndarray,
+    top_k: int,
+    candidates: np.ndarray | None = None,
+    filters: Filters | None = None,
 ) -> list[grpcclient.InferInput]:
     arrays = {
-        QUERY: np.array([[query.encode("utf-8")]], dtype=QUERY.numpy_dtype),
         HISTORY: history,
         TOP_K: np.array([[top_k]], dtype=TOP_K.numpy_dtype),
     }
+    if query is not None:
+        arrays[QUERY] = np.array([[query.encode("utf-8")]], dtype=QUERY.numpy_dtype)
     if candidates is not None:
         arrays[CANDIDATE_IDS] = candidates
+    if filters is not None:
+        arrays.update(filters.arrays())
     inputs = []
     for spec, array in arrays.items():
         tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
@@ -213,15 +268,20 @@ class SearchClient:
         raise AssertionError("unreachable")
 
     def search(
-        self, query: str, history: Sequence[int] = (), top_k: int = DEFAULT_TOP_K
+        self,
+        query: str,
+        history: Sequence[int] = (),
+        top_k: int = DEFAULT_TOP_K,
+        filters: Filters | None = None,
     ) -> list[SearchResult]:
-        """Rank products for `query` given the shopper's `history` (product ids, oldest first).
+        """Rank products for `query` given the shopper's `history` (product ids, oldest first),
+        only those `filters` allow (still `top_k` of them whenever that many match).
 
         Raises:
             ValueError: invalid arguments (checked before anything is sent).
             SearchError: the server rejected the request or could not be reached.
         """
-        inputs = _inputs(query, _validate(query, history, top_k), top_k)
+        inputs = _inputs(query, _validate(query, history, top_k), top_k, filters=filters)
         response = self._infer(self.model, inputs)
         return parse_response(response)
 
@@ -231,6 +291,7 @@ class SearchClient:
         candidates: Sequence[int],
         history: Sequence[int] = (),
         top_k: int = DEFAULT_TOP_K,
+        filters: Filters | None = None,
     ) -> list[SearchResult]:
         """Rank only `candidates` (product ids from your own engine) for `query` and the
         shopper's `history`. Unknown and repeated ids are ignored; an empty (or all
@@ -245,12 +306,15 @@ class SearchClient:
             raise ValueError(
                 f"at most {MAX_CANDIDATES} candidates per request, got {rows.shape[1]}"
             )
-        inputs = _inputs(query, _validate(query, history, top_k), top_k, rows)
+        inputs = _inputs(query, _validate(query, history, top_k), top_k, rows, filters)
         response = self._infer(self.rerank_model, inputs)
         return parse_response(response)
 
     def recommend(
-        self, history: Sequence[int] = (), top_k: int = DEFAULT_TOP_K
+        self,
+        history: Sequence[int] = (),
+        top_k: int = DEFAULT_TOP_K,
+        filters: Filters | None = None,
     ) -> list[SearchResult]:
         """Recommend products from the shopper's `history` alone (product ids, oldest
         first); products already in it are left out. An empty history gets the most
@@ -260,13 +324,7 @@ class SearchClient:
             ValueError: invalid arguments (checked before anything is sent).
             SearchError: the server rejected the request or could not be reached.
         """
-        rows = _validate("", history, top_k)
-        inputs = []
-        arrays = {HISTORY: rows, TOP_K: np.array([[top_k]], dtype=TOP_K.numpy_dtype)}
-        for spec, array in arrays.items():
-            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = _inputs(None, _validate("", history, top_k), top_k, filters=filters)
         return parse_response(self._infer(RECOMMEND_MODEL, inputs))
 
     def search_batch(

@@ -12,6 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.filters import row_filters
 from shoprank.model_repository.models.common import (
     input_array,
     invalid,
@@ -96,6 +97,9 @@ class TritonPythonModel:
         )
         candidates = optional_array(request, contract.CANDIDATE_IDS.name)
         catalog = self.ranker.catalog
+        filters = row_filters(
+            {s.name: optional_array(request, s.name) for s in contract.FILTER_INPUTS}, b, catalog
+        )
         out = []
         for row in range(b):
             rows = None
@@ -120,6 +124,7 @@ class TritonPythonModel:
                     history=catalog.rows_of(histories[row]),
                     k=validate_top_k(top_k[row]),
                     candidates=rows,
+                    filters=filters[row],
                 )
             )
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.filters import row_filters
 from shoprank.model_repository.models.common import (
     input_array,
     invalid,
@@ -66,7 +67,12 @@ class TritonPythonModel:
             optional_array(request, contract.HISTORY.name), len(top_k), contract.HISTORY.name
         )
         catalog = self.recommender.catalog
+        filters = row_filters(
+            {s.name: optional_array(request, s.name) for s in contract.FILTER_INPUTS},
+            len(top_k),
+            catalog,
+        )
         return [
-            RecommendRequest(history=catalog.rows_of(h), k=validate_top_k(k))
-            for h, k in zip(histories, top_k, strict=True)
+            RecommendRequest(history=catalog.rows_of(h), k=validate_top_k(k), filters=f)
+            for h, k, f in zip(histories, top_k, filters, strict=True)
         ]
