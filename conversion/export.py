@@ -114,7 +114,23 @@ RANKER_INPUTS = (
     contract.ONNX_RANKER_ITEM_FEATURES,
     contract.ONNX_RANKER_USER_ITEM,
 )
-RANKER_OUTPUTS = (contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES)
+RANKER_OUTPUTS = (
+    contract.ONNX_RANKER_RELEVANCE,
+    contract.ONNX_RANKER_SCORES,
+    contract.ONNX_RANKER_PARTS,
+)
+
+
+class _ExplainedRanker(torch.nn.Module):
+    """The served ranker graph: forward's (relevance, score) plus the score's parts, which
+    ONNX Runtime computes only when an explanation asks for them."""
+
+    def __init__(self, ranker: FusionRanker) -> None:
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*self.ranker(*inputs), self.ranker.parts(*inputs))
 
 
 def ranker_sample(
@@ -162,10 +178,11 @@ def export_ranker(ranker: FusionRanker, out_path: Path, sample: dict[str, np.nda
         contract.ONNX_RANKER_USER_ITEM: cand,
         contract.ONNX_RANKER_RELEVANCE: cand,
         contract.ONNX_RANKER_SCORES: cand,
+        contract.ONNX_RANKER_PARTS: cand,
     }
     with torch.no_grad():
         torch.onnx.export(
-            ranker.eval(),
+            _ExplainedRanker(ranker.eval()),
             tuple(torch.from_numpy(sample[name]) for name in RANKER_INPUTS),
             str(out_path),
             input_names=list(RANKER_INPUTS),
@@ -187,7 +204,8 @@ def check_ranker_parity(
     """Max |score| difference ONNX vs PyTorch (relevance and full score) on `feeds`."""
     got = cpu_session(onnx_path, threads=2).run(list(RANKER_OUTPUTS), feeds)
     with torch.no_grad():
-        want = [t.numpy() for t in ranker(*(torch.from_numpy(feeds[n]) for n in RANKER_INPUTS))]
+        inputs = [torch.from_numpy(feeds[n]) for n in RANKER_INPUTS]
+        want = [t.numpy() for t in _ExplainedRanker(ranker.eval())(*inputs)]
     diff = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
     scale = max(1.0, *(float(np.abs(w).max()) for w in want))
     if diff > tolerance * scale:

@@ -210,7 +210,7 @@ def ensemble_config(
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
     for spec in inputs:
         _io(config.input, spec, ragged=False, optional=spec in contract.OPTIONAL_INPUTS)
-    for spec in contract.ENSEMBLE_OUTPUTS:
+    for spec in contract.ALL_OUTPUTS:
         _io(config.output, spec)
 
     def step(model: str, step_inputs, outputs) -> None:

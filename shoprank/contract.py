@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoprank_client.protocol import (
+    ALL_OUTPUTS,
     CANDIDATE_IDS,
     CATEGORY_PREFIX,
     DEFAULT_GRPC_URL,
@@ -22,6 +23,8 @@ from shoprank_client.protocol import (
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
     EXCLUDE_IDS,
+    EXPLAIN,
+    EXPLANATION,
     FILTER_INPUTS,
     GRPC_PORT,
     HISTORY,
@@ -53,6 +56,7 @@ from shoprank_client.protocol import (
 )
 
 __all__ = [  # the protocol names, re-exported (the rest of this module is public too)
+    "ALL_OUTPUTS",
     "CANDIDATE_IDS",
     "CATEGORY_PREFIX",
     "DEFAULT_GRPC_URL",
@@ -61,6 +65,8 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
     "ENSEMBLE_MODEL",
     "ENSEMBLE_OUTPUTS",
     "EXCLUDE_IDS",
+    "EXPLAIN",
+    "EXPLANATION",
     "FILTER_INPUTS",
     "GRPC_PORT",
     "HISTORY",
@@ -122,6 +128,7 @@ ONNX_RANKER_ITEM_FEATURES = "item_features"
 ONNX_RANKER_USER_ITEM = "user_item_features"
 ONNX_RANKER_RELEVANCE = "relevance"
 ONNX_RANKER_SCORES = "scores"
+ONNX_RANKER_PARTS = "score_parts"  # (B, C, P) the score's additive parts (explanations)
 ONNX_SEQ_HISTORY = "history_vectors"  # (B, L, d) item vectors, most recent last
 ONNX_SEQ_MASK = "history_mask"  # (B, L) 1 where a history item is present
 ONNX_SEQ_USER = "user_vector"  # (B, d)
@@ -139,10 +146,10 @@ TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
 # The ranker retrieves (dense ANN + BM25) and re-ranks; in `rerank` it ranks CANDIDATE_IDS.
-RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS)
-# omitted: empty history / retrieve candidates / no filters
-RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS)
-RANKER_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
+RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN)
+# omitted: empty history / retrieve candidates / no filters / no explanation
+RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN)
+RANKER_OUTPUTS = ALL_OUTPUTS
 RECOMMENDER_INPUTS = RECOMMEND_INPUTS
 RECOMMENDER_OPTIONAL = OPTIONAL_INPUTS  # omitted: cold start, no filters
 RECOMMENDER_OUTPUTS = RANKER_OUTPUTS

@@ -42,6 +42,19 @@ from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.lexical import LEXICAL_FEATURES
 
 FUSIONS = ("weighted", "concat_mlp", "target_attention")
+# The full score's additive parts, as explanations name them (`FusionRanker.parts`): they
+# sum to the score of a candidate inside the re-rank depth. "lexical" holds everything of
+# the relevance model beyond the dense cosine (lexical features and their MLP, if any).
+SCORE_PARTS = (
+    "semantic",
+    "lexical",
+    "history_similarity",
+    *USER_ITEM_FEATURES,
+    "popularity",
+    "bias",
+)
+# Below the re-rank depth the score is the relevance alone, this far down (combine).
+BELOW_DEPTH_PARTS = ("semantic", "lexical", "below_rerank_depth")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
 # Candidates below the re-rank depth keep their relevance order, this far below the rest.
 BELOW_DEPTH = 1e4
@@ -161,6 +174,50 @@ class FusionRanker(nn.Module):
         prior = item_features @ self.feature_weights + self.bias
         return relevance, self.log_gamma.exp() * relevance + behaviour + prior
 
+    def parts(
+        self,
+        query: torch.Tensor,
+        history: torch.Tensor,
+        history_mask: torch.Tensor,
+        candidates: torch.Tensor,
+        lexical: torch.Tensor,
+        item_features: torch.Tensor,
+        user_item: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, C, len(SCORE_PARTS) + 2): the full score of `forward` split into SCORE_PARTS
+        (they sum to it), then the relevance's semantic and lexical parts (they sum to R)."""
+        cosine = torch.einsum("bd,bcd->bc", query, candidates)
+        semantic = self.relevance.log_scale.exp() * cosine
+        lexical_part = self.relevance(cosine, lexical) - semantic
+        gamma = self.log_gamma.exp()
+        has = (history_mask.sum(dim=1, keepdim=True) > 0).to(query.dtype)  # (B, 1)
+        user = self.user_vector(query, history, history_mask)
+        similarity = self.beta * torch.einsum("bd,bcd->bc", user, candidates) * has
+        affinity = user_item * self.user_item_weights * has.unsqueeze(-1)  # (B, C, U)
+        popularity = item_features @ self.feature_weights
+        bias = self.bias * torch.ones_like(cosine)
+        columns = [gamma * semantic, gamma * lexical_part, similarity]
+        return torch.cat(
+            [
+                torch.stack(columns, dim=-1),
+                affinity,
+                torch.stack([popularity, bias, semantic, lexical_part], dim=-1),
+            ],
+            dim=-1,
+        )
+
+
+def explained_parts(parts: np.ndarray, in_depth: bool) -> dict[str, float]:
+    """One candidate's parts (the ranker graph's score_parts row) as name → value, summing
+    to its served score (`combine`)."""
+    n = len(SCORE_PARTS)
+    if in_depth:
+        return {name: float(v) for name, v in zip(SCORE_PARTS, parts[:n], strict=True)}
+    semantic, lexical = parts[n], parts[n + 1]
+    return dict(
+        zip(BELOW_DEPTH_PARTS, (float(semantic), float(lexical), -BELOW_DEPTH), strict=True)
+    )
+
 
 def row_depths(history_lengths: np.ndarray, depth: int, cold_start_depth: int | None) -> np.ndarray:
     """Re-rank depth of each row (B,): `cold_start_depth` where the history is empty.
@@ -183,16 +240,20 @@ def combine(
     popularity must not let a best-seller outrank relevance for an unrelated query: the
     depth is chosen on held-out judged queries.
     """
-    relevance = np.where(valid, relevance, -np.inf)
     out = np.where(valid, relevance - BELOW_DEPTH, -np.inf).astype(np.float32)
     if relevance.size == 0:
         return out
+    return np.where(in_depth(relevance, depth, valid), full, out).astype(np.float32)
+
+
+def in_depth(relevance: np.ndarray, depth: int | np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B, C) bool: the candidate is among its row's `depth` most relevant valid ones."""
+    relevance = np.where(valid, relevance, -np.inf)
     depths = np.broadcast_to(np.asarray(depth, np.int64), (len(relevance),))
     order = np.argsort(-relevance, axis=1, kind="stable")  # (B, C) best first
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(relevance.shape[1])[None, :], axis=1)
-    keep = valid & (ranks < depths[:, None])
-    return np.where(keep, full, out).astype(np.float32)
+    return valid & (ranks < depths[:, None])
 
 
 def save_ranker(ranker: FusionRanker, out_dir: Path) -> None:

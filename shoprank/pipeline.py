@@ -8,6 +8,7 @@ served pipeline.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,13 @@ class Ranked:
     product_ids: np.ndarray
     scores: np.ndarray
     titles: list[str]
+    explanations: list[dict] | None = None  # when asked: parts adding up to each score
+
+
+def _ranked(r) -> Ranked:
+    """The in-process answer of a ranking.Ranked (titles and explanations decoded)."""
+    notes = None if r.explanations is None else [json.loads(e) for e in r.explanations]
+    return Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles], notes)
 
 
 class InProcessPipeline:
@@ -70,6 +78,7 @@ class InProcessPipeline:
         k: int,
         candidates: Sequence[Sequence[int]] | None = None,
         filters: Sequence[Filters | None] | None = None,
+        explain: bool = False,
     ) -> list[Ranked]:
         """Top-k for a batch of (query, history[, candidate ids][, filters]) requests."""
         k = validate_top_k(k)
@@ -85,13 +94,11 @@ class InProcessPipeline:
                 if candidates is None
                 else self.catalog.candidate_rows(np.asarray(candidates[i], dtype=np.int64))[0],
                 filters=None if filters is None else filters[i],
+                explain=explain,
             )
             for i, text in enumerate(texts)
         ]
-        return [
-            Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles])
-            for r in self.ranker.rank(requests)
-        ]
+        return [_ranked(r) for r in self.ranker.rank(requests)]
 
     def search(
         self,
@@ -99,9 +106,10 @@ class InProcessPipeline:
         history: Sequence[int] = (),
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> Ranked:
         """Top-k for one query."""
-        return self.search_many([query], [history], k, filters=[filters])[0]
+        return self.search_many([query], [history], k, None, [filters], explain)[0]
 
     def rerank(
         self,
@@ -110,19 +118,21 @@ class InProcessPipeline:
         history: Sequence[int] = (),
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> Ranked:
         """Top-k of the given candidate ids for one query."""
-        return self.search_many([query], [history], k, [candidates], [filters])[0]
+        return self.search_many([query], [history], k, [candidates], [filters], explain)[0]
 
     def recommend(
         self,
         history: Sequence[int] = (),
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> Ranked:
         """Top-k from a history alone (the `recommend` ensemble), history products left out."""
         if self.recommender is None:
             raise ValueError("this repository has no recommender (trained without event logs)")
         rows = self.recommender.catalog.rows_of(np.asarray(history, dtype=np.int64))
-        (r,) = self.recommender.recommend([RecommendRequest(rows, validate_top_k(k), filters)])
-        return Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles])
+        request = RecommendRequest(rows, validate_top_k(k), filters, explain)
+        return _ranked(self.recommender.recommend([request])[0])

@@ -28,7 +28,7 @@ from shoprank import contract
 from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
 from shoprank.filters import Facets, Filters
-from shoprank.fusion import combine, row_depths
+from shoprank.fusion import combine, explained_parts, in_depth, row_depths
 from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
 
@@ -167,6 +167,7 @@ class Request:
     k: int
     candidates: np.ndarray | None = None  # catalog rows to re-rank; None: retrieve
     filters: Filters | None = None  # None: everything may be returned
+    explain: bool = False  # also answer each result's score broken into its parts
 
 
 @dataclass
@@ -177,6 +178,35 @@ class Ranked:
     scores: np.ndarray
     titles: np.ndarray  # bytes
     candidates: int = 0  # how many candidates were ranked
+    explanations: np.ndarray | None = None  # (k,) JSON bytes per result, when asked
+
+
+# Explanations list this many history products closest to each result.
+EXPLAINED_HISTORY = 3
+
+
+def explanation(
+    score: float,
+    parts: dict[str, float],
+    history_ids: np.ndarray,
+    history_vectors: np.ndarray,
+    vector: np.ndarray,
+) -> bytes:
+    """One result's explanation as JSON: its score, the parts that add up to it, and the
+    history products most similar to it (cosine of their embeddings)."""
+    similar = []
+    if len(history_ids):
+        cosines = history_vectors @ vector
+        for j in np.argsort(-cosines, kind="stable")[:EXPLAINED_HISTORY]:
+            similar.append(
+                {"product_id": int(history_ids[j]), "cosine": round(float(cosines[j]), 4)}
+            )
+    payload = {
+        "score": round(float(score), 6),
+        "parts": {k: round(v, 6) for k, v in parts.items()},
+        "similar_history": similar,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
 class CandidateRanker:
@@ -274,8 +304,10 @@ class CandidateRanker:
             candidates,
         )
         lap("features")
-        relevance, full = self.session.run(
-            [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES], features.feeds()
+        explain = any(r.explain for r in requests)
+        names = [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES]
+        relevance, full, *parts = self.session.run(
+            names + ([contract.ONNX_RANKER_PARTS] if explain else []), features.feeds()
         )
         depths = row_depths(
             np.array([len(r.history) for r in requests]),
@@ -283,6 +315,7 @@ class CandidateRanker:
             self.config.cold_start_depth,
         )
         scores = combine(relevance, full, depths, features.valid)
+        kept = in_depth(relevance, depths, features.valid) if explain else None
         lap("score")
         out = []
         for i, r in enumerate(requests):
@@ -297,12 +330,29 @@ class CandidateRanker:
             best = np.argpartition(-row_scores, k - 1)[:k]
             best = best[np.lexsort((candidates[i][best], -row_scores[best]))]
             picked = candidates[i][best]
+            explained = None
+            if r.explain:
+                history_ids = self.catalog.product_ids[r.history]
+                explained = np.array(
+                    [
+                        explanation(
+                            row_scores[j],
+                            explained_parts(parts[0][i, j], bool(kept[i, j])),
+                            history_ids,
+                            features.history[i, : len(r.history)],
+                            features.candidates[i, j],
+                        )
+                        for j in best
+                    ],
+                    dtype=object,
+                )
             out.append(
                 Ranked(
                     self.catalog.product_ids[picked],
                     row_scores[best].astype(np.float32),
                     self.catalog.titles[picked],
                     n,
+                    explained,
                 )
             )
         lap("select")

@@ -17,7 +17,7 @@ import numpy as np
 
 from shoprank import contract
 from shoprank.filters import Facets, Filters
-from shoprank.ranking import Ranked
+from shoprank.ranking import Ranked, explanation
 from shoprank.runtime import CatalogIndex, cpu_session
 from shoprank.sequential import left_pad
 
@@ -29,6 +29,7 @@ class RecommendRequest:
     history: np.ndarray  # catalog rows, most recent last (empty: cold start)
     k: int
     filters: Filters | None = None
+    explain: bool = False
 
 
 def load_item_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +66,8 @@ class Recommender:
         self.popularity = popularity
         self.catalog = catalog
         self.facets = Facets.of(catalog)
+        norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
+        self._unit_items = item_vectors / np.maximum(norms, 1e-9)
 
     @classmethod
     def load(cls, version_dir: Path, threads: int = 1) -> Recommender:
@@ -118,6 +121,23 @@ class Recommender:
                     scores[i, best].astype(np.float32),
                     self.catalog.titles[best],
                     len(self.items),
+                    self.explain(r, best, scores[i, best]) if r.explain else None,
                 )
             )
         return answers
+
+    def explain(self, request: RecommendRequest, rows: np.ndarray, scores: np.ndarray):
+        """JSON per result: the one part of its score (the sequential model's, or popularity
+        at cold start) and the history products whose vectors are closest to it."""
+        part = "sequential" if len(request.history) else "popularity"
+        unit = self.items / np.maximum(np.linalg.norm(self.items, axis=1, keepdims=True), 1e-9)
+        history_ids = self.catalog.product_ids[request.history]
+        return np.array(
+            [
+                explanation(
+                    score, {part: float(score)}, history_ids, unit[request.history], unit[row]
+                )
+                for row, score in zip(rows, scores, strict=True)
+            ],
+            dtype=object,
+        )

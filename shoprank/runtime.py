@@ -194,6 +194,26 @@ def pad_answers(
     return ids, scores, titles
 
 
+def row_flags(raw: np.ndarray | None, rows: int, name: str) -> list[bool]:
+    """One bool per row of an optional (B, 1) BOOL input; all False when it is absent."""
+    if raw is None:
+        return [False] * rows
+    flat = np.asarray(raw).reshape(-1)
+    if flat.size != rows:
+        raise InvalidInput(f"{name} must hold one value per row, got {flat.size}", "shape")
+    return [bool(v) for v in flat]
+
+
+def pad_explanations(explanations: Sequence[np.ndarray | None], width: int) -> np.ndarray:
+    """(B, width) EXPLANATION of a request's rows: each row's JSON per result, b"" where a
+    row did not ask or has fewer results."""
+    out = np.full((len(explanations), width), b"", dtype=object)
+    for i, row in enumerate(explanations):
+        if row is not None:
+            out[i, : len(row)] = row
+    return out
+
+
 def pad_rows(rows: Sequence[np.ndarray], pad: float = 0, min_width: int = 1) -> np.ndarray:
     """Stack 1-D arrays of different lengths into (B, max_len), right-padded with `pad`."""
     width = max([min_width, *(len(r) for r in rows)])

@@ -20,6 +20,7 @@ MODELS = (
 ENSEMBLES = {
     contract.ENSEMBLE_MODEL: contract.ENSEMBLE_INPUTS,
     contract.RERANK_MODEL: contract.RERANK_INPUTS,
+    contract.RECOMMEND_MODEL: contract.RECOMMEND_INPUTS,
 }
 
 
@@ -46,9 +47,10 @@ def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
     for ensemble, inputs in ENSEMBLES.items():
         ins, outs = _io(load_config(repo, ensemble))
         assert ins == {s.name: (s.triton_dtype, s.dims) for s in inputs}
-        assert outs == {s.name: (s.triton_dtype, s.dims) for s in contract.ENSEMBLE_OUTPUTS}
+        assert outs == {s.name: (s.triton_dtype, s.dims) for s in contract.ALL_OUTPUTS}
         optional = {i.name for i in load_config(repo, ensemble).input if i.optional}
-        assert optional == {contract.HISTORY.name}  # CANDIDATE_IDS is what rerank is for
+        # history, filters and EXPLAIN; never QUERY, TOP_K or CANDIDATE_IDS (rerank's point)
+        assert optional == {s.name for s in contract.OPTIONAL_INPUTS}
     ranker_in, _ = _io(load_config(repo, contract.RANKER_MODEL))
     assert ranker_in[contract.QUERY_EMBEDDING.name] == ("TYPE_FP32", (dim,))
     for name in MODELS[:3]:
@@ -73,8 +75,14 @@ def test_ensemble_wiring_is_complete(tiny_artifacts, name):
         assert set(step.input_map.values()) <= available
         available |= set(step.output_map.values())
     assert {o.name for o in ensemble.output} <= available
-    ranker = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == "ranker")
+    steps = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
+    if name == contract.RECOMMEND_MODEL:
+        assert list(steps) == [contract.RECOMMENDER_MODEL]
+        return
+    ranker = steps[contract.RANKER_MODEL]
     assert (contract.CANDIDATE_IDS.name in ranker.input_map) == (name == contract.RERANK_MODEL)
+    # every filter and EXPLAIN reach the ranker
+    assert {s.name for s in (*contract.FILTER_INPUTS, contract.EXPLAIN)} <= set(ranker.input_map)
 
 
 def test_ranker_version_holds_every_file_it_loads(tiny_artifacts):

@@ -359,3 +359,16 @@ def test_filters_reach_every_mode(search_client: SearchClient, in_process, shopp
     catalog = in_process.recommender.catalog
     rows = catalog.known_rows([r.product_id for r in cheap])
     assert len(cheap) == 5 and (catalog.prices[rows] <= 50).all() and catalog.in_stock[rows].all()
+
+
+@pytest.mark.integration
+def test_cli_explain_prints_the_parts(grpc_url: str, shopper: dict, capsys) -> None:
+    history = ",".join(str(p) for p in shopper["history"])
+    args = ["search", shopper["query"], "--history", history, "--top-k", "3", "--explain"]
+    assert main([*args, "--url", grpc_url]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" semantic") == 3 and "closest in history:" in out
+    assert main([*args, "--json", "--url", grpc_url]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    for r in payload["results"]:
+        assert sum(r["explanation"]["parts"].values()) == pytest.approx(r["score"], abs=1e-3)

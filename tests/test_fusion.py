@@ -10,10 +10,13 @@ from shoprank.features import USER_ITEM_FEATURES, ItemTables, user_item_features
 from shoprank.fusion import (
     BELOW_DEPTH,
     FUSIONS,
+    SCORE_PARTS,
     FusionConfig,
     FusionRanker,
     as_tensors,
     combine,
+    explained_parts,
+    in_depth,
     load_ranker,
     row_depths,
     save_ranker,
@@ -126,6 +129,32 @@ def test_combine_takes_one_depth_per_row_and_cold_start_rows_their_own():
     assert np.argmax(out[0]) == 2  # with a history, behaviour reorders all three
     assert out[1].tolist() == pytest.approx((relevance[1] - BELOW_DEPTH).tolist())  # none
     assert row_depths(np.array([0]), depth=7, cold_start_depth=None).tolist() == [7]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_score_parts_add_up_to_the_scores(fusion, hidden):
+    ranker = make(fusion, hidden=hidden)
+    with torch.no_grad():
+        if hidden:
+            ranker.relevance.mlp[2].weight.normal_(0, 0.3)
+        ranker.bias.fill_(0.25)
+        args = inputs()
+        relevance, full = ranker(*args)
+        parts = ranker.parts(*args)
+    n = len(SCORE_PARTS)
+    assert parts.shape == (*full.shape, n + 2)
+    torch.testing.assert_close(parts[..., :n].sum(-1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts[..., n:].sum(-1), relevance, rtol=1e-5, atol=1e-5)
+    # cold start (row 2 has no history): no behaviour part
+    history_parts = [SCORE_PARTS.index("history_similarity"), SCORE_PARTS.index("revisit")]
+    assert (parts[2][:, history_parts] == 0).all() and (parts[0][:, history_parts] != 0).any()
+    # the served score, inside and below the re-rank depth
+    served = combine(relevance.numpy(), full.numpy(), 2, np.ones(full.shape, bool))
+    kept = in_depth(relevance.numpy(), 2, np.ones(full.shape, bool))
+    for i, j in np.ndindex(*full.shape):
+        named = explained_parts(parts[i, j].numpy(), bool(kept[i, j]))
+        assert sum(named.values()) == pytest.approx(float(served[i, j]), rel=1e-5, abs=1e-3)
 
 
 @pytest.fixture

@@ -508,3 +508,54 @@ def test_rerank_filters_only_the_callers_candidates(ensemble_server, in_process)
     values[contract.PRICE_MAX] = np.array([[1.0]], np.float32)
     with pytest.raises(InferenceServerException, match="price range is empty"):
         filtered_infer(ensemble_server.grpc_url, contract.RERANK_MODEL, values)
+
+
+def explained(url: str, model: str, values: dict, explain: bool = True):
+    """(ids, scores, explanations) of a one-row request, EXPLAIN set when `explain`."""
+    if explain:
+        values = {**values, contract.EXPLAIN: np.array([[True]])}
+    inputs = []
+    for spec, value in values.items():
+        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    outputs = [grpcclient.InferRequestedOutput(s.name) for s in contract.ALL_OUTPUTS]
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(model, inputs, outputs=outputs)
+    finally:
+        client.close()
+    return (
+        result.as_numpy(contract.PRODUCT_IDS.name)[0],
+        result.as_numpy(contract.SCORES.name)[0],
+        result.as_numpy(contract.EXPLANATION.name)[0],
+    )
+
+
+def test_explanations_add_up_to_the_scores(ensemble_server, in_process, workload):
+    url = ensemble_server.grpc_url
+    request = next(r for r in workload if len(r["history"]) >= 2)
+    values = {
+        contract.QUERY: np.array([[request["query"]]], dtype=object),
+        contract.HISTORY: np.asarray(request["history"], np.int64).reshape(1, -1),
+        contract.TOP_K: np.array([[8]], np.int32),
+    }
+    ids, scores, notes = explained(url, contract.ENSEMBLE_MODEL, values)
+    want = in_process.search(request["query"], request["history"], 8, explain=True)
+    history = set(request["history"])
+    for score, note, ref in zip(scores, notes, want.explanations, strict=True):
+        got = json.loads(note)
+        assert sum(got["parts"].values()) == pytest.approx(float(score), rel=1e-4, abs=1e-3)
+        assert got["parts"].keys() == ref["parts"].keys()
+        assert {h["product_id"] for h in got["similar_history"]} <= history
+        assert got["similar_history"]  # a shopper with a history gets the closest ones
+    # not asked: nothing computed, the same ranking
+    plain = explained(url, contract.ENSEMBLE_MODEL, values, explain=False)
+    np.testing.assert_array_equal(plain[0], ids)
+    assert (plain[2] == b"").all()
+    # recommend: the sequential model's score is the one part
+    del values[contract.QUERY]
+    ids, scores, notes = explained(url, contract.RECOMMEND_MODEL, values)
+    for score, note in zip(scores, notes, strict=True):
+        got = json.loads(note)
+        assert got["parts"] == {"sequential": pytest.approx(float(score), rel=1e-5, abs=1e-5)}

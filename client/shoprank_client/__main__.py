@@ -49,9 +49,16 @@ def format_table(results: list[SearchResult]) -> str:
         return "(no results)"
     id_width = max(len("id"), *(len(str(r.product_id)) for r in results))
     lines = [f"{'rank':>4}  {'id':>{id_width}}  {'score':>8}  title"]
-    lines += [
-        f"{r.rank:>4}  {r.product_id:>{id_width}}  {r.score:>8.4f}  {r.title}" for r in results
-    ]
+    for r in results:
+        lines.append(f"{r.rank:>4}  {r.product_id:>{id_width}}  {r.score:>8.4f}  {r.title}")
+        if r.explanation:
+            # The parts that add up to the score, largest first, then the closest history.
+            parts = sorted(r.explanation["parts"].items(), key=lambda kv: -abs(kv[1]))
+            lines.append(" " * 6 + "= " + " ".join(f"{v:+.3f} {k}" for k, v in parts))
+            similar = r.explanation.get("similar_history") or []
+            if similar:
+                near = ", ".join(f"{h['product_id']} ({h['cosine']:.2f})" for h in similar)
+                lines.append(" " * 6 + f"closest in history: {near}")
     return "\n".join(lines)
 
 
@@ -66,7 +73,11 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     with SearchClient(args.url, model=args.model, timeout_s=args.timeout) as client:
         results = client.search(
-            args.query, history=args.history, top_k=args.top_k, filters=_filters(args)
+            args.query,
+            history=args.history,
+            top_k=args.top_k,
+            filters=_filters(args),
+            explain=args.explain,
         )
     _print(args, results, query=args.query, history=args.history, top_k=args.top_k)
     return 0
@@ -88,6 +99,7 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
             history=args.history,
             top_k=args.top_k,
             filters=_filters(args),
+            explain=args.explain,
         )
     _print(
         args,
@@ -102,7 +114,9 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     with SearchClient(args.url, timeout_s=args.timeout) as client:
-        results = client.recommend(history=args.history, top_k=args.top_k, filters=_filters(args))
+        results = client.recommend(
+            history=args.history, top_k=args.top_k, filters=_filters(args), explain=args.explain
+        )
     _print(args, results, history=args.history, top_k=args.top_k)
     return 0
 
@@ -116,6 +130,9 @@ def _filter_args(parser: argparse.ArgumentParser) -> None:
         "--exclude", type=parse_history, default=[], help="comma-separated product ids to leave out"
     )
     group.add_argument("--in-stock", action="store_true", help="in-stock products only")
+    parser.add_argument(
+        "--explain", action="store_true", help="show each score broken into its parts"
+    )
 
 
 def _filters(args: argparse.Namespace) -> Filters:

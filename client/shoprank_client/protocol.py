@@ -94,9 +94,16 @@ FILTER_INPUTS = (CATEGORY_PREFIX, PRICE_MIN, PRICE_MAX, EXCLUDE_IDS, IN_STOCK_ON
 # At most this many ids in EXCLUDE_IDS per row.
 MAX_EXCLUDE_IDS = 10_000
 
-ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K, *FILTER_INPUTS)
-RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS)
-RECOMMEND_INPUTS = (HISTORY, TOP_K, *FILTER_INPUTS)
-# Inputs a request may leave out: no history (cold start), no filters.
-OPTIONAL_INPUTS = (HISTORY, *FILTER_INPUTS)
+# EXPLAIN true: EXPLANATION holds, per result, JSON with its score broken into the parts
+# that add up to it and the history products closest to it; else b"" (nothing computed).
+EXPLAIN = TensorSpec("EXPLAIN", "TYPE_BOOL", (1,))
+EXPLANATION = TensorSpec("EXPLANATION", "TYPE_STRING", (-1,))
+
+ENSEMBLE_INPUTS = (QUERY, HISTORY, TOP_K, *FILTER_INPUTS, EXPLAIN)
+RERANK_INPUTS = (QUERY, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN)
+RECOMMEND_INPUTS = (HISTORY, TOP_K, *FILTER_INPUTS, EXPLAIN)
+# Inputs a request may leave out: no history (cold start), no filters, no explanation.
+OPTIONAL_INPUTS = (HISTORY, *FILTER_INPUTS, EXPLAIN)
 ENSEMBLE_OUTPUTS = (PRODUCT_IDS, SCORES, TITLES)
+# What the ensembles declare: the above, and EXPLANATION when a request asks for it.
+ALL_OUTPUTS = (*ENSEMBLE_OUTPUTS, EXPLANATION)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from shoprank_client.protocol import (
+    ALL_OUTPUTS,
     CANDIDATE_IDS,
     CATEGORY_PREFIX,
     DEFAULT_GRPC_URL,
@@ -21,6 +23,8 @@ from shoprank_client.protocol import (
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
     EXCLUDE_IDS,
+    EXPLAIN,
+    EXPLANATION,
     HISTORY,
     IN_STOCK_ONLY,
     MAX_BATCH_SIZE,
@@ -56,10 +60,16 @@ class SearchResult:
     product_id: int
     score: float
     title: str
+    # With explain=True: {"score", "parts": {name: value} adding up to the score,
+    # "similar_history": [{"product_id", "cosine"}]}.
+    explanation: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, e.g. for JSON output."""
-        return asdict(self)
+        """Plain dict, e.g. for JSON output (no explanation key when none was asked for)."""
+        out = asdict(self)
+        if out["explanation"] is None:
+            del out["explanation"]
+        return out
 
 
 class SearchError(RuntimeError):
@@ -155,6 +165,7 @@ def _inputs(
     top_k: int,
     candidates: np.ndarray | None = None,
     filters: Filters | None = None,
+    explain: bool = False,
 ) -> list[grpcclient.InferInput]:
     arrays = {
         HISTORY: history,
@@ -166,6 +177,8 @@ def _inputs(
         arrays[CANDIDATE_IDS] = candidates
     if filters is not None:
         arrays.update(filters.arrays())
+    if explain:
+        arrays[EXPLAIN] = np.array([[True]], dtype=EXPLAIN.numpy_dtype)
     inputs = []
     for spec, array in arrays.items():
         tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
@@ -176,6 +189,7 @@ def _inputs(
 
 # Built once: every request asks for the same outputs, and the request copies them.
 _OUTPUTS = [grpcclient.InferRequestedOutput(s.name) for s in ENSEMBLE_OUTPUTS]
+_EXPLAINED_OUTPUTS = [grpcclient.InferRequestedOutput(s.name) for s in ALL_OUTPUTS]
 
 
 def parse_rows(response: grpcclient.InferResult) -> list[list[SearchResult]]:
@@ -183,6 +197,7 @@ def parse_rows(response: grpcclient.InferResult) -> list[list[SearchResult]]:
     ids = response.as_numpy(PRODUCT_IDS.name)
     scores = response.as_numpy(SCORES.name)
     titles = response.as_numpy(TITLES.name)
+    explained = response.as_numpy(EXPLANATION.name)  # None unless requested
     if ids is None or scores is None or titles is None:
         raise SearchError("response is missing an output tensor", "INTERNAL")
     ids, scores, titles = (np.atleast_2d(a) for a in (ids, scores, titles))
@@ -192,8 +207,9 @@ def parse_rows(response: grpcclient.InferResult) -> list[list[SearchResult]]:
             f"{titles.shape} titles",
             "INTERNAL",
         )
+    notes = np.atleast_2d(explained) if explained is not None else np.full(ids.shape, b"", object)
     rows = []
-    for row_ids, row_scores, row_titles in zip(ids, scores, titles, strict=True):
+    for row_ids, row_scores, row_titles, row_notes in zip(ids, scores, titles, notes, strict=True):
         keep = row_ids != PADDING_ID
         rows.append(
             [
@@ -204,9 +220,17 @@ def parse_rows(response: grpcclient.InferResult) -> list[list[SearchResult]]:
                     title=title.decode("utf-8", errors="replace")
                     if isinstance(title, bytes)
                     else str(title),
+                    explanation=json.loads(note) if note else None,
                 )
-                for rank, (pid, score, title) in enumerate(
-                    zip(row_ids[keep], row_scores[keep], row_titles[keep], strict=True), 1
+                for rank, (pid, score, title, note) in enumerate(
+                    zip(
+                        row_ids[keep],
+                        row_scores[keep],
+                        row_titles[keep],
+                        row_notes[keep],
+                        strict=True,
+                    ),
+                    1,
                 )
             ]
         )
@@ -246,7 +270,7 @@ class SearchClient:
             url=url, ssl=ssl, root_certificates=root_certificates
         )
 
-    def _infer(self, model: str, inputs: list) -> grpcclient.InferResult:
+    def _infer(self, model: str, inputs: list, explain: bool = False) -> grpcclient.InferResult:
         """One request with a deadline of `timeout_s` in all; an overloaded or restarting
         server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff and
         jitter, within the deadline; every other error is raised at once."""
@@ -255,7 +279,10 @@ class SearchClient:
             left = deadline - time.monotonic()
             try:
                 return self._client.infer(
-                    model, inputs, outputs=_OUTPUTS, client_timeout=max(left, 0.001)
+                    model,
+                    inputs,
+                    outputs=_EXPLAINED_OUTPUTS if explain else _OUTPUTS,
+                    client_timeout=max(left, 0.001),
                 )
             except InferenceServerException as err:
                 error = SearchError.from_exception(err)
@@ -273,6 +300,7 @@ class SearchClient:
         history: Sequence[int] = (),
         top_k: int = DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """Rank products for `query` given the shopper's `history` (product ids, oldest first),
         only those `filters` allow (still `top_k` of them whenever that many match).
@@ -281,8 +309,8 @@ class SearchClient:
             ValueError: invalid arguments (checked before anything is sent).
             SearchError: the server rejected the request or could not be reached.
         """
-        inputs = _inputs(query, _validate(query, history, top_k), top_k, filters=filters)
-        response = self._infer(self.model, inputs)
+        inputs = _inputs(query, _validate(query, history, top_k), top_k, None, filters, explain)
+        response = self._infer(self.model, inputs, explain)
         return parse_response(response)
 
     def rerank(
@@ -292,6 +320,7 @@ class SearchClient:
         history: Sequence[int] = (),
         top_k: int = DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """Rank only `candidates` (product ids from your own engine) for `query` and the
         shopper's `history`. Unknown and repeated ids are ignored; an empty (or all
@@ -306,8 +335,8 @@ class SearchClient:
             raise ValueError(
                 f"at most {MAX_CANDIDATES} candidates per request, got {rows.shape[1]}"
             )
-        inputs = _inputs(query, _validate(query, history, top_k), top_k, rows, filters)
-        response = self._infer(self.rerank_model, inputs)
+        inputs = _inputs(query, _validate(query, history, top_k), top_k, rows, filters, explain)
+        response = self._infer(self.rerank_model, inputs, explain)
         return parse_response(response)
 
     def recommend(
@@ -315,6 +344,7 @@ class SearchClient:
         history: Sequence[int] = (),
         top_k: int = DEFAULT_TOP_K,
         filters: Filters | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """Recommend products from the shopper's `history` alone (product ids, oldest
         first); products already in it are left out. An empty history gets the most
@@ -324,8 +354,8 @@ class SearchClient:
             ValueError: invalid arguments (checked before anything is sent).
             SearchError: the server rejected the request or could not be reached.
         """
-        inputs = _inputs(None, _validate("", history, top_k), top_k, filters=filters)
-        return parse_response(self._infer(RECOMMEND_MODEL, inputs))
+        inputs = _inputs(None, _validate("", history, top_k), top_k, None, filters, explain)
+        return parse_response(self._infer(RECOMMEND_MODEL, inputs, explain))
 
     def search_batch(
         self,

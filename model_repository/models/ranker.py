@@ -22,7 +22,15 @@ from shoprank.model_repository.models.common import (
 )
 from shoprank.model_repository.models.metrics import ServingMetrics, mode_of
 from shoprank.ranking import CandidateRanker, Request
-from shoprank.runtime import InvalidInput, decode_query, pad_answers, row_values, validate_top_k
+from shoprank.runtime import (
+    InvalidInput,
+    decode_query,
+    pad_answers,
+    pad_explanations,
+    row_flags,
+    row_values,
+    validate_top_k,
+)
 
 
 class TritonPythonModel:
@@ -58,14 +66,17 @@ class TritonPythonModel:
         answers = self.ranker.rank(rows)
         self._observe(rows, answers)
         for i, first, count in spans:
+            rows_answers = answers[first : first + count]
             ids, scores, titles = pad_answers(
-                [(a.product_ids, a.scores, a.titles) for a in answers[first : first + count]]
+                [(a.product_ids, a.scores, a.titles) for a in rows_answers]
             )
+            explained = pad_explanations([a.explanations for a in rows_answers], ids.shape[1])
             responses[i] = pb_utils.InferenceResponse(
                 [
                     pb_utils.Tensor(contract.PRODUCT_IDS.name, ids),
                     pb_utils.Tensor(contract.SCORES.name, scores),
                     pb_utils.Tensor(contract.TITLES.name, titles),
+                    pb_utils.Tensor(contract.EXPLANATION.name, explained),
                 ]
             )
         return responses
@@ -100,6 +111,7 @@ class TritonPythonModel:
         filters = row_filters(
             {s.name: optional_array(request, s.name) for s in contract.FILTER_INPUTS}, b, catalog
         )
+        explain = row_flags(optional_array(request, contract.EXPLAIN.name), b, "EXPLAIN")
         out = []
         for row in range(b):
             rows = None
@@ -125,6 +137,7 @@ class TritonPythonModel:
                     k=validate_top_k(top_k[row]),
                     candidates=rows,
                     filters=filters[row],
+                    explain=explain[row],
                 )
             )
         return out

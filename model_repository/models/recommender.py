@@ -20,7 +20,14 @@ from shoprank.model_repository.models.common import (
 )
 from shoprank.model_repository.models.metrics import ServingMetrics
 from shoprank.recommend import Recommender, RecommendRequest
-from shoprank.runtime import InvalidInput, pad_answers, row_values, validate_top_k
+from shoprank.runtime import (
+    InvalidInput,
+    pad_answers,
+    pad_explanations,
+    row_flags,
+    row_values,
+    validate_top_k,
+)
 
 
 class TritonPythonModel:
@@ -48,14 +55,17 @@ class TritonPythonModel:
             self.metrics.rows(mode=contract.RECOMMEND_MODEL, history=history).increment(1)
             self.metrics.results(mode=contract.RECOMMEND_MODEL).increment(len(answer.product_ids))
         for i, first, count in spans:
+            rows_answers = answers[first : first + count]
             ids, scores, titles = pad_answers(
-                [(a.product_ids, a.scores, a.titles) for a in answers[first : first + count]]
+                [(a.product_ids, a.scores, a.titles) for a in rows_answers]
             )
+            explained = pad_explanations([a.explanations for a in rows_answers], ids.shape[1])
             responses[i] = pb_utils.InferenceResponse(
                 [
                     pb_utils.Tensor(contract.PRODUCT_IDS.name, ids),
                     pb_utils.Tensor(contract.SCORES.name, scores),
                     pb_utils.Tensor(contract.TITLES.name, titles),
+                    pb_utils.Tensor(contract.EXPLANATION.name, explained),
                 ]
             )
         return responses
@@ -72,7 +82,10 @@ class TritonPythonModel:
             len(top_k),
             catalog,
         )
+        explain = row_flags(
+            optional_array(request, contract.EXPLAIN.name), len(top_k), contract.EXPLAIN.name
+        )
         return [
-            RecommendRequest(history=catalog.rows_of(h), k=validate_top_k(k), filters=f)
-            for h, k, f in zip(histories, top_k, filters, strict=True)
+            RecommendRequest(catalog.rows_of(h), validate_top_k(k), f, e)
+            for h, k, f, e in zip(histories, top_k, filters, explain, strict=True)
         ]
