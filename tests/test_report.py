@@ -167,3 +167,31 @@ def test_evaluate_needs_a_training_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"python -m shoprank\.training"):
         evaluate(EvalConfig(out=tmp_path))
+
+
+def test_recommendation_section_targets_and_plot(tmp_path):
+    def rec(hr: float) -> dict:
+        return {"hr@10": hr, "ndcg@10": hr / 2, "mrr": hr / 3, "users": 40}
+
+    metrics = {
+        "recommendation": {
+            "popularity": rec(0.01),
+            "cooccurrence": rec(0.03),
+            "text_only": rec(0.04),
+            "sequential": rec(0.06),
+            "cold_start_popularity": rec(0.01),
+            "sequential_curve": [{"epoch": 1, "loss": 9.0}, {"epoch": 2, "loss": 8.0}],
+        }
+    }
+    path = write_report(metrics, tmp_path)
+    text = path.read_text()
+    assert "## Recommendation: leave-last-out, 40 shoppers" in text
+    assert "| sequential model (served) | 0.0600 |" in text
+    assert (tmp_path / "reports" / "recommendation.png").stat().st_size > 0
+    assert (tmp_path / "reports" / "loss_sequential.png").stat().st_size > 0
+    results = {t.name: t.result for t in targets(metrics)}
+    assert results["sequential HR@10 ≥ popularity × 2"] == "pass"
+    assert results["sequential HR@10 > text-only and co-occurrence"] == "pass"
+    metrics["recommendation"]["text_only"] = rec(0.07)
+    results = {t.name: t.result for t in targets(metrics)}
+    assert results["sequential HR@10 > text-only and co-occurrence"] == "miss"

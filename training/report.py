@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 
 from shoprank.metrics import (
     CLICK_AUC,
+    HIT_RATE_AT_10,
     MRR,
     NDCG_AT_10,
     PURCHASE_NDCG_AT_10,
@@ -40,6 +41,8 @@ MIN_FUSION_GAIN = 0.10  # best fusion purchase-NDCG@10 >= relevance-only x (1 + 
 MIN_SERVED_VS_BM25 = 1.10  # served NDCG@10 >= BM25 x this
 RETRIEVAL_METRICS = (NDCG_AT_10, RECALL_AT_100, MRR)
 SESSION_METRICS = (CLICK_AUC, PURCHASE_NDCG_AT_10)
+RECOMMEND_METRICS = (HIT_RATE_AT_10, NDCG_AT_10, MRR)
+MIN_SEQUENTIAL_VS_POPULARITY = 2.0  # sequential HR@10 >= popularity x this
 _LABELS = {
     "bm25": "BM25 only",
     "popularity": "popularity",
@@ -55,6 +58,11 @@ _LABELS = {
     "concat_mlp": "concat MLP",
     "target_attention": "target attention",
     "session_popularity": "popularity (baseline)",
+    "cooccurrence": "item-to-item co-occurrence",
+    "text_only": "text only (mean of the history's embeddings)",
+    "sequential": "sequential model (served)",
+    "cold_start_popularity": "cold start: popularity, history withheld",
+    HIT_RATE_AT_10: "HR@10",
     NDCG_AT_10: "NDCG@10",
     RECALL_AT_10: "Recall@10",
     RECALL_AT_100: "Recall@100",
@@ -188,6 +196,12 @@ class Target:
         return "pass" if ok else "miss"
 
 
+def recommenders(metrics: Mapping) -> dict[str, dict]:
+    """{model: {hr@10, ndcg@10, mrr, users}} of metrics.json's recommendation section."""
+    rec = metrics.get("recommendation") or {}
+    return {k: m for k, m in rec.items() if isinstance(m, Mapping) and HIT_RATE_AT_10 in m}
+
+
 def targets(metrics: Mapping) -> list[Target]:
     """The issue's targets evaluated on `metrics` ("n/a" where an input is missing)."""
     systems = retrieval_systems(metrics)
@@ -242,6 +256,30 @@ def targets(metrics: Mapping) -> list[Target]:
             note=_fusion_note(best, metrics),
         )
     )
+    rec = recommenders(metrics)
+    if rec:
+
+        def hr(name: str) -> float | None:
+            return _num(rec.get(name, {}).get(HIT_RATE_AT_10))
+
+        seq, pop = hr("sequential"), hr("popularity")
+        out.append(
+            Target(
+                f"sequential HR@10 ≥ popularity × {MIN_SEQUENTIAL_VS_POPULARITY:g}",
+                seq,
+                None if pop is None else pop * MIN_SEQUENTIAL_VS_POPULARITY,
+                ">=",
+            )
+        )
+        others = [v for v in (hr("text_only"), hr("cooccurrence")) if v is not None]
+        out.append(
+            Target(
+                "sequential HR@10 > text-only and co-occurrence",
+                seq,
+                max(others) if others else None,
+                ">",
+            )
+        )
     return out
 
 
@@ -426,6 +464,28 @@ def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
         lines.append("No fusion ranker was trained (the data has no behaviour events).")
     lines.append("")
 
+    rec = recommenders(metrics)
+    if rec:
+        users = next(iter(rec.values())).get("users", "?")
+        lines += [
+            f"## Recommendation: leave-last-out, {users} shoppers, full catalog",
+            "",
+            "| model | HR@10 | NDCG@10 | MRR |",
+            "|---|---|---|---|",
+        ]
+        for name, m in rec.items():
+            lines.append(
+                f"| {label(name)} | {_fmt(m.get(HIT_RATE_AT_10))} | {_fmt(m.get(NDCG_AT_10))}"
+                f" | {_fmt(m.get(MRR))} |"
+            )
+        lines += [
+            "",
+            "Each shopper's last clicked or bought product is held out; every product of the "
+            "catalog is ranked, the history's own products left out (as served). The cold-start "
+            "row ranks the same targets by popularity with the history withheld.",
+            "",
+        ]
+
     if plots:
         lines += ["## Plots", ""]
         for caption, file in plots.items():
@@ -458,6 +518,18 @@ def write_report(metrics: Mapping, out_dir: Path) -> Path:
         file = "fusion.png"
         _plot_bars("fusion on held-out sessions", variants, SESSION_METRICS, report_dir / file)
         plots["fusion variants"] = file
+
+    rec = recommenders(metrics)
+    if rec:
+        file = "recommendation.png"
+        _plot_bars("recommendation, leave-last-out", rec, RECOMMEND_METRICS, report_dir / file)
+        plots["recommendation by model"] = file
+        curve = (metrics.get("recommendation") or {}).get("sequential_curve")
+        if curve:
+            file = "loss_sequential.png"
+            points = [{"step": c["epoch"], "loss": c["loss"]} for c in curve]
+            _plot_curves("sequential model", {"": points}, report_dir / file)
+            plots["sequential model training loss (per epoch)"] = file
 
     path = report_dir / REPORT_NAME
     path.write_text(report_markdown(metrics, plots))
