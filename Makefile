@@ -77,9 +77,11 @@ rollback: venv ## put the previously served version back, without downtime
 stop: ## stop the embedded Triton server
 	@if [ -x $(PY) ]; then $(PY) -m shoprank.model_repository.server stop --pidfile $(PIDFILE); fi
 
-search: venv ## one search through the client CLI
+search: venv ## searches, a filtered and explained one, and a recommendation through the client CLI
 	$(PY) -m shoprank_client search "red leather sofa" --top-k 5
 	$(PY) -m shoprank_client search "running shoes" --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 5
+	$(PY) -m shoprank_client search "running shoes" --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 3 --price-max 80 --in-stock --explain
+	$(PY) -m shoprank_client recommend --history "$$(cat $(OUT)/loadtest/example_history.txt)" --top-k 5
 
 workload: venv ## realistic (query, history) requests from the held-out sessions
 	$(PY) -m shoprank.loadtest.workload --out $(OUT)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from shoprank.bench.flops import FlopFloor
 from shoprank.bench.measure import Summary
-from shoprank.bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON
+from shoprank.bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON, TRITON_RECOMMEND
 
 # The targets (benchmarks, not timed tests).
 TARGET_TRITON_P50_MS = 5.0
 TARGET_TRITON_P50_CONCURRENCY = 1
 TARGET_THROUGHPUT_RATIO = 5.0
 TARGET_THROUGHPUT_CONCURRENCY = 8
+TARGET_RECOMMEND_VS_SEARCH = 1.5  # recommend p50 ≤ this × search p50, concurrency 1
 
 CSV_COLUMNS = (
     "system",
@@ -134,6 +135,19 @@ def targets(rows: Sequence[Row]) -> list[Target]:
                 name,
                 f"{triton8.summary.throughput_rps:.1f} vs {best:.1f} req/s = {ratio:.2f}×",
                 ratio >= TARGET_THROUGHPUT_RATIO,
+            )
+        )
+    rec = _find(rows, TRITON_RECOMMEND, 1)
+    name = f"Triton recommend p50 ≤ {TARGET_RECOMMEND_VS_SEARCH:g}× search p50 at concurrency 1"
+    if rec is None or rec.summary is None or triton1 is None or triton1.summary is None:
+        out.append(Target(name, "not measured", None))
+    else:
+        ratio = rec.summary.p50_ms / triton1.summary.p50_ms
+        out.append(
+            Target(
+                name,
+                f"{rec.summary.p50_ms:.2f} vs {triton1.summary.p50_ms:.2f} ms = {ratio:.2f}×",
+                ratio <= TARGET_RECOMMEND_VS_SEARCH,
             )
         )
     return out

@@ -21,13 +21,15 @@ NAIVE_HTTP = "naive-http"
 ONNX_FP32 = "onnx-fp32"
 ONNX_INT8 = "onnx-int8"
 TRITON = "triton"
-SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, NAIVE_HTTP, TRITON)
+TRITON_RECOMMEND = "triton-recommend"  # the `recommend` ensemble on the same histories
+SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, NAIVE_HTTP, TRITON, TRITON_RECOMMEND)
 LABELS = {
     NAIVE: "naive PyTorch eager (in process)",
     ONNX_FP32: "ONNX Runtime fp32 (in process)",
     ONNX_INT8: "ONNX Runtime int8 (in process)",
     NAIVE_HTTP: "naive PyTorch eager + FastAPI/uvicorn (HTTP)",
     TRITON: "shoprank Triton ensemble (gRPC)",
+    TRITON_RECOMMEND: "shoprank Triton recommend ensemble (gRPC, history only)",
 }
 TRANSPORT = {
     NAIVE: "in-process",
@@ -35,6 +37,7 @@ TRANSPORT = {
     ONNX_INT8: "in-process",
     NAIVE_HTTP: "http",
     TRITON: "grpc",
+    TRITON_RECOMMEND: "grpc",
 }
 
 
@@ -86,12 +89,15 @@ class HttpCaller:
 class TritonCaller:
     """The project's gRPC SearchClient (one channel per worker), results parsed."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, recommend: bool = False) -> None:
         from shoprank_client import SearchClient
 
         self.client = SearchClient(url)
+        self.recommend = recommend
 
     def __call__(self, request: dict) -> object:
+        if self.recommend:
+            return self.client.recommend(request["history"], request["top_k"])
         return self.client.search(request["query"], request["history"], request["top_k"])
 
     def close(self) -> None:
@@ -121,12 +127,12 @@ def open_system(
 
         with running_http_server(paths.root) as http_url:
             yield lambda: HttpCaller(http_url)
-    elif system == TRITON and url:
-        yield lambda: TritonCaller(url)
-    elif system == TRITON:
+    elif system in (TRITON, TRITON_RECOMMEND) and url:
+        yield lambda: TritonCaller(url, system == TRITON_RECOMMEND)
+    elif system in (TRITON, TRITON_RECOMMEND):
         from shoprank.tritonserver import running_server
 
         with running_server(paths.repository("cpu")) as handle:
-            yield lambda: TritonCaller(handle.grpc_url)
+            yield lambda: TritonCaller(handle.grpc_url, system == TRITON_RECOMMEND)
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")

@@ -112,6 +112,7 @@ def test_ratios_and_targets() -> None:
         Row("naive-http", 8, _summary(100.0, 80.0), True),
         Row("triton", 1, _summary(4.0, 250.0), True),
         Row("triton", 8, _summary(10.0, 800.0), True),
+        Row("triton-recommend", 1, _summary(5.0, 200.0), True),
         Row("onnx-fp32", 1, None, error="boom"),
     ]
     add_ratios(rows)
@@ -123,9 +124,11 @@ def test_ratios_and_targets() -> None:
     assert by["triton", 8].throughput_ratio == pytest.approx(10.0)
     assert by["onnx-fp32", 1].latency_ratio is None
     found = targets(rows)
-    assert [t.holds for t in found] == [True, True]
+    assert [t.holds for t in found] == [True, True, True]  # recommend 5.0 ≤ 1.5 × 4.0
     by["triton", 8].summary = _summary(10.0, 300.0)
     assert targets(rows)[1].holds is False
+    by["triton-recommend", 1].summary = _summary(6.5, 150.0)
+    assert targets(rows)[2].holds is False
     text = markdown(rows, targets(rows), None, {"machine": "test"})
     assert "failed: boom" in text and "| **no** |" in text
 
@@ -257,6 +260,8 @@ def test_short_bench_run_writes_reports(
         ("naive-http", 2),
         ("triton", 1),
         ("triton", 2),
+        ("triton-recommend", 1),
+        ("triton-recommend", 2),
     }
     # The numbers hang together: percentiles in order, throughput = requests over the
     # windows' time, and every ratio recomputed from the same CSV's rows.

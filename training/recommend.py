@@ -16,9 +16,11 @@ start (empty history → popularity) is measured on the same test targets, histo
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -285,7 +287,14 @@ def train_and_evaluate(
 ) -> tuple[SequentialRecommender, np.ndarray, dict]:
     """The sequential model, the popularity prior it falls back to, and the report for
     metrics.json (`recommendation.<model>.{hr@10,ndcg@10,mrr}` on the test targets)."""
-    seqs = leave_last_out(user_sequences(events, row_of))
+    return evaluate_sequences(user_sequences(events, row_of), text, config, max_len)
+
+
+def evaluate_sequences(
+    sequences: Sequence[list[int]], text: np.ndarray, config: SequentialTraining, max_len: int
+) -> tuple[SequentialRecommender, np.ndarray, dict]:
+    """`train_and_evaluate` from the shoppers' ordered catalog rows."""
+    seqs = leave_last_out(sequences)
     n = len(text)
     counts = popularity(seqs.train, n)
     model, curve = train_sequential(seqs, text, config, max_len)
@@ -304,3 +313,77 @@ def train_and_evaluate(
     report["sequential_curve"] = curve
     report["shoppers"] = {"train": len(seqs.train), "test": len(seqs.test)}
     return model, counts, report
+
+
+# -- bring your own interactions ---------------------------------------------------------------
+@dataclass
+class RecommendConfig:
+    """`python -m shoprank.training.recommend`: the sequential model on your interactions."""
+
+    data: str = field(default="", metadata={"help": "interactions folder or file (required)"})
+    data_format: str = field(default="auto", metadata={"help": "auto|interactions|recbole"})
+    data_encoding: str = field(default="", metadata={"help": "text encoding; default: detected"})
+    out: Path = field(default=Path("artifacts/recommend"), metadata={"help": "output folder"})
+    encoder_path: str = field(
+        default="", metadata={"help": "encoder for the item texts; default: packaged MiniLM"}
+    )
+    epochs: int = 6
+    layers: int = 2
+    batch_size: int = 128
+    negatives: int = field(default=0, metadata={"help": "sampled softmax (0: whole catalog)"})
+    seed: int = 0
+
+
+def run(config: RecommendConfig) -> dict:
+    """Load, embed the item texts, train and evaluate; write the model and a report."""
+    from shoprank import contract, datasets
+    from shoprank.encoder import embed, load_encoder
+    from shoprank.sequential import save_sequential
+    from shoprank.training.interactions import load_interactions
+
+    if not config.data:
+        raise datasets.DataError("--data is required (an interactions folder or file)")
+    data = load_interactions(config.data, config.data_format, config.data_encoding or None)
+    catalog = data.catalog.copy()
+    for column in datasets.CATALOG_COLUMNS:
+        if column not in catalog:
+            catalog[column] = np.nan if column == "price" else ""
+    model = load_encoder(config.encoder_path or None)
+    text = embed(model, datasets.product_text(catalog), progress=True)
+    training = SequentialTraining(
+        layers=config.layers,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        negatives=config.negatives,
+        seed=config.seed,
+    )
+    sequential, counts, report = evaluate_sequences(
+        data.sequences, text, training, contract.MAX_HISTORY
+    )
+    paths = contract.ArtifactPaths(Path(config.out))
+    save_sequential(sequential, paths.sequential)
+    np.save(paths.popularity, counts)
+    catalog.to_parquet(paths.model / "items.parquet", index=False)
+    metrics = {"data": data.summary(), "recommendation": report}
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    from shoprank.configargs import parse_config, setup_logging, user_errors
+    from shoprank.datasets import DataError
+
+    setup_logging("shoprank")
+    config = parse_config(RecommendConfig, argv, description=RecommendConfig.__doc__ or "")
+    with user_errors(DataError):
+        metrics = run(config)
+    print(metrics["data"])
+    print("leave-last-out (HR@10 / NDCG@10 / MRR):")
+    for name, m in metrics["recommendation"].items():
+        if isinstance(m, dict) and HIT_RATE_AT_10 in m:
+            print(f"  {name:<21} {m[HIT_RATE_AT_10]:.4f} / {m['ndcg@10']:.4f} / {m['mrr']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
