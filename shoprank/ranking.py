@@ -194,13 +194,15 @@ def explanation(
 ) -> bytes:
     """One result's explanation as JSON: its score, the parts that add up to it, and the
     history products most similar to it (cosine of their embeddings)."""
-    similar = []
+    similar: list[dict] = []
     if len(history_ids):
         cosines = history_vectors @ vector
-        for j in np.argsort(-cosines, kind="stable")[:EXPLAINED_HISTORY]:
-            similar.append(
-                {"product_id": int(history_ids[j]), "cosine": round(float(cosines[j]), 4)}
-            )
+        for j in np.argsort(-cosines, kind="stable"):  # a product seen twice is listed once
+            if len(similar) == EXPLAINED_HISTORY:
+                break
+            if all(h["product_id"] != int(history_ids[j]) for h in similar):
+                cosine = round(float(cosines[j]), 4)
+                similar.append({"product_id": int(history_ids[j]), "cosine": cosine})
     payload = {
         "score": round(float(score), 6),
         "parts": {k: round(v, 6) for k, v in parts.items()},

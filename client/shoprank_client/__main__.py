@@ -53,7 +53,10 @@ def format_table(results: list[SearchResult]) -> str:
         lines.append(f"{r.rank:>4}  {r.product_id:>{id_width}}  {r.score:>8.4f}  {r.title}")
         if r.explanation:
             # The parts that add up to the score, largest first, then the closest history.
-            parts = sorted(r.explanation["parts"].items(), key=lambda kv: -abs(kv[1]))
+            parts = sorted(
+                ((k, v) for k, v in r.explanation["parts"].items() if abs(v) >= 5e-4),
+                key=lambda kv: -abs(kv[1]),
+            )
             lines.append(" " * 6 + "= " + " ".join(f"{v:+.3f} {k}" for k, v in parts))
             similar = r.explanation.get("similar_history") or []
             if similar:
