@@ -122,3 +122,17 @@ def test_top_k_rows_skips_excluded_and_breaks_ties_by_row():
     scores = np.array([1.0, 3.0, -np.inf, 3.0, 2.0])
     assert top_k_rows(scores, 3).tolist() == [1, 3, 4]
     assert top_k_rows(np.full(3, -np.inf), 2).size == 0
+
+
+def test_explanation_lists_each_history_product_once():
+    import json
+
+    from shoprank.ranking import explanation
+
+    history_ids = np.array([7, 8, 7, 9])
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]], np.float32)
+    note = json.loads(
+        explanation(2.5, {"a": 2.0, "b": 0.5}, history_ids, vectors, np.array([1.0, 0.0]))
+    )
+    assert [h["product_id"] for h in note["similar_history"]] == [7, 9, 8]
+    assert note["score"] == 2.5 and sum(note["parts"].values()) == 2.5
