@@ -100,7 +100,7 @@ class TrainConfig:
         default=0.02,
         metadata={"help": "relevance (val NDCG@10) the behaviour re-ranking may cost, relative"},
     )
-    seq_epochs: int = field(default=6, metadata={"help": "sequential recommender epochs"})
+    seq_epochs: int = field(default=4, metadata={"help": "sequential recommender epochs"})
     seq_layers: int = field(default=2, metadata={"help": "sequential recommender blocks"})
     seq_batch_size: int = 128
     seq_negatives: int = field(
