@@ -16,33 +16,36 @@ from shoprank.loadtest.workload import make_workload
 pytestmark = pytest.mark.integration
 
 
-def infer(url: str, query, history, top_k=10, candidates=None):
-    """One raw gRPC request to an ensemble, exactly as a search backend would send it:
-    `search`, or `rerank` when `candidates` are given; history None leaves HISTORY out."""
+def send(url: str, model: str, values: dict, outputs=contract.ENSEMBLE_OUTPUTS):
+    """One raw gRPC request with whichever inputs `values` holds (spec → array), exactly as
+    a search backend would send it; the InferResult."""
+    inputs = []
+    for spec, value in values.items():
+        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    requested = [grpcclient.InferRequestedOutput(s.name) for s in outputs]
     client = grpcclient.InferenceServerClient(url)
     try:
-        values = {
-            contract.QUERY: np.array([[query]], dtype=object),
-            contract.TOP_K: np.array([[top_k]], dtype=np.int32),
-        }
-        if history is not None:
-            values[contract.HISTORY] = np.asarray(history, dtype=np.int64).reshape(1, -1)
-        if candidates is not None:
-            values[contract.CANDIDATE_IDS] = np.asarray(candidates, dtype=np.int64).reshape(1, -1)
-        inputs = []
-        for spec, value in values.items():
-            inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
-            inp.set_data_from_numpy(value)
-            inputs.append(inp)
-        model = contract.ENSEMBLE_MODEL if candidates is None else contract.RERANK_MODEL
-        result = client.infer(model, inputs)
-        return (
-            result.as_numpy(contract.PRODUCT_IDS.name)[0],
-            result.as_numpy(contract.SCORES.name)[0],
-            result.as_numpy(contract.TITLES.name)[0],
-        )
+        return client.infer(model, inputs, outputs=requested)
     finally:
         client.close()
+
+
+def infer(url: str, query, history, top_k=10, candidates=None):
+    """One request to `search`, or `rerank` when `candidates` are given; history None
+    leaves HISTORY out. (ids, scores, titles) of its one row."""
+    values = {
+        contract.QUERY: np.array([[query]], dtype=object),
+        contract.TOP_K: np.array([[top_k]], dtype=np.int32),
+    }
+    if history is not None:
+        values[contract.HISTORY] = np.asarray(history, dtype=np.int64).reshape(1, -1)
+    if candidates is not None:
+        values[contract.CANDIDATE_IDS] = np.asarray(candidates, dtype=np.int64).reshape(1, -1)
+    model = contract.ENSEMBLE_MODEL if candidates is None else contract.RERANK_MODEL
+    result = send(url, model, values)
+    return tuple(result.as_numpy(t.name)[0] for t in contract.ENSEMBLE_OUTPUTS)
 
 
 @pytest.fixture(scope="module")
@@ -252,16 +255,7 @@ def batched(url: str, model: str, rows: list[dict]):
     }
     if model == contract.RERANK_MODEL:
         values[contract.CANDIDATE_IDS] = padded("candidates")
-    inputs = []
-    for spec, value in values.items():
-        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
-        inp.set_data_from_numpy(value)
-        inputs.append(inp)
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        result = client.infer(model, inputs)
-    finally:
-        client.close()
+    result = send(url, model, values)
     return [result.as_numpy(t.name) for t in contract.ENSEMBLE_OUTPUTS]
 
 
@@ -391,16 +385,7 @@ def recommend_rows(url: str, histories, top_ks, leave_out_history: bool = False)
     values = {contract.TOP_K: np.array(top_ks, np.int32).reshape(-1, 1)}
     if not leave_out_history:
         values[contract.HISTORY] = padded
-    inputs = []
-    for spec, value in values.items():
-        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
-        inp.set_data_from_numpy(value)
-        inputs.append(inp)
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        result = client.infer(contract.RECOMMEND_MODEL, inputs)
-    finally:
-        client.close()
+    result = send(url, contract.RECOMMEND_MODEL, values)
     return [result.as_numpy(t.name) for t in contract.ENSEMBLE_OUTPUTS]
 
 
@@ -427,17 +412,8 @@ def test_recommend_bad_top_k_is_invalid_argument(ensemble_server):
 
 
 def filtered_infer(url: str, model: str, values: dict):
-    """One raw gRPC request with whichever inputs `values` holds (spec → array)."""
-    inputs = []
-    for spec, value in values.items():
-        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
-        inp.set_data_from_numpy(value)
-        inputs.append(inp)
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        result = client.infer(model, inputs)
-    finally:
-        client.close()
+    """(ids, scores, titles) of a one-row request."""
+    result = send(url, model, values)
     return [result.as_numpy(t.name)[0] for t in contract.ENSEMBLE_OUTPUTS]
 
 
@@ -514,21 +490,10 @@ def explained(url: str, model: str, values: dict, explain: bool = True):
     """(ids, scores, explanations) of a one-row request, EXPLAIN set when `explain`."""
     if explain:
         values = {**values, contract.EXPLAIN: np.array([[True]])}
-    inputs = []
-    for spec, value in values.items():
-        inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
-        inp.set_data_from_numpy(value)
-        inputs.append(inp)
-    outputs = [grpcclient.InferRequestedOutput(s.name) for s in contract.ALL_OUTPUTS]
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        result = client.infer(model, inputs, outputs=outputs)
-    finally:
-        client.close()
-    return (
-        result.as_numpy(contract.PRODUCT_IDS.name)[0],
-        result.as_numpy(contract.SCORES.name)[0],
-        result.as_numpy(contract.EXPLANATION.name)[0],
+    result = send(url, model, values, contract.ALL_OUTPUTS)
+    return tuple(
+        result.as_numpy(s.name)[0]
+        for s in (contract.PRODUCT_IDS, contract.SCORES, contract.EXPLANATION)
     )
 
 

@@ -124,6 +124,20 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request_args(
+    parser: argparse.ArgumentParser,
+    history_help: str = "comma-separated product ids the shopper interacted with, oldest first",
+) -> None:
+    """--history, --top-k, --json, the filters, --explain and the connection flags."""
+    parser.add_argument("--history", type=parse_history, default=[], help=history_help)
+    parser.add_argument(
+        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _filter_args(parser)
+    _connection_args(parser)
+
+
 def _filter_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters (TOP_K results whenever that many match)")
     group.add_argument("--category", help='category path prefix, e.g. "Furniture > Sofas"')
@@ -171,18 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_search = sub.add_parser("search", help="rank products for a query")
     p_search.add_argument("query", help="free-text search query")
-    p_search.add_argument(
-        "--history",
-        type=parse_history,
-        default=[],
-        help="comma-separated product ids the shopper interacted with, oldest first",
-    )
-    p_search.add_argument(
-        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
-    )
-    p_search.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _filter_args(p_search)
-    _connection_args(p_search)
+    _request_args(p_search)
     p_search.set_defaults(func=_cmd_search)
 
     p_rerank = sub.add_parser("rerank", help="rank only the given candidate ids for a query")
@@ -193,35 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=f"comma-separated product ids to rank (at most {MAX_CANDIDATES})",
     )
-    p_rerank.add_argument(
-        "--history",
-        type=parse_history,
-        default=[],
-        help="comma-separated product ids the shopper interacted with, oldest first",
-    )
-    p_rerank.add_argument(
-        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
-    )
-    p_rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _filter_args(p_rerank)
-    _connection_args(p_rerank)
+    _request_args(p_rerank)
     p_rerank.set_defaults(func=_cmd_rerank)
 
     p_recommend = sub.add_parser(
         "recommend", help="recommend products from a shopper's history alone (no query)"
     )
-    p_recommend.add_argument(
-        "--history",
-        type=parse_history,
-        default=[],
-        help="comma-separated product ids, oldest first (empty: the most popular products)",
-    )
-    p_recommend.add_argument(
-        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"1..{MAX_TOP_K} (%(default)s)"
-    )
-    p_recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _filter_args(p_recommend)
-    _connection_args(p_recommend)
+    _request_args(p_recommend, "comma-separated product ids, oldest first (empty: best sellers)")
     p_recommend.set_defaults(func=_cmd_recommend)
 
     p_health = sub.add_parser("health", help="is the server up and the model ready?")

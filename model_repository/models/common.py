@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
+
+from shoprank import contract
+from shoprank.runtime import InvalidInput, pad_answers, pad_explanations
 
 
 def version_dir(args: dict[str, Any]) -> Path:
@@ -43,3 +47,47 @@ def optional_array(request: Any, name: str) -> Any:
     """The numpy value of optional input `name`, or None when the request left it out."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def ranked_response(answers: list) -> Any:
+    """The response of one request's rows (`ranking.Ranked` each), padded to the longest."""
+    ids, scores, titles = pad_answers([(a.product_ids, a.scores, a.titles) for a in answers])
+    explained = pad_explanations([a.explanations for a in answers], ids.shape[1])
+    return pb_utils.InferenceResponse(
+        [
+            pb_utils.Tensor(contract.PRODUCT_IDS.name, ids),
+            pb_utils.Tensor(contract.SCORES.name, scores),
+            pb_utils.Tensor(contract.TITLES.name, titles),
+            pb_utils.Tensor(contract.EXPLANATION.name, explained),
+        ]
+    )
+
+
+def answer_batch(
+    requests: list,
+    parse: Callable[[Any], list],
+    rank: Callable[[list], list],
+    on_invalid: Callable[[InvalidInput], None],
+    observe: Callable[[list, list], None] | None = None,
+) -> list:
+    """Responses to a dynamic batch: each request parsed into rows on its own (a bad one is
+    refused with INVALID_ARGUMENT, `on_invalid` told why), every good row ranked in one
+    `rank` call, the answers split back per request."""
+    responses: list = [None] * len(requests)
+    rows: list = []
+    spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
+    for i, request in enumerate(requests):
+        try:
+            parsed = parse(request)
+        except InvalidInput as exc:
+            on_invalid(exc)
+            responses[i] = invalid(str(exc))
+            continue
+        spans.append((i, len(rows), len(parsed)))
+        rows += parsed
+    answers = rank(rows)
+    if observe is not None:
+        observe(rows, answers)
+    for i, first, count in spans:
+        responses[i] = ranked_response(answers[first : first + count])
+    return responses

@@ -14,23 +14,15 @@ import triton_python_backend_utils as pb_utils
 from shoprank import contract
 from shoprank.filters import row_filters
 from shoprank.model_repository.models.common import (
+    answer_batch,
     input_array,
-    invalid,
     optional_array,
     parameters,
     version_dir,
 )
 from shoprank.model_repository.models.metrics import ServingMetrics, mode_of
 from shoprank.ranking import CandidateRanker, Request
-from shoprank.runtime import (
-    InvalidInput,
-    decode_query,
-    pad_answers,
-    pad_explanations,
-    row_flags,
-    row_values,
-    validate_top_k,
-)
+from shoprank.runtime import InvalidInput, decode_query, row_flags, row_values, validate_top_k
 
 
 class TritonPythonModel:
@@ -51,35 +43,13 @@ class TritonPythonModel:
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
-        responses: list = [None] * len(requests)
-        rows: list[Request] = []
-        spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
-        for i, request in enumerate(requests):
-            try:
-                parsed = self._parse(request)
-            except InvalidInput as exc:
-                self.metrics.invalid_request(contract.RANKER_MODEL, exc.reason)
-                responses[i] = invalid(str(exc))
-                continue
-            spans.append((i, len(rows), len(parsed)))
-            rows += parsed
-        answers = self.ranker.rank(rows)
-        self._observe(rows, answers)
-        for i, first, count in spans:
-            rows_answers = answers[first : first + count]
-            ids, scores, titles = pad_answers(
-                [(a.product_ids, a.scores, a.titles) for a in rows_answers]
-            )
-            explained = pad_explanations([a.explanations for a in rows_answers], ids.shape[1])
-            responses[i] = pb_utils.InferenceResponse(
-                [
-                    pb_utils.Tensor(contract.PRODUCT_IDS.name, ids),
-                    pb_utils.Tensor(contract.SCORES.name, scores),
-                    pb_utils.Tensor(contract.TITLES.name, titles),
-                    pb_utils.Tensor(contract.EXPLANATION.name, explained),
-                ]
-            )
-        return responses
+        return answer_batch(
+            requests,
+            self._parse,
+            self.ranker.rank,
+            lambda exc: self.metrics.invalid_request(contract.RANKER_MODEL, exc.reason),
+            self._observe,
+        )
 
     def _observe(self, rows: list[Request], answers) -> None:
         m = self.metrics
