@@ -66,10 +66,16 @@ class ServingConfig:
     # 502 → 562 req/s at concurrency 8).
     max_queue_delay_us: int = 0
     # Overload: a request that cannot start within queue_timeout_us, or finds
-    # max_queue_size requests already waiting, is refused at once (UNAVAILABLE) instead of
-    # queueing without bound; clients retry with backoff.
-    max_queue_size: int = 64
-    queue_timeout_us: int = 300_000
+    # max_queue_size requests already waiting, is refused at once (UNAVAILABLE); clients
+    # retry with backoff. Off (0) by default: with any queue policy, the dynamic batcher
+    # of Triton 2.51 (pytriton 0.7.0) leaves about 2% of back-to-back requests waiting
+    # ~500 ms even at concurrency 1 (with the 300 ms timeout they are refused instead;
+    # cf. triton-inference-server/server#5783, #6796). Measured with the demo repository
+    # (`make bench`, search / recommend): policy 64 deep, 300 ms: c1 p99 23 / 596 ms, c8
+    # p99 171 / 684 ms, c8 98.5 / 75.5 req/s; no policy: c1 p99 22 / 24 ms, c8 p99
+    # 133 / 75 ms, c8 107 / 160 req/s.
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
     instances: dict[str, int] = field(
         default_factory=lambda: {
             contract.TOKENIZER_MODEL: 1,
@@ -125,11 +131,12 @@ def _base(
     for spec in outputs:
         _io(config.output, spec, dims.get(spec.name))
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
-    policy = config.dynamic_batching.default_queue_policy
-    policy.max_queue_size = serving.max_queue_size
-    policy.default_timeout_microseconds = serving.queue_timeout_us
-    policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.allow_timeout_override = True
+    if serving.max_queue_size or serving.queue_timeout_us:
+        policy = config.dynamic_batching.default_queue_policy
+        policy.max_queue_size = serving.max_queue_size
+        policy.default_timeout_microseconds = serving.queue_timeout_us
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.allow_timeout_override = True
     # The live version is named, not "latest": a deploy loads the next version beside it
     # and switches the ensembles over in one step (model_repository/deploy.py).
     config.version_policy.specific.versions.append(serving.version)
@@ -478,8 +485,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dtype", default=defaults.dtype, help="gpu-embedded: float16|...")
     parser.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us)
-    parser.add_argument("--max-queue-size", type=int, default=defaults.max_queue_size)
-    parser.add_argument("--queue-timeout-us", type=int, default=defaults.queue_timeout_us)
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=defaults.max_queue_size,
+        help="refuse beyond this many queued requests per model (0: no limit; see ServingConfig)",
+    )
+    parser.add_argument(
+        "--queue-timeout-us",
+        type=int,
+        default=defaults.queue_timeout_us,
+        help="refuse requests queued longer than this (0: no timeout)",
+    )
     args = parser.parse_args(argv)
     serving = ServingConfig(
         target=args.target,

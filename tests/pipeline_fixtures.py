@@ -34,10 +34,9 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
     # The fp32 encoder, not the conversion's pick: dynamic int8 quantizes activations with
     # one range per *batch*, so a query's embedding (and a ranking near the re-rank cut)
     # depends on its batch-mates, and the tests compare batched answers with single ones.
-    # A long queue timeout: the tests share two busy cores with each other (and CI with
-    # whatever else runs), and shedding load is tested on a repository of its own
+    # No queue policy (the default): shedding load is tested on a repository of its own
     # (test_production.test_overload_is_refused_quickly_and_explicitly).
-    serving = ServingConfig(target="cpu", queue_timeout_us=10_000_000)
+    serving = ServingConfig(target="cpu")
     build(paths, serving, encoder_onnx=paths.encoder_onnx)
     return paths
 

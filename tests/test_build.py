@@ -125,3 +125,20 @@ def test_warmup_files_match_their_declared_shapes(tiny_artifacts):
             else:
                 size = int(np.prod(inp.dims)) * np.dtype(spec.numpy_dtype).itemsize
                 assert len(payload) == size
+
+
+def test_queue_policy_is_opt_in(tiny_artifacts, tmp_path):
+    """No queue policy by default (it stalls Triton 2.51's dynamic batcher); on request, every
+    model refuses beyond the limits it is given."""
+    repo = tiny_artifacts.repository("cpu")
+    for name in (contract.TOKENIZER_MODEL, contract.RANKER_MODEL, contract.RECOMMENDER_MODEL):
+        assert not load_config(repo, name).dynamic_batching.HasField("default_queue_policy")
+    limited = build(
+        tiny_artifacts,
+        ServingConfig(max_queue_size=8, queue_timeout_us=50_000),
+        encoder_onnx=tiny_artifacts.encoder_onnx,
+        repo=tmp_path / "limited",
+    )
+    policy = load_config(limited, contract.RANKER_MODEL).dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (8, 50_000)
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
