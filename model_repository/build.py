@@ -250,10 +250,8 @@ def recommend_ensemble_config(serving: ServingConfig) -> mc.ModelConfig:
     s = config.ensemble_scheduling.step.add()
     s.model_name = contract.RECOMMENDER_MODEL
     s.model_version = serving.version
-    for spec in (*contract.RECOMMENDER_INPUTS, *contract.RECOMMENDER_OUTPUTS):
-        (s.input_map if spec in contract.RECOMMENDER_INPUTS else s.output_map)[spec.name] = (
-            spec.name
-        )
+    s.input_map.update({spec.name: spec.name for spec in contract.RECOMMENDER_INPUTS})
+    s.output_map.update({spec.name: spec.name for spec in contract.RECOMMENDER_OUTPUTS})
     return config
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoprank import contract
-from shoprank.runtime import CatalogIndex, InvalidInput, row_values
+from shoprank.runtime import CatalogIndex, InvalidInput, row_flags, row_values
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def row_filters(
     prefixes = _one_per_row(inputs.get(contract.CATEGORY_PREFIX.name), rows, "CATEGORY_PREFIX")
     lows = _one_per_row(inputs.get(contract.PRICE_MIN.name), rows, contract.PRICE_MIN.name)
     highs = _one_per_row(inputs.get(contract.PRICE_MAX.name), rows, contract.PRICE_MAX.name)
-    stock = _one_per_row(inputs.get(contract.IN_STOCK_ONLY.name), rows, "IN_STOCK_ONLY")
+    stock = row_flags(inputs.get(contract.IN_STOCK_ONLY.name), rows, "IN_STOCK_ONLY")
     excluded = row_values(inputs.get(contract.EXCLUDE_IDS.name), rows, contract.EXCLUDE_IDS.name)
     out = []
     for i in range(rows):
@@ -147,7 +147,7 @@ def row_filters(
                 price_min=_bound(lows[i], -math.inf) if lows else -math.inf,
                 price_max=_bound(highs[i], math.inf) if highs else math.inf,
                 exclude_rows=catalog.known_rows(excluded[i]),
-                in_stock_only=bool(stock[i]) if stock else False,
+                in_stock_only=stock[i],
             )
         )
     return out

@@ -66,8 +66,6 @@ class Recommender:
         self.popularity = popularity
         self.catalog = catalog
         self.facets = Facets.of(catalog)
-        norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
-        self._unit_items = item_vectors / np.maximum(norms, 1e-9)
 
     @classmethod
     def load(cls, version_dir: Path, threads: int = 1) -> Recommender:

@@ -167,8 +167,3 @@ def load_sequential(out_dir: Path) -> SequentialRecommender:
     model = SequentialRecommender(config)
     model.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
     return model.eval()
-
-
-def scores_for(user: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Scores (B, N) of every product for shopper vectors (B, d); items (N, d)."""
-    return np.asarray(user, np.float32) @ np.asarray(items, np.float32).T

@@ -35,7 +35,6 @@ from shoprank.sequential import SequentialConfig, SequentialRecommender, left_pa
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "cooccurrence", "text_only")
 SEQUENTIAL = "sequential"
 COLD_START = "cold_start_popularity"
 
