@@ -37,7 +37,7 @@ from shoprank.bench.measure import MeasureConfig, measure
 from shoprank.bench.synth import describe, synthetic_catalog, synthetic_embeddings
 from shoprank.configargs import parse_config
 from shoprank.features import ItemTables
-from shoprank.lexical import LexicalIndex
+from shoprank.lexical import LexicalIndex, search_dir
 from shoprank.runtime import QueryTokenizer, cpu_session, encoder_feeds, pad_rows
 from shoprank.tritonserver import running_server
 
@@ -171,7 +171,9 @@ def run(config: ScaleConfig) -> list[Row]:
             index.tune(queries, exact, K, config.recall_target)
             recall = index.recall_at(queries, exact, K)
             index.save(paths.dense_index)
-            mb = (paths.dense_index.stat().st_size + paths.lexical_index.stat().st_size) / 1e6
+            files = [paths.dense_index, paths.lexical_index]
+            files += [f for f in search_dir(paths.lexical_index).rglob("*") if f.is_file()]
+            mb = sum(f.stat().st_size for f in files) / 1e6
             build_s = index.build_s + lexical_s
             _log(f"  {mode}: recall@100 {recall:.4f}, {mb:.0f} MB, built in {build_s:.0f} s")
             subprocess.run(

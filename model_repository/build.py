@@ -42,6 +42,7 @@ from shoprank.artifacts import (
     served_plan,
 )
 from shoprank.encoder import tokenizer_file
+from shoprank.lexical import search_dir
 from shoprank.model_repository import models as model_sources
 from shoprank.runtime import CatalogIndex, QueryTokenizer
 
@@ -423,6 +424,7 @@ def build(
         contract.DENSE_INDEX_FILE: paths.dense_index,
         meta_path(Path(contract.DENSE_INDEX_FILE)).name: meta_path(paths.dense_index),
         contract.LEXICAL_INDEX_FILE: paths.lexical_index,
+        search_dir(Path(contract.LEXICAL_INDEX_FILE)).name: search_dir(paths.lexical_index),
         contract.ITEM_TABLES_FILE: paths.item_tables,
         contract.CATALOG_FILE: paths.catalog_npz,
         contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,

@@ -29,7 +29,7 @@ from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
 from shoprank.filters import Facets, Filters
 from shoprank.fusion import combine, explained_parts, in_depth, row_depths
-from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
+from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
 
 
@@ -242,6 +242,7 @@ class CandidateRanker:
             contract.RANKER_ONNX_FILE,
             *(() if dense is not None else (contract.DENSE_INDEX_FILE,)),
             contract.LEXICAL_INDEX_FILE,
+            search_dir(Path(contract.LEXICAL_INDEX_FILE)).name,
             contract.ITEM_TABLES_FILE,
             contract.CATALOG_FILE,
             contract.RETRIEVAL_CONFIG_FILE,

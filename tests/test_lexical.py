@@ -121,6 +121,19 @@ def test_bm25_scores_agree_with_bm25s(catalog, index):
     np.testing.assert_allclose(ours, model.get_scores(tokenize(query)), rtol=1e-5)
 
 
+def test_top_k_search_agrees_with_the_exact_scores(catalog, index):
+    """tantivy's top k are the exact BM25 (bm25s) top k, scores in proportion: the same
+    formula up to a constant and one-byte document-length norms."""
+    for query in ("grey sofa", "nordvik sofa 55 inch", "red glass blender", "tv"):
+        exact = index.score_matrix([query])[0]
+        k = int((exact > 0).sum())
+        rows, scores = index.search(query, k)
+        assert sorted(rows.tolist()) == sorted(np.flatnonzero(exact).tolist()), query
+        ratio = scores / exact[rows]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=0.05, err_msg=query)
+        assert exact[rows[0]] == exact.max(), query
+
+
 def test_features_by_hand(index):
     rows = np.array([0, 1, 2, 4])
     f = dict(zip(LEXICAL_FEATURES, index.features("nordvik nv-4521b sofa", rows).T, strict=True))
@@ -162,3 +175,13 @@ def test_save_load_round_trip_and_a_clear_error(index, tmp_path):
         LexicalIndex.load(path)
     with pytest.raises(ValueError, match=r"missing\.npz"):
         LexicalIndex.load(tmp_path / "missing.npz")
+
+
+def test_a_missing_search_index_is_named(index, tmp_path):
+    import shutil
+
+    path = tmp_path / "lexical.npz"
+    index.save(path)
+    shutil.rmtree(lexical.search_dir(path))
+    with pytest.raises(ValueError, match=r"lexical\.tantivy"):
+        LexicalIndex.load(path)
