@@ -136,3 +136,39 @@ def test_explanation_lists_each_history_product_once():
     )
     assert [h["product_id"] for h in note["similar_history"]] == [7, 9, 8]
     assert note["score"] == 2.5 and sum(note["parts"].values()) == 2.5
+
+
+def test_seq_in_search_scores_held_out_sessions(tiny_artifacts):
+    """The offline check of the sequential shopper vector in search: λ = 0 is the served
+    score itself, and the sequential score is standardised over rows with a history."""
+    from shoprank.training import seq_in_search as sis
+
+    report = sis.run(sis.SeqInSearchConfig(out=tiny_artifacts.root, lambdas="0"))
+    t = report["test_purchase_ndcg@10"]
+    assert report["lambda"] == 0.0 and t["served_plus_sequential"] == t["served"]
+    assert 0 < t["served"] <= 1 and 0 <= t["sequential_alone"] <= 1
+    assert (tiny_artifacts.reports / "seq_in_search.json").exists()
+
+    from shoprank.sequential import load_sequential
+    from shoprank.training import behaviour
+
+    seq = load_sequential(tiny_artifacts.sequential)
+    n = seq.config.num_items
+    with torch.no_grad():
+        items = seq.item_vectors(torch.randn(n, seq.config.text_dim))
+    hist = np.zeros((6, contract.MAX_HISTORY), np.int64)
+    mask = np.zeros((6, contract.MAX_HISTORY), np.float32)
+    hist[:4, :2], mask[:4, :2] = [[1, 2], [3, 4], [5, 6], [0, 7]], 1.0
+    ex = behaviour.Examples(
+        query_rows=np.zeros(6, np.int64),
+        history_rows=hist % n,
+        history_mask=mask,
+        item_rows=np.arange(6) % n,
+        positions=np.zeros(6, np.int64),
+        clicked=np.zeros(6, np.float32),
+        purchased=np.zeros(6, np.float32),
+        session_ids=np.arange(6),
+    )
+    z = sis.sequential_scores(seq, items, ex)
+    assert z[4] == 0 and z[5] == 0  # no history: no sequential signal
+    assert abs(z[:4].mean()) < 1e-5 and abs(z[:4].std() - 1) < 1e-3

@@ -282,7 +282,9 @@ def impression_scores(
     return torch.cat(parts).numpy()
 
 
-def _purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
+def purchase_ndcgs(scores: np.ndarray, examples: Examples) -> np.ndarray:
+    """NDCG@10 of the purchases in each session that has one, ranking its shown products
+    by `scores` (M,): one value per such session, in session-id order."""
     frame = pd.DataFrame(
         {"sid": examples.session_ids, "score": scores, "bought": examples.purchased}
     )
@@ -308,7 +310,7 @@ def score_sessions(
     scores = impression_scores(
         ranker, query_embeddings, item_embeddings, tables, examples, relevance_only
     )
-    ndcgs = _purchase_ndcgs(scores, examples)
+    ndcgs = purchase_ndcgs(scores, examples)
     metrics = {
         CLICK_AUC: roc_auc(examples.clicked, scores),
         PURCHASE_NDCG_AT_10: float(np.mean(ndcgs)) if len(ndcgs) else float("nan"),
