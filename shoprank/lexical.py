@@ -1,5 +1,6 @@
 """Lexical retrieval: a tokenizer that keeps model numbers, sizes and units searchable, a
-BM25 index over the product's fields (bm25s), and the lexical features the ranker uses.
+BM25 index over the product's fields (bm25s weights, tantivy top k), and the lexical
+features the ranker uses.
 
 Real product queries are full of tokens where the exact string matters and a sentence
 encoder is weakest: model and part numbers ("nv-4521b"), sizes with units ("1/2 in.",

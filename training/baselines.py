@@ -1,8 +1,8 @@
 """Baselines the learned rankers have to beat: BM25 and popularity.
 
-- **BM25**: the lexical index serving uses (`shoprank.lexical`: bm25s, Lucene BM25,
-  k1=1.2, b=0.75 (tantivy's), over the product's fields, with a tokenizer that keeps model numbers,
-  sizes and units), ranking the full catalog for each held-out query, scored with the
+- **BM25**: the lexical index serving uses (`shoprank.lexical`: Lucene BM25, k1=1.2,
+  b=0.75, over the product's fields, with a tokenizer that keeps model numbers, sizes and
+  units; the top k from tantivy), ranking the full catalog for each held-out query, scored with the
   same judged metrics as the encoder (`metrics.mean_metrics`: NDCG@10, Recall@10/100,
   MRR).
 - **Popularity**: one list for every query, products by train-split click count. Skipped
