@@ -275,7 +275,6 @@ LEXICAL_FEATURES = (
 # the BM25 feature score alike. (k1 1.5 → 1.2 moved the demo's BM25 NDCG@10 by -0.0002.)
 BM25_K1 = 1.2
 BM25_B = 0.75
-TANTIVY = (BM25_K1, BM25_B)
 
 
 def trigrams(tokens: Sequence[str]) -> set[str]:
@@ -413,8 +412,8 @@ class LexicalIndex:
     k1: float = BM25_K1
     b: float = BM25_B
     trigram_vocab: dict[str, int] = field(default_factory=dict)  # title trigram → id
-    top_k: BM25Search | None = None  # what `search` asks
-    docs: list[str] | None = field(default=None, repr=False)  # kept from `build` for `save`
+    top_k: BM25Search | None = None  # what `search` asks; built from `docs` when first needed
+    docs: list[str] | None = field(default=None, repr=False)  # from `build`, until saved
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -422,11 +421,10 @@ class LexicalIndex:
         cls,
         catalog,
         field_weights: Mapping[str, int] = DEFAULT_FIELD_WEIGHTS,
-        k1: float = BM25_K1,
-        b: float = BM25_B,
         progress: bool = False,
     ) -> LexicalIndex:
-        """Tokenize every field of every product and index them (bm25s, Lucene BM25)."""
+        """Tokenize every field of every product and index them (bm25s, Lucene BM25 with
+        tantivy's k1 and b). The top-k index is built on first search or on `save`."""
         import bm25s
         from tqdm.auto import tqdm
 
@@ -445,7 +443,7 @@ class LexicalIndex:
             ]
             for i in range(n)
         ]
-        model = bm25s.BM25(k1=k1, b=b)
+        model = bm25s.BM25(k1=BM25_K1, b=BM25_B)
         model.index(docs, show_progress=progress)
         vocab = {w: i for w, i in model.vocab_dict.items() if w != ""}
         indptr = np.asarray(model.scores["indptr"], dtype=np.int64)
@@ -465,10 +463,8 @@ class LexicalIndex:
             for t in tqdm(tokens["title"], desc="title trigrams", disable=not progress)
         ]
         fields[TRIGRAM_FIELD] = _presence(title_grams, len(grams))
-        if (k1, b) != TANTIVY:
-            log.warning("BM25 k1=%s b=%s: top-k search keeps tantivy's %s, %s", k1, b, *TANTIVY)
         texts = [" ".join(doc) for doc in docs]
-        return cls(vocab, bm25, fields, n, k1, b, grams, BM25Search.build(texts), texts)
+        return cls(vocab, bm25, fields, n, BM25_K1, BM25_B, grams, docs=texts)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -493,8 +489,8 @@ class LexicalIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **arrays)
         target = search_dir(path)
-        if self.docs is not None:
-            BM25Search.build(self.docs, target)
+        if self.docs is not None:  # the on-disk index serves later searches too
+            self.top_k, self.docs = BM25Search.build(self.docs, target), None
         elif self.top_k is not None and self.top_k.folder is not None:
             if self.top_k.folder.resolve() != target.resolve():
                 shutil.rmtree(target, ignore_errors=True)
@@ -540,8 +536,10 @@ class LexicalIndex:
         (fewer if fewer match); documents holding none of the query's tokens never come."""
         tokens = tokenize(query) if isinstance(query, str) else query
         known = [t for t in dict.fromkeys(tokens) if t in self.vocab]
-        if not known or k <= 0 or self.top_k is None:
+        if not known or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if self.top_k is None:  # built, not saved yet: index in memory
+            self.top_k = BM25Search.build(self.docs)
         return self.top_k.search(known, k)
 
     def score_matrix(self, queries: Sequence[str]) -> np.ndarray:

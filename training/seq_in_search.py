@@ -55,7 +55,7 @@ def sequential_scores(seq, items: torch.Tensor, ex: behaviour.Examples) -> np.nd
         idx = [i for i in range(start, min(start + 4096, len(ex))) if warm[i]]
         if not idx:
             continue
-        rows, mask = left_pad([histories[i] for i in idx], contract.MAX_HISTORY)
+        rows, mask = left_pad([histories[i] for i in idx], seq.config.max_len)
         user = seq.encoder.user_vector(items[torch.from_numpy(rows)], torch.from_numpy(mask))
         raw[idx] = (user * items[torch.from_numpy(ex.item_rows[idx])]).sum(-1).numpy()
     if not warm.any():
@@ -79,7 +79,7 @@ def run(config: SeqInSearchConfig) -> dict:
         batch_size=64,
         max_seq_length=contract.MAX_QUERY_TOKENS,
     )
-    seq = load_sequential(paths.sequential).eval()
+    seq = load_sequential(paths.sequential)
     with torch.no_grad():
         items = seq.item_vectors(torch.from_numpy(np.asarray(item_emb, np.float32)))
     query_row_of = {int(q): i for i, q in enumerate(data.queries["query_id"].to_numpy())}
@@ -113,7 +113,7 @@ def run(config: SeqInSearchConfig) -> dict:
         },
         "gain": paired_bootstrap_gain(base, new, seed=config.seed),
         "sessions": len(base),
-        "warm_share": float(np.mean(scored["test"][0].history_mask.sum(1) > 0)),
+        "warm_share": float(np.mean(ex.history_mask.sum(1) > 0)),
     }
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "seq_in_search.json").write_text(json.dumps(report, indent=2))
