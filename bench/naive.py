@@ -19,10 +19,15 @@ import torch
 from shoprank import contract
 from shoprank.artifacts import load_item_index
 from shoprank.features import ItemTables
-from shoprank.fusion import as_tensors, combine, row_depths
+from shoprank.fusion import as_tensors, combine, in_depth, row_depths
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.pipeline import Ranked
-from shoprank.ranking import RetrievalConfig, gather_features, union_candidates
+from shoprank.ranking import (
+    RetrievalConfig,
+    gather_features,
+    sequential_part,
+    union_candidates,
+)
 from shoprank.runtime import CatalogIndex, decode_query, validate_top_k
 
 
@@ -43,6 +48,13 @@ class NaivePipeline:
         self.lexical = LexicalIndex.load(paths.lexical_index)
         self.tables = ItemTables.load(paths.item_tables)
         self.config = RetrievalConfig.load(paths.retrieval_config)
+        self.sequential = None
+        if self.config.sequential_weight:  # the shopper vector served in search, in eager
+            from shoprank.sequential import load_sequential
+
+            self.sequential = load_sequential(paths.sequential)
+            with torch.inference_mode():
+                self.items = self.sequential.item_vectors(self.embeddings)
         import pandas as pd
 
         titles = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
@@ -91,6 +103,15 @@ class NaivePipeline:
             )
         depth = row_depths(np.array([len(rows)]), self.config.depth, self.config.cold_start_depth)
         scores = combine(relevance.numpy(), full.numpy(), depth, features.valid)[0]
+        if self.sequential is not None and len(rows):
+            history = torch.from_numpy(rows[-contract.MAX_HISTORY :])[None, :]
+            with torch.inference_mode():
+                user = self.sequential.encoder.user_vector(
+                    self.items[history], torch.ones(history.shape)
+                )[0]
+                raw = (self.items[torch.from_numpy(candidates)] @ user).numpy()
+            kept = in_depth(relevance.numpy(), depth, features.valid)[0, : len(candidates)]
+            scores[: len(candidates)] += np.where(kept, sequential_part(raw, self.config), 0.0)
         k = min(k, len(candidates))
         best = np.argsort(-scores[: len(candidates)], kind="stable")[:k]
         picked = candidates[best]

@@ -38,6 +38,7 @@ from shoprank.bench.synth import describe, synthetic_catalog, synthetic_embeddin
 from shoprank.configargs import parse_config
 from shoprank.features import ItemTables
 from shoprank.lexical import LexicalIndex, search_dir
+from shoprank.ranking import RetrievalConfig
 from shoprank.runtime import QueryTokenizer, cpu_session, encoder_feeds, pad_rows
 from shoprank.tritonserver import running_server
 
@@ -134,7 +135,11 @@ def prepare_size(demo: contract.ArtifactPaths, n: int, folder: Path) -> tuple[np
     t0 = time.perf_counter()
     LexicalIndex.build(catalog, progress=True).save(paths.lexical_index)
     lexical_s = time.perf_counter() - t0
-    shutil.copyfile(demo.retrieval_config, paths.retrieval_config)
+    # Synthetic products have no sequential item vectors: the sequential search signal is
+    # left out at every size (one small ONNX call and a (C, d) gather per request served).
+    retrieval = RetrievalConfig.load(demo.retrieval_config)
+    retrieval.sequential_weight = 0.0
+    retrieval.save(paths.retrieval_config)
     _link(demo.encoder, paths.encoder)
     paths.onnx.mkdir(parents=True, exist_ok=True)
     _link(demo.ranker_onnx, paths.ranker_onnx)

@@ -44,6 +44,7 @@ from shoprank.artifacts import (
 from shoprank.encoder import tokenizer_file
 from shoprank.lexical import search_dir
 from shoprank.model_repository import models as model_sources
+from shoprank.ranking import RetrievalConfig
 from shoprank.runtime import CatalogIndex, QueryTokenizer
 
 TARGETS = ("cpu", "gpu", "gpu-embedded")
@@ -329,6 +330,13 @@ def build(
     for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} missing: run `make train` first")
+    if RetrievalConfig.load(paths.retrieval_config).sequential_weight:
+        for needed in (paths.sequential_onnx, paths.item_vectors):
+            if not needed.exists():
+                raise FileNotFoundError(
+                    f"{needed} missing: {paths.retrieval_config} weighs the sequential "
+                    "shopper vector in search; run `make convert` first"
+                )
     repo = Path(repo) if repo is not None else paths.repository(serving.target)
     repo.mkdir(parents=True, exist_ok=True)
     dim = embedding_dim(encoder_onnx)
@@ -429,6 +437,9 @@ def build(
         contract.CATALOG_FILE: paths.catalog_npz,
         contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
     }
+    if RetrievalConfig.load(paths.retrieval_config).sequential_weight:
+        ranker_files[contract.SEQUENTIAL_ONNX_FILE] = paths.sequential_onnx
+        ranker_files[contract.ITEM_VECTORS_FILE] = paths.item_vectors
     if serving.target == "gpu-embedded":
         cfg.parameters["runtime"].string_value = contract.TORCH_RUNTIME
         cfg.parameters["item_index"].string_value = paths.item_index.name

@@ -53,6 +53,7 @@ SCORE_PARTS = (
     "popularity",
     "bias",
 )
+SEQUENTIAL_PART = "sequential"  # the sequential model's shopper vector (search and recommend)
 # Below the re-rank depth the score is the relevance alone, this far down (combine).
 BELOW_DEPTH_PARTS = ("semantic", "lexical", "below_rerank_depth")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
@@ -207,12 +208,18 @@ class FusionRanker(nn.Module):
         )
 
 
-def explained_parts(parts: np.ndarray, in_depth: bool) -> dict[str, float]:
+def explained_parts(
+    parts: np.ndarray, in_depth: bool, sequential: float | None = None
+) -> dict[str, float]:
     """One candidate's parts (the ranker graph's score_parts row) as name → value, summing
-    to its served score (`combine`)."""
+    to its served score (`combine`, plus the shopper vector's `sequential` part when the
+    ranker serves it: in depth only)."""
     n = len(SCORE_PARTS)
     if in_depth:
-        return {name: float(v) for name, v in zip(SCORE_PARTS, parts[:n], strict=True)}
+        named = {name: float(v) for name, v in zip(SCORE_PARTS, parts[:n], strict=True)}
+        if sequential is not None:
+            named[SEQUENTIAL_PART] = sequential
+        return named
     semantic, lexical = parts[n], parts[n + 1]
     return dict(
         zip(BELOW_DEPTH_PARTS, (float(semantic), float(lexical), -BELOW_DEPTH), strict=True)

@@ -31,6 +31,7 @@ from shoprank.filters import Facets, Filters
 from shoprank.fusion import combine, explained_parts, in_depth, row_depths
 from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
+from shoprank.sequential import ShopperVectors
 
 
 @dataclass
@@ -41,6 +42,11 @@ class RetrievalConfig:
     lexical_k: int = 100
     depth: int = 10  # behaviour reorders only the `depth` most relevant candidates
     cold_start_depth: int | None = None  # the same for an empty history; None: `depth`
+    # The sequential model's shopper vector as a search signal (0: off; chosen on validation
+    # sessions by training): see `sequential_part`.
+    sequential_weight: float = 0.0
+    sequential_mean: float = 0.0
+    sequential_std: float = 1.0
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -48,6 +54,13 @@ class RetrievalConfig:
     @classmethod
     def load(cls, path: Path) -> RetrievalConfig:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def sequential_part(raw: np.ndarray, config: RetrievalConfig) -> np.ndarray:
+    """What the shopper vector adds to a candidate's score: w · (⟨u, e_i⟩ - mean) / std, the
+    standardisation fixed on validation impressions so that training and serving agree."""
+    scale = config.sequential_weight / max(config.sequential_std, 1e-9)
+    return (scale * (np.asarray(raw, np.float32) - config.sequential_mean)).astype(np.float32)
 
 
 def union_candidates(*lists: np.ndarray) -> np.ndarray:
@@ -222,8 +235,14 @@ class CandidateRanker:
         tables: ItemTables,
         catalog: CatalogIndex,
         config: RetrievalConfig,
+        shoppers: ShopperVectors | None = None,
     ) -> None:
+        if shoppers is not None and len(shoppers.items) != len(catalog.product_ids):
+            raise ValueError(
+                f"{len(shoppers.items)} item vectors for {len(catalog.product_ids)} products"
+            )
         self.session = session
+        self.shoppers = shoppers  # the sequential search signal, when the config weighs it
         self.dense = dense
         self.lexical = lexical
         self.tables = tables
@@ -249,14 +268,35 @@ class CandidateRanker:
         ):
             if not (folder / name).exists():
                 raise FileNotFoundError(f"{folder / name} is missing: rebuild the repository")
+        config = RetrievalConfig.load(folder / contract.RETRIEVAL_CONFIG_FILE)
+        shoppers = (
+            ShopperVectors.load(folder, threads)[0] if config.sequential_weight != 0 else None
+        )
         return cls(
             cpu_session(folder / contract.RANKER_ONNX_FILE, threads),
             dense if dense is not None else DenseIndex.load(folder / contract.DENSE_INDEX_FILE),
             LexicalIndex.load(folder / contract.LEXICAL_INDEX_FILE),
             ItemTables.load(folder / contract.ITEM_TABLES_FILE),
             CatalogIndex.load(folder / contract.CATALOG_FILE),
-            RetrievalConfig.load(folder / contract.RETRIEVAL_CONFIG_FILE),
+            config,
+            shoppers,
         )
+
+    def sequential_scores(
+        self, requests: Sequence[Request], rows: np.ndarray, kept: np.ndarray | None
+    ) -> np.ndarray | None:
+        """(B, C) `sequential_part` of each candidate within its row's re-rank depth (`kept`)
+        for rows with a history, 0 elsewhere; None when the signal is off. Like the rest of
+        behaviour, it reorders only the depth's most relevant candidates."""
+        if self.shoppers is None or kept is None:
+            return None
+        out = np.zeros(rows.shape, np.float32)
+        warm = [i for i, r in enumerate(requests) if len(r.history)]
+        if warm:
+            users = self.shoppers.users([requests[i].history for i in warm])  # (W, d)
+            raw = np.einsum("wd,wcd->wc", users, self.shoppers.items[rows[warm]])  # (W, C)
+            out[warm] = np.where(kept[warm], sequential_part(raw, self.config), 0.0)
+        return out
 
     def rank(self, requests: Sequence[Request]) -> list[Ranked]:
         """Answers in request order; one retrieval pass and one ONNX call for the batch."""
@@ -318,7 +358,14 @@ class CandidateRanker:
             self.config.cold_start_depth,
         )
         scores = combine(relevance, full, depths, features.valid)
-        kept = in_depth(relevance, depths, features.valid) if explain else None
+        kept = (
+            in_depth(relevance, depths, features.valid)
+            if explain or self.shoppers is not None
+            else None
+        )
+        sequential = self.sequential_scores(requests, features.rows, kept)
+        if sequential is not None:
+            scores = scores + sequential
         lap("score")
         out = []
         for i, r in enumerate(requests):
@@ -340,7 +387,13 @@ class CandidateRanker:
                     [
                         explanation(
                             row_scores[j],
-                            explained_parts(parts[0][i, j], bool(kept[i, j])),
+                            explained_parts(
+                                parts[0][i, j],
+                                bool(kept[i, j]),
+                                float(sequential[i, j])
+                                if sequential is not None and len(r.history)
+                                else None,
+                            ),
                             history_ids,
                             features.history[i, : len(r.history)],
                             features.candidates[i, j],

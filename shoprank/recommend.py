@@ -17,9 +17,10 @@ import numpy as np
 
 from shoprank import contract
 from shoprank.filters import Facets, Filters
+from shoprank.fusion import SEQUENTIAL_PART
 from shoprank.ranking import Ranked, explanation
-from shoprank.runtime import CatalogIndex, cpu_session
-from shoprank.sequential import left_pad
+from shoprank.runtime import CatalogIndex
+from shoprank.sequential import ShopperVectors
 
 
 @dataclass
@@ -30,15 +31,6 @@ class RecommendRequest:
     k: int
     filters: Filters | None = None
     explain: bool = False
-
-
-def load_item_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(item vectors (N, d), popularity (N,)); ValueError naming the file when unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["item_vectors"].astype(np.float32), z["popularity"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"item vectors {path} are missing or corrupt: {exc}") from None
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
@@ -55,14 +47,14 @@ class Recommender:
     """History → top-k products, one ONNX call per batch of rows with a history."""
 
     def __init__(
-        self, session, item_vectors: np.ndarray, popularity: np.ndarray, catalog: CatalogIndex
+        self, shoppers: ShopperVectors, popularity: np.ndarray, catalog: CatalogIndex
     ) -> None:
-        if len(item_vectors) != len(catalog.product_ids):
+        if len(shoppers.items) != len(catalog.product_ids):
             raise ValueError(
-                f"{len(item_vectors)} item vectors for {len(catalog.product_ids)} products"
+                f"{len(shoppers.items)} item vectors for {len(catalog.product_ids)} products"
             )
-        self.session = session
-        self.items = item_vectors
+        self.shoppers = shoppers
+        self.items = shoppers.items
         self.popularity = popularity
         self.catalog = catalog
         self.facets = Facets.of(catalog)
@@ -71,32 +63,15 @@ class Recommender:
     def load(cls, version_dir: Path, threads: int = 1) -> Recommender:
         """From a `recommender` model version folder (the repository builder writes it)."""
         version_dir = Path(version_dir)
-        for name in (contract.SEQUENTIAL_ONNX_FILE, contract.ITEM_VECTORS_FILE):
-            if not (version_dir / name).is_file():
-                raise ValueError(f"{version_dir / name} is missing: rebuild the repository")
-        items, popularity = load_item_vectors(version_dir / contract.ITEM_VECTORS_FILE)
-        return cls(
-            cpu_session(version_dir / contract.SEQUENTIAL_ONNX_FILE, threads),
-            items,
-            popularity,
-            CatalogIndex.load(version_dir / contract.CATALOG_FILE),
-        )
-
-    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """Shopper vectors (B, d) for non-empty histories (catalog rows, most recent last)."""
-        rows, mask = left_pad([list(h) for h in histories], contract.MAX_HISTORY)
-        (user,) = self.session.run(
-            [contract.ONNX_SEQ_USER],
-            {contract.ONNX_SEQ_HISTORY: self.items[rows], contract.ONNX_SEQ_MASK: mask},
-        )
-        return user
+        shoppers, popularity = ShopperVectors.load(version_dir, threads)
+        return cls(shoppers, popularity, CatalogIndex.load(version_dir / contract.CATALOG_FILE))
 
     def scores(self, requests: Sequence[RecommendRequest]) -> np.ndarray:
         """Scores (B, N) of every product per row; history products -inf."""
         out = np.broadcast_to(self.popularity, (len(requests), len(self.items))).copy()
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
-            users = self.user_vectors([requests[i].history for i in warm])
+            users = self.shoppers.users([requests[i].history for i in warm])
             out[warm] = users @ self.items.T
         for i, r in enumerate(requests):
             out[i, r.history] = -np.inf
@@ -127,7 +102,7 @@ class Recommender:
     def explain(self, request: RecommendRequest, rows: np.ndarray, scores: np.ndarray):
         """JSON per result: the one part of its score (the sequential model's, or popularity
         at cold start) and the history products whose vectors are closest to it."""
-        part = "sequential" if len(request.history) else "popularity"
+        part = SEQUENTIAL_PART if len(request.history) else "popularity"
         unit = self.items / np.maximum(np.linalg.norm(self.items, axis=1, keepdims=True), 1e-9)
         history_ids = self.catalog.product_ids[request.history]
         return np.array(

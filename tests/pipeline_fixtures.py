@@ -26,7 +26,13 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
     out = tmp_path_factory.mktemp("artifacts")
     train(
         TrainConfig(
-            out=out, scale="tiny", tiny_encoder=True, max_steps=30, fusion_epochs=2, seq_epochs=3
+            out=out,
+            scale="tiny",
+            tiny_encoder=True,
+            max_steps=30,
+            fusion_epochs=2,
+            seq_epochs=3,
+            seq_in_search="1",  # served whatever the tiny validation says, to be tested
         )
     )
     convert(ConversionConfig(out=out, latency_runs=3))

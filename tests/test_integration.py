@@ -515,6 +515,8 @@ def test_explanations_add_up_to_the_scores(ensemble_server, in_process, workload
         similar = [h["product_id"] for h in got["similar_history"]]
         assert similar and set(similar) <= history  # the closest of the shopper's history
         assert len(similar) == len(set(similar)) == min(3, len(history))  # each once
+    # the sequential shopper vector is served in search too (the tiny training forces it on)
+    assert any("sequential" in json.loads(note)["parts"] for note in notes)
     # not asked: nothing computed, the same ranking
     plain = explained(url, contract.ENSEMBLE_MODEL, values, explain=False)
     np.testing.assert_array_equal(plain[0], ids)

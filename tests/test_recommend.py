@@ -10,7 +10,12 @@ from shoprank.conversion.export import export_sequential
 from shoprank.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
 from shoprank.recommend import Recommender, RecommendRequest, top_k_rows
 from shoprank.runtime import CatalogIndex, cpu_session
-from shoprank.sequential import SequentialConfig, SequentialRecommender, left_pad
+from shoprank.sequential import (
+    SequentialConfig,
+    SequentialRecommender,
+    ShopperVectors,
+    left_pad,
+)
 from shoprank.training import recommend
 
 
@@ -105,9 +110,8 @@ def test_exported_recommender_matches_pytorch_and_serves_the_rules(cyclic, tmp_p
         titles=np.array([f"p{i}".encode() for i in range(40)], dtype=object),
     )
     with np.load(tmp_path / "vectors.npz") as z:
-        rec = Recommender(
-            cpu_session(tmp_path / "seq.onnx"), z["item_vectors"], z["popularity"], catalog
-        )
+        shoppers = ShopperVectors(cpu_session(tmp_path / "seq.onnx"), z["item_vectors"])
+        rec = Recommender(shoppers, z["popularity"], catalog)
     history = np.array([3, 4, 5])
     (warm, cold) = rec.recommend([RecommendRequest(history, 5), RecommendRequest(history[:0], 3)])
     want = recommend.sequential_scorer(model, torch.from_numpy(text))([history.tolist()])[0]
@@ -169,6 +173,57 @@ def test_seq_in_search_scores_held_out_sessions(tiny_artifacts):
         purchased=np.zeros(6, np.float32),
         session_ids=np.arange(6),
     )
-    z = sis.sequential_scores(seq, items, ex)
-    assert z[4] == 0 and z[5] == 0  # no history: no sequential signal
-    assert abs(z[:4].mean()) < 1e-5 and abs(z[:4].std() - 1) < 1e-3
+    raw, warm = sis.raw_sequential_scores(seq, items, ex)
+    assert warm.tolist() == [True] * 4 + [False] * 2
+    assert raw[4] == 0 and raw[5] == 0  # no history: no sequential signal
+    with torch.no_grad():
+        user = seq.encoder.user_vector(items[torch.tensor([[3, 4]])], torch.ones(1, 2))[0]
+    assert raw[1] == pytest.approx(float(user @ items[1]), rel=1e-5)
+
+
+def test_search_serves_the_sequential_shopper_vector_within_the_rerank_depth(in_process):
+    """The ranker adds weight·z(⟨u, e⟩) to in-depth candidates of rows with a history (the
+    tiny training forces λ = 1), says so in the explanations, and leaves cold rows alone."""
+    import copy
+    import dataclasses
+    import json
+
+    from shoprank.ranking import Request, sequential_part
+
+    assert in_process.ranker.shoppers is not None
+    assert in_process.ranker.config.sequential_weight > 0
+    ranker = copy.copy(in_process.ranker)  # a shallow re-rank depth, so some results are below it
+    ranker.config = dataclasses.replace(ranker.config, depth=4, cold_start_depth=4)
+    off = copy.copy(ranker)
+    off.shoppers = None
+    query = "usb cable"
+    emb = in_process.encode([query])[0]
+    history = np.array([3, 17, 42])
+    warm = Request(query, emb, history, k=40, explain=True)  # below the depth too
+    cold = Request(query, emb, history[:0], k=40, explain=True)
+    (got_warm, got_cold), (base_warm, base_cold) = ranker.rank([warm, cold]), off.rank([warm, cold])
+    np.testing.assert_array_equal(got_cold.product_ids, base_cold.product_ids)
+    np.testing.assert_allclose(got_cold.scores, base_cold.scores, rtol=1e-6)
+    user = ranker.shoppers.users([history])[0]
+    rows = ranker.catalog.rows_of(got_warm.product_ids)
+    base = dict(zip(base_warm.product_ids.tolist(), base_warm.scores.tolist(), strict=True))
+    in_depth = below = 0
+    for row, pid, score, note in zip(
+        rows, got_warm.product_ids, got_warm.scores, got_warm.explanations, strict=True
+    ):
+        parts = json.loads(note)["parts"]
+        assert sum(parts.values()) == pytest.approx(float(score), rel=1e-4, abs=1e-3)
+        if "below_rerank_depth" in parts:
+            assert "sequential" not in parts
+            below += 1
+            continue
+        in_depth += 1
+        want = float(
+            sequential_part(np.array([user @ ranker.shoppers.items[row]]), ranker.config)[0]
+        )
+        assert parts["sequential"] == pytest.approx(want, rel=1e-3, abs=1e-4)
+        if pid in base:  # the same candidate without the signal scores exactly that less
+            assert float(score) - base[pid] == pytest.approx(want, rel=1e-3, abs=1e-4)
+    assert in_depth > 0 and below > 0
+    for note in got_cold.explanations:
+        assert "sequential" not in json.loads(note)["parts"]

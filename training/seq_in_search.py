@@ -1,21 +1,25 @@
-"""`python -m shoprank.training.seq_in_search --out OUT`: would the sequential recommender's
-shopper vector help the search fusion ranker?
+"""The sequential recommender's shopper vector as a search signal: how much it weighs.
 
-Measured offline on a trained OUT, before anything is served: every shown product of the
-held-out search sessions gets the served fusion score s_f plus
+Every shown product of the held-out search sessions gets the fusion score s_f plus
 
     λ · std(s_f) · z(⟨u_seq, e_item⟩)
 
 where u_seq is the sequential model's shopper vector for the session's history, e_item its
-item vector, z the standardisation over impressions with a history (0 without one). λ is
-chosen on validation sessions; purchase-NDCG@10 on test sessions is compared with the
-served score alone (paired bootstrap over sessions). Writes `OUT/reports/seq_in_search.json`.
+item vector, z the standardisation over validation impressions with a history (0 without
+one). λ is chosen on validation sessions (`fit_sequential_weight`, called by training,
+which serves the result through the retrieval config: `ranking.sequential_part`);
+purchase-NDCG@10 on test sessions is compared with s_f alone (paired bootstrap over
+sessions).
+
+`python -m shoprank.training.seq_in_search --out OUT` re-measures a trained OUT with other
+λs, changing nothing served; writes `OUT/reports/seq_in_search.json`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +31,11 @@ from shoprank.artifacts import load_item_index
 from shoprank.configargs import parse_config, setup_logging
 from shoprank.encoder import embed, load_encoder
 from shoprank.features import ItemTables
-from shoprank.fusion import load_ranker
+from shoprank.fusion import FusionRanker, load_ranker
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.metrics import paired_bootstrap_gain
-from shoprank.sequential import left_pad, load_sequential
+from shoprank.ranking import RetrievalConfig, sequential_part
+from shoprank.sequential import SequentialRecommender, left_pad, load_sequential
 from shoprank.training import behaviour
 
 
@@ -46,10 +51,13 @@ class SeqInSearchConfig:
 
 
 @torch.no_grad()
-def sequential_scores(seq, items: torch.Tensor, ex: behaviour.Examples) -> np.ndarray:
-    """z-scored ⟨u_seq(history), e_item⟩ per impression (M,); 0 where the history is empty."""
+def raw_sequential_scores(
+    seq: SequentialRecommender, items: torch.Tensor, ex: behaviour.Examples
+) -> tuple[np.ndarray, np.ndarray]:
+    """(⟨u_seq(history), e_item⟩ per impression (M,), has-a-history mask (M,)); 0 where the
+    history is empty."""
     histories = [list(r[m > 0]) for r, m in zip(ex.history_rows, ex.history_mask, strict=True)]
-    warm = np.array([len(h) > 0 for h in histories])
+    warm = np.array([len(h) > 0 for h in histories], bool)
     raw = np.zeros(len(ex), np.float32)
     for start in range(0, len(ex), 4096):
         idx = [i for i in range(start, min(start + 4096, len(ex))) if warm[i]]
@@ -58,9 +66,71 @@ def sequential_scores(seq, items: torch.Tensor, ex: behaviour.Examples) -> np.nd
         rows, mask = left_pad([histories[i] for i in idx], seq.config.max_len)
         user = seq.encoder.user_vector(items[torch.from_numpy(rows)], torch.from_numpy(mask))
         raw[idx] = (user * items[torch.from_numpy(ex.item_rows[idx])]).sum(-1).numpy()
-    if not warm.any():
-        return raw
-    return np.where(warm, (raw - raw[warm].mean()) / (raw[warm].std() + 1e-9), 0.0)
+    return raw, warm
+
+
+def fit_sequential_weight(
+    seq: SequentialRecommender,
+    ranker: FusionRanker,
+    query_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    tables: ItemTables,
+    val: behaviour.Examples,
+    test: behaviour.Examples,
+    lambdas: Sequence[float],
+    seed: int = 0,
+) -> tuple[RetrievalConfig, dict]:
+    """Choose λ on validation sessions; return the retrieval-config fields that serve it
+    (`ranking.sequential_part`: weight λ·std(s_f), mean and std of the raw score over
+    validation impressions with a history) and the report (test sessions unseen until now)."""
+    with torch.no_grad():
+        items = seq.item_vectors(torch.from_numpy(np.asarray(item_embeddings, np.float32)))
+    raw = {
+        "val": raw_sequential_scores(seq, items, val),
+        "test": raw_sequential_scores(seq, items, test),
+    }
+    served = {
+        name: behaviour.impression_scores(ranker, query_embeddings, item_embeddings, tables, ex)
+        for name, ex in (("val", val), ("test", test))
+    }
+    val_raw, val_warm = raw["val"]
+    fitted = RetrievalConfig(
+        sequential_mean=float(val_raw[val_warm].mean()) if val_warm.any() else 0.0,
+        sequential_std=float(val_raw[val_warm].std()) if val_warm.any() else 1.0,
+    )
+    scale = float(served["val"].std())
+    examples = {"val": val, "test": test}
+
+    def ndcgs(split: str, lam: float) -> np.ndarray:
+        r, warm = raw[split]
+        fitted.sequential_weight = lam * scale
+        part = np.where(warm, sequential_part(r, fitted), 0.0)
+        return behaviour.purchase_ndcgs(served[split] + part, examples[split])
+
+    by_lambda = {lam: float(ndcgs("val", lam).mean()) for lam in lambdas}
+    best = max(by_lambda, key=lambda lam: (by_lambda[lam], -lam))  # ties: the smaller λ
+    base, new = ndcgs("test", 0.0), ndcgs("test", best)
+    r, warm = raw["test"]
+    z = np.where(warm, (r - fitted.sequential_mean) / max(fitted.sequential_std, 1e-9), 0.0)
+    alone = behaviour.purchase_ndcgs(z + 1e-6 * served["test"], test)  # ties: served score
+    fitted.sequential_weight = best * scale
+    report = {
+        "val_purchase_ndcg@10_by_lambda": by_lambda,
+        "lambda": best,
+        "weight": fitted.sequential_weight,
+        "test_purchase_ndcg@10": {
+            "served": float(base.mean()),
+            "served_plus_sequential": float(new.mean()),
+            "sequential_alone": float(alone.mean()),
+        },
+        # None where no test session has a purchase ranked anywhere useful (tiny data).
+        "gain": paired_bootstrap_gain(base, new, seed=seed)
+        if len(base) and base.mean() > 0
+        else None,
+        "sessions": len(base),
+        "warm_share": float(warm.mean()) if len(warm) else 0.0,
+    }
+    return fitted, report
 
 
 def run(config: SeqInSearchConfig) -> dict:
@@ -72,52 +142,47 @@ def run(config: SeqInSearchConfig) -> dict:
     product_ids = data.catalog["product_id"].to_numpy(np.int64)
     tables = ItemTables.load(paths.item_tables)
     lexical = LexicalIndex.load(paths.lexical_index)
-    ranker = load_ranker(paths.ranker)
     q_emb = embed(
         load_encoder(paths.encoder),
         data.queries["query"].tolist(),
         batch_size=64,
         max_seq_length=contract.MAX_QUERY_TOKENS,
     )
-    seq = load_sequential(paths.sequential)
-    with torch.no_grad():
-        items = seq.item_vectors(torch.from_numpy(np.asarray(item_emb, np.float32)))
     query_row_of = {int(q): i for i, q in enumerate(data.queries["query_id"].to_numpy())}
     row_of = {int(p): i for i, p in enumerate(product_ids)}
     tokens = [tokenize(q) for q in data.queries["query"]]
     histories = behaviour.session_histories(data.events, row_of)
-    scored = {}
-    for split in ("val", "test"):
-        ex = behaviour.build_examples(data.events, split, query_row_of, row_of, histories)
-        ex = behaviour.attach_features(ex, tokens, lexical, tables)
-        served = behaviour.impression_scores(ranker, q_emb, item_emb, tables, ex)
-        scored[split] = (ex, served, sequential_scores(seq, items, ex))
-
-    def ndcgs(split: str, lam: float) -> np.ndarray:
-        ex, served, z = scored[split]
-        return behaviour.purchase_ndcgs(served + lam * served.std() * z, ex)
-
-    lambdas = [float(v) for v in config.lambdas.split(",")]
-    val = {lam: float(ndcgs("val", lam).mean()) for lam in lambdas}
-    best = max(val, key=val.get)
-    base, new = ndcgs("test", 0.0), ndcgs("test", best)
-    ex, served, z = scored["test"]
-    alone = behaviour.purchase_ndcgs(z + 1e-6 * served, ex)  # ties broken by the served score
-    report = {
-        "val_purchase_ndcg@10_by_lambda": val,
-        "lambda": best,
-        "test_purchase_ndcg@10": {
-            "served": float(base.mean()),
-            "served_plus_sequential": float(new.mean()),
-            "sequential_alone": float(alone.mean()),
-        },
-        "gain": paired_bootstrap_gain(base, new, seed=config.seed),
-        "sessions": len(base),
-        "warm_share": float(np.mean(ex.history_mask.sum(1) > 0)),
-    }
+    val, test = (
+        behaviour.attach_features(
+            behaviour.build_examples(data.events, split, query_row_of, row_of, histories),
+            tokens,
+            lexical,
+            tables,
+        )
+        for split in ("val", "test")
+    )
+    _, report = fit_sequential_weight(
+        load_sequential(paths.sequential),
+        load_ranker(paths.ranker),
+        q_emb,
+        item_emb,
+        tables,
+        val,
+        test,
+        parse_lambdas(config.lambdas),
+        seed=config.seed,
+    )
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "seq_in_search.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def parse_lambdas(text: str) -> list[float]:
+    """ "0,0.5,1" → [0.0, 0.5, 1.0]; ValueError on anything else, or a negative weight."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"weights of the sequential score must be ≥ 0, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(SeqInSearchConfig, argv, description=__doc__ or "")
     report = run(config)
     t, g = report["test_purchase_ndcg@10"], report["gain"]
+    if g is None:
+        print(f"no test session to measure on: {t}")
+        return 0
     print(
         f"test purchase-NDCG@10 over {report['sessions']} sessions: served {t['served']:.4f}, "
         f"+ sequential shopper vector (λ={report['lambda']:g}) {t['served_plus_sequential']:.4f} "

@@ -49,6 +49,7 @@ from shoprank.ranking import RetrievalConfig
 from shoprank.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.encoder import base_encoder_path, embed_onnx
+from shoprank.training.seq_in_search import fit_sequential_weight, parse_lambdas
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,13 @@ class TrainConfig:
     seq_batch_size: int = 128
     seq_negatives: int = field(
         default=0, metadata={"help": "sampled softmax negatives (0: the whole catalog)"}
+    )
+    seq_in_search: str = field(
+        default="0,0.05,0.1,0.2,0.5,1,2,5",
+        metadata={
+            "help": "weights λ of the sequential shopper vector in search, chosen on "
+            "validation sessions (one value: that weight; 0: off)"
+        },
     )
     fusions: str = field(
         default="weighted,concat_mlp,target_attention",
@@ -469,6 +477,23 @@ def run(config: TrainConfig) -> dict:
         )
         save_sequential(sequential, paths.sequential)
         np.save(paths.popularity, counts)
+        # The same shopper vector as a search signal, where validation sessions say it helps.
+        lambdas = parse_lambdas(config.seq_in_search)
+        fitted, fusion_report["sequential_in_search"] = fit_sequential_weight(
+            sequential,
+            ranker,
+            q_emb,
+            item_emb,
+            tables,
+            examples["val"],
+            examples["test"],
+            lambdas,
+            seed=config.seed,
+        )
+        for name in ("sequential_weight", "sequential_mean", "sequential_std"):
+            setattr(retrieval, name, getattr(fitted, name))
+        retrieval.save(paths.retrieval_config)
+        log.info("sequential shopper vector in search: %s", fusion_report["sequential_in_search"])
         log.info(
             "recommendation (HR@10): %s",
             {
@@ -537,6 +562,14 @@ def summary_lines(metrics: dict) -> list[str]:
         for name, m in f.items():
             if isinstance(m, dict) and CLICK_AUC in m and PURCHASE_NDCG_AT_10 in m:
                 lines.append(f"  {name:<17} {m[CLICK_AUC]:.4f} / {m[PURCHASE_NDCG_AT_10]:.4f}")
+        if (f.get("sequential_in_search") or {}).get("gain"):
+            s, g = f["sequential_in_search"], f["sequential_in_search"]["gain"]
+            t = s["test_purchase_ndcg@10"]
+            lines.append(
+                f"  + sequential shopper vector (λ={s['lambda']:g}, served): purchase-NDCG@10 "
+                f"{t['served']:.4f} → {t['served_plus_sequential']:.4f} ({g['relative']:+.1%}, "
+                f"95% CI {g['ci95_low']:+.1%}…{g['ci95_high']:+.1%})"
+            )
     rec = metrics.get("recommendation") or {}
     shown_rec = [(k, m) for k, m in rec.items() if isinstance(m, dict) and HIT_RATE_AT_10 in m]
     if shown_rec:
