@@ -301,9 +301,9 @@ def field_texts(catalog, field_columns: Mapping[str, tuple[str, ...]] = FIELDS) 
 class _Postings:
     """Per token id: the sorted rows (documents) holding it, optionally with a weight."""
 
-    indptr: np.ndarray  # (V + 1,) int64
+    indptr: np.ndarray  # (V + 1,) int32 (int64 beyond 2^31 postings): `_offsets`
     rows: np.ndarray  # (nnz,) int32, sorted within each token
-    weights: np.ndarray | None = None  # (nnz,) float32
+    weights: np.ndarray | None = None  # (nnz,) float16: `_weights`
 
     def lookup(self, token: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask over candidates that hold `token`, their weights or ones)."""
@@ -397,8 +397,20 @@ def _presence(doc_tokens: Sequence[Sequence[int]], vocab_size: int) -> _Postings
     rows = np.repeat(np.arange(len(doc_tokens), dtype=np.int32), lengths)
     order = np.argsort(tokens, kind="stable")  # rows stay sorted within a token
     counts = np.bincount(tokens, minlength=vocab_size)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return _Postings(indptr, rows[order])
+    return _Postings(_offsets(np.concatenate([[0], np.cumsum(counts)])), rows[order])
+
+
+def _offsets(indptr: np.ndarray) -> np.ndarray:
+    """Posting offsets as int32 while they fit: at a million products the three offset
+    arrays are 48 MB as int64, 24 MB as int32."""
+    indptr = np.asarray(indptr, np.int64)
+    return indptr.astype(np.int32) if indptr[-1] < 2**31 else indptr
+
+
+def _weights(weights: np.ndarray) -> np.ndarray:
+    """BM25 weights kept as float16 (relative rounding ≤ 4.9e-4): 131 → 66 MB at a million
+    products. Rounded once, at build, so training and serving see the same features."""
+    return np.asarray(weights, np.float32).astype(np.float16)
 
 
 @dataclass
@@ -449,7 +461,8 @@ class LexicalIndex:
         indptr = np.asarray(model.scores["indptr"], dtype=np.int64)
         rows = np.asarray(model.scores["indices"], dtype=np.int32)
         weights = np.asarray(model.scores["data"], dtype=np.float32)
-        bm25 = _Postings(indptr, *_sorted_within(indptr, rows, weights))
+        rows, weights = _sorted_within(indptr, rows, weights)
+        bm25 = _Postings(_offsets(indptr), rows, _weights(weights))
         fields = {
             name: _presence(
                 [[vocab[w] for part in parts for w in tokens[part][i]] for i in range(n)],
