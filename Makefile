@@ -5,9 +5,11 @@
 #   make test    the test suite
 #
 # Variables: OUT (artifact folder), SCALE (tiny|demo|full), TARGET (cpu|gpu|gpu-embedded),
-# USERS / RUN_TIME (load test), TRAIN_ARGS (extra flags for `python -m shoprank.training`),
+# USERS / RUN_TIME / LOADTEST_ARGS (load test, e.g. --user-rps 12.5 --retries 0),
+# TRAIN_ARGS (extra flags for `python -m shoprank.training`),
 # DEMO_TRAIN_ARGS (the demo's lighter training setting),
-# SERVE_ARGS (e.g. --host 0.0.0.0 --tls-cert ...), NEW (artifacts `make deploy` puts live).
+# REPO_ARGS (e.g. --max-in-flight 16), SERVE_ARGS (e.g. --host 0.0.0.0 --tls-cert ...),
+# NEW (artifacts `make deploy` puts live).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,12 +24,15 @@ TARGET ?= cpu
 USERS ?= 8
 RUN_TIME ?= 30s
 TRAIN_ARGS ?=
-# `make demo` trains a little less than `make train`, to fit its budget on 2 cores: no
-# validation passes while fine-tuning (over 200 steps the demo's validation NDCG@10 only
-# rose: 0.770, 0.792, 0.800, 0.812), the sequential model's first 2 epochs, and one fusion
-# variant beside relevance alone. `make train` / `make eval` keep the full setting.
-DEMO_TRAIN_ARGS ?= --eval-steps 200 --seq-epochs 2 --fusions target_attention
+# `make demo` trains a little less than `make train`, to fit its budget on 2 cores: 150
+# fine-tuning steps of 200 and no validation passes meanwhile (the demo's validation
+# NDCG@10 at steps 50/100/150/200: 0.770, 0.792, 0.800, 0.812), the sequential model's
+# first 2 epochs, and one fusion variant beside relevance alone. `make train` / `make
+# eval` keep the full setting.
+DEMO_TRAIN_ARGS ?= --max-steps 150 --eval-steps 150 --seq-epochs 2 --fusions target_attention
 BENCH_ARGS ?=
+REPO_ARGS ?=
+LOADTEST_ARGS ?=
 SERVE_ARGS ?=
 DEPLOY_ARGS ?=
 NEW ?= $(OUT)
@@ -69,7 +74,7 @@ convert: venv ## ONNX export, parity check, int8 quantization, conversion report
 	$(PY) -m shoprank.conversion --out $(OUT)
 
 repo: venv ## generate the Triton model repository (TARGET=cpu|gpu|gpu-embedded)
-	$(PY) -m shoprank.model_repository.build --out $(OUT) --target $(TARGET)
+	$(PY) -m shoprank.model_repository.build --out $(OUT) --target $(TARGET) $(REPO_ARGS)
 
 serve: venv ## start the supervised Triton server on localhost (gRPC 8001, HTTP 8000, metrics 8002, health 8003)
 	$(PY) -m shoprank.model_repository.server start --repository $(OUT)/repository_cpu --pidfile $(PIDFILE) --log $(OUT)/tritonserver.log $(SERVE_ARGS)
@@ -93,7 +98,7 @@ workload: venv ## realistic (query, history) requests from the held-out sessions
 	$(PY) -m shoprank.loadtest.workload --out $(OUT)
 
 loadtest: venv ## Locust against the gRPC endpoint (USERS, RUN_TIME); prints p50/p95/p99
-	$(PY) -m shoprank.loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json
+	$(PY) -m shoprank.loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json $(LOADTEST_ARGS)
 
 summary: venv ## print the demo summary from the artifacts
 	$(PY) -m shoprank.summary --out $(OUT)
