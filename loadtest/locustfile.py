@@ -8,6 +8,9 @@ Environment:
     SHOPRANK_GRPC_URL   target host:port (default: contract.DEFAULT_GRPC_URL)
     SHOPRANK_WORKLOAD   JSON file: a list of {"query": str, "history": [int], "top_k": int};
                         without it a built-in list of shop queries with empty histories is used
+    SHOPRANK_RETRIES    the client's retries on UNAVAILABLE (default: the client's own; 0
+                        counts every refusal of an overloaded server as a failure)
+    SHOPRANK_USER_RPS   requests per second per user (default: closed loop, no pause)
 """
 
 # grpc must be switched to gevent-cooperative I/O before tritonclient (and so grpc channels)
@@ -24,13 +27,20 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from locust import User, constant, events, task  # noqa: E402
+from locust import User, constant, constant_throughput, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from shoprank.contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, MAX_TOP_K  # noqa: E402
-from shoprank.loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV  # noqa: E402
-from shoprank_client.search_client import SearchClient, SearchError  # noqa: E402
+from shoprank.loadtest import (  # noqa: E402
+    FINAL_STATS_SUFFIX,
+    REFUSED_NAME,
+    RETRIES_ENV,
+    URL_ENV,
+    USER_RPS_ENV,
+    WORKLOAD_ENV,
+)
+from shoprank_client.search_client import RETRYABLE, SearchClient, SearchError  # noqa: E402
 
 BUILTIN_QUERIES = (
     "red leather sofa",
@@ -115,13 +125,21 @@ def _write_final_stats(**_kwargs) -> None:
 
 
 class SearchUser(User):
-    """A shopper issuing searches back to back (closed loop: users = concurrency)."""
+    """A shopper issuing searches back to back (closed loop: users = concurrency), or at
+    SHOPRANK_USER_RPS each."""
 
-    wait_time = constant(0)
+    wait_time = (
+        constant_throughput(float(os.environ[USER_RPS_ENV]))
+        if os.environ.get(USER_RPS_ENV)
+        else constant(0)
+    )
 
     def on_start(self) -> None:
         self.url = os.environ.get(URL_ENV, DEFAULT_GRPC_URL)
-        self.client = SearchClient(self.url)
+        retries = os.environ.get(RETRIES_ENV)
+        self.client = (
+            SearchClient(self.url) if not retries else SearchClient(self.url, retries=int(retries))
+        )
         self.random = random.Random()
 
     def on_stop(self) -> None:
@@ -140,6 +158,10 @@ class SearchUser(User):
             length = len(results)
         except (SearchError, ValueError) as err:
             exception = err
+            if isinstance(err, SearchError) and err.status in RETRYABLE:
+                # Refused for overload (after the client's retries): a failure with its own
+                # latency, kept apart from the answered requests' percentiles.
+                name = REFUSED_NAME
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,

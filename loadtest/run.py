@@ -28,7 +28,14 @@ from shoprank.contract import (
     LOADTEST_SUMMARY_MD,
     ArtifactPaths,
 )
-from shoprank.loadtest import FINAL_STATS_SUFFIX, URL_ENV, WORKLOAD_ENV
+from shoprank.loadtest import (
+    FINAL_STATS_SUFFIX,
+    REFUSED_NAME,
+    RETRIES_ENV,
+    URL_ENV,
+    USER_RPS_ENV,
+    WORKLOAD_ENV,
+)
 from shoprank.tritonserver import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -78,17 +85,17 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-def summarize(stats_csv: Path) -> LoadSummary:
-    """Parse the Aggregated row of a Locust `<prefix>_stats.csv`.
+def summarize(stats_csv: Path, name: str = "Aggregated") -> LoadSummary:
+    """Parse one row (default: Aggregated) of a Locust `<prefix>_stats.csv`.
 
     Raises:
-        ValueError: the file has no Aggregated row (e.g. locust died before writing it).
+        ValueError: the file has no such row (e.g. locust died before writing it).
     """
     with open(stats_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    aggregated = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    aggregated = next((r for r in rows if r.get("Name") == name), None)
     if aggregated is None:
-        raise ValueError(f"{stats_csv} has no Aggregated row")
+        raise ValueError(f"{stats_csv} has no {name} row")
     return LoadSummary(
         requests=int(aggregated["Request Count"]),
         failures=int(aggregated["Failure Count"]),
@@ -99,6 +106,13 @@ def summarize(stats_csv: Path) -> LoadSummary:
         avg_ms=_number(aggregated.get("Average Response Time")),
         max_ms=_number(aggregated.get("Max Response Time")),
     )
+
+
+def _has_row(stats_csv: Path, name: str) -> bool:
+    if not Path(stats_csv).exists():
+        return False
+    with open(stats_csv, newline="") as f:
+        return any(r.get("Name") == name for r in csv.DictReader(f))
 
 
 def parse_run_time(text: str) -> float:
@@ -158,6 +172,8 @@ def run_loadtest(
     out: Path,
     workload: Path | None = None,
     html: bool = True,
+    retries: int | None = None,
+    user_rps: float | None = None,
 ) -> tuple[LoadSummary, int]:
     """Run locust as a subprocess against `url`; return the summary and locust's exit code.
 
@@ -167,6 +183,10 @@ def run_loadtest(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **{URL_ENV: url})
+    if retries is not None:
+        env[RETRIES_ENV] = str(retries)
+    if user_rps is not None:
+        env[USER_RPS_ENV] = str(user_rps)
     if workload is not None:
         env[WORKLOAD_ENV] = str(Path(workload).resolve())
     else:
@@ -243,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         "--workload", type=Path, default=None, help='JSON list of {"query", "history", "top_k"}'
     )
     parser.add_argument("--no-html", action="store_true", help="skip <out>/report.html")
+    parser.add_argument(
+        "--retries", type=int, default=None, help="client retries on UNAVAILABLE (its default)"
+    )
+    parser.add_argument(
+        "--user-rps",
+        type=float,
+        default=None,
+        help="requests/s per user (default: closed loop); e.g. 32 users x 12.5 = 4x overload",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -268,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             workload=args.workload,
             html=not args.no_html,
+            retries=args.retries,
+            user_rps=args.user_rps,
         )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -283,13 +314,19 @@ def main(argv: list[str] | None = None) -> int:
         "locust_exit_code": locust_code,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
+    # Refused for overload (explicit UNAVAILABLE) is reported apart, and is not an error.
+    stats = args.out / f"{CSV_PREFIX}{FINAL_STATS_SUFFIX}"
+    refused = summarize(stats, REFUSED_NAME) if _has_row(stats, REFUSED_NAME) else None
+    report["refused"] = asdict(refused) if refused else None
+    lines = [f"{summary.line()} ({args.users} users, {args.run_time})"]
+    if refused is not None:
+        lines.append(f"refused for overload: {refused.requests} ({refused.line()})")
     (args.out / LOADTEST_SUMMARY_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / LOADTEST_SUMMARY_MD).write_text(
-        f"{summary.line()} ({args.users} users, {args.run_time})\n"
-    )
-    print(summary.line())
+    (args.out / LOADTEST_SUMMARY_MD).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(f"details: {args.out / LOADTEST_SUMMARY_FILE}, {args.out}/report.html")
-    if summary.failures or not summary.requests:
+    errors = summary.failures - (refused.failures if refused else 0)
+    if errors or not summary.requests:
         failures_csv = args.out / f"{CSV_PREFIX}_failures.csv"
         print(f"error: the run had failures or no requests; see {failures_csv}", file=sys.stderr)
         return EXIT_FAILURES
