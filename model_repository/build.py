@@ -34,6 +34,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shoprank import contract, datasets
+from shoprank.admission import DEFAULT_STALE_S
 from shoprank.ann import meta_path
 from shoprank.artifacts import (
     OptimizationProfile,
@@ -78,6 +79,14 @@ class ServingConfig:
     # 133 / 75 ms, c8 107 / 160 req/s.
     max_queue_size: int = 0
     queue_timeout_us: int = 0
+    # Overload without Triton's queue policy: at most this many search/rerank requests in
+    # flight between the tokenizer and the ranker; beyond it the tokenizer refuses at once
+    # with UNAVAILABLE (shoprank.admission). 0: no limit. 12 = 8 closed-loop users (where 2
+    # cores saturate) + the supervisor's probe + headroom: no refusal at that load, while
+    # 4x the load is shed (README "Overload" has the measured trade-off: a lower limit
+    # gives faster answers and fewer of them).
+    max_in_flight: int = 12
+    admission_stale_s: float = DEFAULT_STALE_S
     instances: dict[str, int] = field(
         default_factory=lambda: {
             contract.TOKENIZER_MODEL: 1,
@@ -233,9 +242,8 @@ def ensemble_config(
 
     step(contract.TOKENIZER_MODEL, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS)
     step(contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS)
-    ranker_inputs = [
-        s for s in contract.RANKER_INPUTS if s in inputs or s == contract.QUERY_EMBEDDING
-    ]
+    between = (contract.QUERY_EMBEDDING, contract.ADMISSION_TICKET)  # from earlier steps
+    ranker_inputs = [s for s in contract.RANKER_INPUTS if s in inputs or s in between]
     step(contract.RANKER_MODEL, ranker_inputs, contract.RANKER_OUTPUTS)
     return config
 
@@ -349,6 +357,8 @@ def build(
     )
     cfg.backend = "python"
     cfg.parameters["tokenizer_file"].string_value = contract.TOKENIZER_FILE
+    cfg.parameters["max_in_flight"].string_value = str(serving.max_in_flight)
+    cfg.parameters["admission_stale_s"].string_value = str(serving.admission_stale_s)
     _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
     files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
     model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")
@@ -476,6 +486,7 @@ def build(
                 "encoder_onnx": str(encoder_onnx),
                 "embedding_dim": dim,
                 "recommend": recommend,
+                "serving": asdict(serving),  # a deploy builds the next version alike
                 **build_extra,
             },
             indent=2,
@@ -508,6 +519,12 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.queue_timeout_us,
         help="refuse requests queued longer than this (0: no timeout)",
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=defaults.max_in_flight,
+        help="refuse search/rerank requests beyond this many in flight (0: no limit)",
+    )
     args = parser.parse_args(argv)
     serving = ServingConfig(
         target=args.target,
@@ -517,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_us,
+        max_in_flight=args.max_in_flight,
     )
     repo = build(contract.ArtifactPaths(args.out), serving)
     print(f"wrote {serving.target} repository: {repo}")

@@ -164,10 +164,21 @@ class Deployer:
         return current
 
 
+def live_serving(repo: Path, version: int) -> ServingConfig:
+    """The serving settings the live repository was built with (its BUILD.json; defaults
+    for one built before they were recorded), for `version`."""
+    build_file = repo / contract.REPOSITORY_BUILD_FILE
+    recorded = json.loads(build_file.read_text()).get("serving", {}) if build_file.exists() else {}
+    known = {k: v for k, v in recorded.items() if k in ServingConfig.__dataclass_fields__}
+    return ServingConfig(**{**known, "version": version})
+
+
 def stage(source: contract.ArtifactPaths, repo: Path, version: int) -> None:
-    """Build `source`'s artifacts as `version` of every composing model of `repo`."""
+    """Build `source`'s artifacts as `version` of every composing model of `repo`, with the
+    live repository's serving settings."""
     with tempfile.TemporaryDirectory(prefix="shoprank-deploy-") as tmp:
-        staged = build(source, ServingConfig(version=version), repo=Path(tmp) / "repo")
+        serving = live_serving(repo, version)
+        staged = build(source, serving, repo=Path(tmp) / "repo")
         for model in composing(staged):
             if not (repo / model).is_dir():
                 raise DeployError(f"the live repository has no model {model}")

@@ -45,6 +45,7 @@ import numpy as np
 import psutil
 
 from shoprank import contract
+from shoprank.admission import OVERLOADED
 from shoprank.tritonserver import (
     DEFAULT_HOST,
     TritonServerError,
@@ -88,9 +89,9 @@ class Problem:
         return self.message
 
 
-# Triton's words for a request refused by a full queue or its queue timeout: overload,
-# which reloading a model would only make worse.
-BUSY_MARKERS = ("Request timeout expired", "Exceeds maximum queue size")
+# Triton's words for a request refused by a full queue or its queue timeout, and
+# shoprank's admission refusal: overload, which reloading a model would only make worse.
+BUSY_MARKERS = ("Request timeout expired", "Exceeds maximum queue size", OVERLOADED)
 
 
 @dataclass

@@ -141,14 +141,26 @@ ATTENTION_MASK = TensorSpec(ONNX_ATTENTION_MASK, "TYPE_INT64", (-1,), ragged=Tru
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2; the repository builder reads the real width
 QUERY_EMBEDDING = TensorSpec(ONNX_SENTENCE_EMBEDDING, "TYPE_FP32", (EMBEDDING_DIM,))
 
+# The admission ticket the tokenizer hands out and the ranker gives back (shoprank.admission).
+ADMISSION_TICKET = TensorSpec("ADMISSION_TICKET", "TYPE_INT64", (1,))
+
 TOKENIZER_INPUTS = (QUERY,)
-TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, ADMISSION_TICKET)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
 # The ranker retrieves (dense ANN + BM25) and re-ranks; in `rerank` it ranks CANDIDATE_IDS.
-RANKER_INPUTS = (QUERY, QUERY_EMBEDDING, HISTORY, TOP_K, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN)
-# omitted: empty history / retrieve candidates / no filters / no explanation
-RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN)
+RANKER_INPUTS = (
+    QUERY,
+    QUERY_EMBEDDING,
+    HISTORY,
+    TOP_K,
+    CANDIDATE_IDS,
+    *FILTER_INPUTS,
+    EXPLAIN,
+    ADMISSION_TICKET,
+)
+# omitted: empty history / retrieve candidates / no filters / no explanation / not admitted
+RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN, ADMISSION_TICKET)
 RANKER_OUTPUTS = ALL_OUTPUTS
 RECOMMENDER_INPUTS = RECOMMEND_INPUTS
 RECOMMENDER_OPTIONAL = OPTIONAL_INPUTS  # omitted: cold start, no filters

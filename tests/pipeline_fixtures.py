@@ -40,9 +40,9 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
     # The fp32 encoder, not the conversion's pick: dynamic int8 quantizes activations with
     # one range per *batch*, so a query's embedding (and a ranking near the re-rank cut)
     # depends on its batch-mates, and the tests compare batched answers with single ones.
-    # No queue policy (the default): shedding load is tested on a repository of its own
-    # (test_production.test_overload_is_refused_quickly_and_explicitly).
-    serving = ServingConfig(target="cpu")
+    # No admission limit: bursts of requests test the dynamic batcher here; shedding load is
+    # tested on a repository of its own (test_production.test_overload_is_refused_...).
+    serving = ServingConfig(target="cpu", max_in_flight=0)
     build(paths, serving, encoder_onnx=paths.encoder_onnx)
     return paths
 

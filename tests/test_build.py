@@ -83,6 +83,10 @@ def test_ensemble_wiring_is_complete(tiny_artifacts, name):
     assert (contract.CANDIDATE_IDS.name in ranker.input_map) == (name == contract.RERANK_MODEL)
     # every filter and EXPLAIN reach the ranker
     assert {s.name for s in (*contract.FILTER_INPUTS, contract.EXPLAIN)} <= set(ranker.input_map)
+    # the admission ticket goes from the first step to the last
+    tokenizer = steps[contract.TOKENIZER_MODEL]
+    ticket = contract.ADMISSION_TICKET.name
+    assert ranker.input_map[ticket] == tokenizer.output_map[ticket]
 
 
 def test_ranker_version_holds_every_file_it_loads(tiny_artifacts):
@@ -142,3 +146,14 @@ def test_queue_policy_is_opt_in(tiny_artifacts, tmp_path):
     policy = load_config(limited, contract.RANKER_MODEL).dynamic_batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds) == (8, 50_000)
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    # admission (the in-flight limit) is on by default; the fixture's repository turned it off
+    params = load_config(limited, contract.TOKENIZER_MODEL).parameters
+    assert params["max_in_flight"].string_value == str(ServingConfig().max_in_flight) != "0"
+    assert (
+        load_config(repo, contract.TOKENIZER_MODEL).parameters["max_in_flight"].string_value == "0"
+    )
+    # a deploy builds its next version with the live repository's settings
+    from shoprank.model_repository.deploy import live_serving
+
+    again = live_serving(limited, 2)
+    assert (again.version, again.max_queue_size, again.queue_timeout_us) == (2, 8, 50_000)

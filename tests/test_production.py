@@ -270,26 +270,45 @@ def test_hot_deploy_and_rollback_under_load_fail_nothing(
 
 
 def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) -> None:
-    """A tiny queue: requests beyond it are refused at once with UNAVAILABLE, not queued."""
+    """Two requests in flight at most: beyond that, requests are refused at once with
+    UNAVAILABLE (shoprank's admission, not a queue); every admitted one gives its slot back."""
     from shoprank.model_repository.build import ServingConfig, build
 
     repository = build(
         tiny_artifacts,
-        ServingConfig(max_queue_size=1, queue_timeout_us=1000),
+        ServingConfig(max_in_flight=2),
         encoder_onnx=tiny_artifacts.encoder_onnx,
         repo=tmp_path / "repository",
     )
     server = start_supervised(tmp_path, repository)
     try:
-        with Load(server.url, threads=24) as load:
+        with Load(server.url, threads=12) as load:
             time.sleep(4)
         refused = [o for o in load.outcomes if o[1] != "OK"]
         served = [o for o in load.outcomes if o[1] == "OK"]
         assert served and refused
         assert {status for _, status, _ in refused} == {"UNAVAILABLE"}
+        assert load.messages and all("overloaded" in m for m in load.messages)
         slowest_refusal = max(s for _, _, s in refused)
         assert slowest_refusal < 2.0  # refused fast, not after a long wait
-        # Overload is shed by the queue; the supervisor must not "repair" it by reloading.
+        # Nothing leaked: with the load gone, requests within the limit (one thread and the
+        # supervisor's probe) all pass.
+        with Load(server.url, threads=1) as calm:
+            time.sleep(2)
+        assert len(calm.outcomes) > 4 and calm.failures() == []
+        # The load test offers a rate and reports refusals apart, as explicit, not as errors.
+        from shoprank.loadtest.run import main as loadtest
+
+        out = tmp_path / "loadtest"
+        code = loadtest(
+            ["--users", "8", "--run-time", "4s", "--user-rps", "20", "--retries", "0",
+             "--url", server.url, "--out", str(out), "--no-html"]
+        )  # fmt: skip
+        report = json.loads((out / "summary.json").read_text())
+        assert code == 0, (out / "locust.log").read_text()
+        assert report["refused"]["requests"] > 0
+        assert report["failures"] == report["refused"]["failures"] < report["requests"]
+        # Overload is shed by admission; the supervisor must not "repair" it by reloading.
         with urllib.request.urlopen(f"http://localhost:{server.health}/status") as r:
             state = json.loads(r.read())
         assert state["repairs"] == 0 and state["restarts"] == 0, state

@@ -11,6 +11,8 @@ Series (beside Triton's own nv_inference_* ones, on the same :8002/metrics):
     shoprank_results_total{mode}               counter: products returned
     shoprank_invalid_requests_total{model, reason}   counter: refused with INVALID_ARGUMENT
     shoprank_ignored_candidate_ids_total{kind} counter: unknown | duplicate ids in rerank
+    shoprank_refused_requests_total{reason}    counter: refused with UNAVAILABLE (in_flight:
+                                               the admission limit was reached)
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ServingMetrics:
         )
         self.ignored = _Family(
             "shoprank_ignored_candidate_ids_total", "re-rank ids ignored", counter
+        )
+        self.refused = _Family(
+            "shoprank_refused_requests_total", "requests refused for overload", counter
         )
 
     def invalid_request(self, model: str, reason: str) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.admission import AdmissionTable, table_path
 from shoprank.filters import row_filters
 from shoprank.model_repository.models.common import (
     answer_batch,
@@ -40,16 +41,23 @@ class TritonPythonModel:
             version_dir(args), threads=int(params["threads"]), dense=dense
         )
         self.logger = pb_utils.Logger
+        self.admission = AdmissionTable(table_path(), limit=0)  # releases only
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
-        return answer_batch(
-            requests,
-            self._parse,
-            self.ranker.rank,
-            lambda exc: self.metrics.invalid_request(contract.RANKER_MODEL, exc.reason),
-            self._observe,
-        )
+        tickets = [optional_array(r, contract.ADMISSION_TICKET.name) for r in requests]
+        try:
+            return answer_batch(
+                requests,
+                self._parse,
+                self.ranker.rank,
+                lambda exc: self.metrics.invalid_request(contract.RANKER_MODEL, exc.reason),
+                self._observe,
+            )
+        finally:  # answered or failed, the requests are no longer in flight
+            for ticket in tickets:
+                if ticket is not None and ticket.size:
+                    self.admission.release(int(ticket.reshape(-1)[0]))
 
     def _observe(self, rows: list[Request], answers) -> None:
         m = self.metrics

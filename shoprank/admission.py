@@ -1,0 +1,92 @@
+"""Admission control for the `search` and `rerank` ensembles: at most N requests in flight.
+
+Triton's own answer, a queue policy with `max_queue_size`, refuses explicitly but makes
+the dynamic batcher of the embedded Triton 2.51 stall requests for ~500 ms (measured: 8
+Locust users, p99 110 → 600 ms; see README "Limits"). So the ensemble's first step admits
+and its last step releases, through a slot table both processes map:
+
+    tokenizer  admit() → ticket, or refused at once with UNAVAILABLE when N are in flight
+    ranker     release(ticket) when its answer (or error) for the request is ready
+
+Every slot holds the admission time of the request occupying it (0: free). A request that
+never reaches the ranker (its encoder stub died, say) leaves its slot taken: a slot older
+than `stale_s` is taken back, so a lost request costs one slot for that long at most.
+
+One table per server: a small file in /dev/shm named after the tritonserver process (the
+parent of every Python-backend stub), so model versions loaded side by side during a hot
+deploy share it and a restarted server starts empty. Single writer per slot state change:
+only the tokenizer (one instance, one thread) takes slots; rankers only free the slot that
+still holds their ticket's time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# How a refusal starts (the supervisor tells overload from faults by it).
+OVERLOADED = "overloaded"
+MAX_SLOTS = 1024  # the table's size: the largest in-flight limit one can ask for
+NO_TICKET = -1  # admission off, or the request was never admitted
+DEFAULT_STALE_S = 3.0
+
+
+def table_path(server_pid: int | None = None) -> Path:
+    """The slot table of the server whose stubs call this (their parent process)."""
+    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return folder / f"shoprank-admission-{server_pid or os.getppid()}"
+
+
+def overloaded_message(limit: int) -> str:
+    return f"{OVERLOADED}: {limit} search requests already in flight; retry with backoff"
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000 + 1  # never 0, the free mark
+
+
+class AdmissionTable:
+    """The shared slot table; tickets encode (admission time µs, slot)."""
+
+    def __init__(self, path: Path, limit: int, stale_s: float = DEFAULT_STALE_S) -> None:
+        if not 0 <= limit <= MAX_SLOTS:
+            raise ValueError(f"the in-flight limit must be within 0..{MAX_SLOTS}, got {limit}")
+        self.path = Path(path)
+        self.limit = limit
+        self.stale_us = int(stale_s * 1e6)
+        size = MAX_SLOTS * np.dtype(np.int64).itemsize
+        with open(self.path, "ab") as f:  # create if missing, never truncate a live table
+            if f.tell() < size:
+                f.truncate(size)
+        self.slots = np.memmap(self.path, dtype=np.int64, mode="r+", shape=(MAX_SLOTS,))
+
+    def admit(self) -> int | None:
+        """A ticket for a new request, or None (refuse it) when `limit` requests are in
+        flight. Limit 0 turns admission off: every request passes with NO_TICKET."""
+        if self.limit == 0:
+            return NO_TICKET
+        now = _now_us()
+        live = self.slots[: self.limit]
+        free = np.flatnonzero((live == 0) | (now - live > self.stale_us))
+        if len(free) == 0:
+            return None
+        slot = int(free[0])
+        live[slot] = now
+        return now * MAX_SLOTS + slot
+
+    def release(self, ticket: int) -> None:
+        """Free the ticket's slot if it still holds that request (not taken back as stale)."""
+        if ticket < 0:
+            return
+        stamp, slot = divmod(int(ticket), MAX_SLOTS)
+        if self.slots[slot] == stamp:
+            self.slots[slot] = 0
+
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released (stale ones excluded)."""
+        live = self.slots[: self.limit] if self.limit else self.slots
+        return int(np.count_nonzero((live != 0) & (_now_us() - live <= self.stale_us)))

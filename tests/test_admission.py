@@ -1,0 +1,49 @@
+"""The in-flight limit shared by the tokenizer (admits) and the ranker (releases)."""
+
+import time
+
+import pytest
+
+from shoprank.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
+
+
+def test_admits_up_to_the_limit_and_releases_across_handles(tmp_path):
+    path = tmp_path / "table"
+    tokenizer = AdmissionTable(path, limit=2)
+    ranker = AdmissionTable(path, limit=0)  # another process's view of the same table
+    first, second = tokenizer.admit(), tokenizer.admit()
+    assert first is not None and second is not None and first != second
+    assert tokenizer.admit() is None  # full: refused
+    assert tokenizer.in_flight() == 2 and ranker.in_flight() == 2
+    ranker.release(first)
+    assert tokenizer.in_flight() == 1
+    third = tokenizer.admit()
+    assert third is not None
+    ranker.release(first)  # released twice: the slot now holds another request, kept
+    assert tokenizer.in_flight() == 2
+    ranker.release(NO_TICKET)  # never admitted: nothing to do
+    assert tokenizer.in_flight() == 2
+
+
+def test_a_lost_request_frees_its_slot_once_stale(tmp_path):
+    table = AdmissionTable(tmp_path / "table", limit=1, stale_s=0.2)
+    lost = table.admit()
+    assert lost is not None and table.admit() is None
+    time.sleep(0.3)  # its ranker never answered (a stub died): taken back
+    again = table.admit()
+    assert again is not None
+    table.release(lost)  # the late release of the lost request does not free the new one
+    assert table.admit() is None
+
+
+def test_limit_zero_lets_everything_through(tmp_path):
+    table = AdmissionTable(tmp_path / "table", limit=0)
+    assert {table.admit() for _ in range(5000)} == {NO_TICKET}
+    with pytest.raises(ValueError, match="in-flight limit"):
+        AdmissionTable(tmp_path / "table", limit=-1)
+
+
+def test_the_table_belongs_to_one_server():
+    assert table_path(123) != table_path(124)
+    assert table_path(123).name.endswith("123")
+    assert "overloaded" in overloaded_message(8)
