@@ -308,6 +308,17 @@ def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) ->
         assert code == 0, (out / "locust.log").read_text()
         assert report["refused"]["requests"] > 0
         assert report["failures"] == report["refused"]["failures"] < report["requests"]
+        # A deploy while every slot is taken: the new version's warm-up must not be refused
+        # (it once was, and the load failed).
+        deploy = [sys.executable, "-m", "shoprank.model_repository.deploy"]
+        with Load(server.url, threads=3):
+            done = subprocess.run(
+                [*deploy, f"--out={tiny_artifacts.root}", f"--repository={repository}",
+                 f"--url={server.url}"],
+                capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "version 2 live (was 1)" in done.stdout
         # Overload is shed by admission; the supervisor must not "repair" it by reloading.
         with urllib.request.urlopen(f"http://localhost:{server.health}/status") as r:
             state = json.loads(r.read())

@@ -1,19 +1,21 @@
 """Triton model `tokenizer`: QUERY text → INPUT_IDS, ATTENTION_MASK, ADMISSION_TICKET
 (Python backend), the first step of `search` and `rerank`.
 
-A request may hold several rows (a batched request); each row is validated and tokenized,
-and the request's rows are padded to its longest. A valid request is then admitted
-(`shoprank.admission`): it gets a ticket the ranker gives back, or, with `max_in_flight`
-requests already in flight, is refused at once with UNAVAILABLE.
+Each request is first admitted (`shoprank.admission`): it gets a ticket the ranker gives
+back, or, with `max_in_flight` requests already in flight, is refused at once with
+UNAVAILABLE. A request may hold several rows (a batched request); each row is validated and
+tokenized, and the request's rows are padded to its longest.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
-from shoprank.admission import AdmissionTable, overloaded_message, table_path
+from shoprank.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
 from shoprank.model_repository.models.common import input_array, invalid, parameters, version_dir
 from shoprank.model_repository.models.metrics import ServingMetrics
 from shoprank.runtime import InvalidInput, QueryTokenizer, tokenize_rows
@@ -26,13 +28,21 @@ class TritonPythonModel:
         self.admission = AdmissionTable(
             table_path(), int(params["max_in_flight"]), float(params["admission_stale_s"])
         )
+        # Triton's warm-up requests come first, before the model serves anything: they pass
+        # without a slot. Under load every slot may be taken, and a refused warm-up fails the
+        # load (found when a hot deploy under 8 users failed); nor would a ranker free it.
+        self.warmups_left = warmup_requests(json.loads(args["model_config"]))
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
         responses = []
         for request in requests:
             # Admission first: a refusal costs no tokenizing, which matters under overload.
-            ticket = self.admission.admit()
+            if self.warmups_left > 0:
+                self.warmups_left -= 1
+                ticket = NO_TICKET
+            else:
+                ticket = self.admission.admit()
             if ticket is None:
                 self.metrics.refused(reason="in_flight").increment(1)
                 responses.append(overloaded(self.admission.limit))
@@ -55,6 +65,12 @@ class TritonPythonModel:
                 )
             )
         return responses
+
+
+def warmup_requests(model_config: dict) -> int:
+    """How many warm-up requests Triton sends each instance (a sample runs `count` times,
+    once when unset)."""
+    return sum(max(int(w.get("count", 0) or 0), 1) for w in model_config.get("model_warmup", []))
 
 
 def overloaded(limit: int):
