@@ -2,7 +2,7 @@
 
 Triton's own answer, a queue policy with `max_queue_size`, refuses explicitly but makes
 the dynamic batcher of the embedded Triton 2.51 stall requests for ~500 ms (measured: 8
-Locust users, p99 110 → 600 ms; see README "Limits"). So the ensemble's first step admits
+Locust users, p99 110 → 600 ms; see README "Overload"). So the ensemble's first step admits
 and its last step releases, through a slot table both processes map:
 
     tokenizer  admit() → ticket, or refused at once with UNAVAILABLE when N are in flight
