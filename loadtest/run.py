@@ -108,11 +108,10 @@ def summarize(stats_csv: Path, name: str = "Aggregated") -> LoadSummary:
     )
 
 
-def _has_row(stats_csv: Path, name: str) -> bool:
-    if not Path(stats_csv).exists():
-        return False
-    with open(stats_csv, newline="") as f:
-        return any(r.get("Name") == name for r in csv.DictReader(f))
+def stats_file(out: Path) -> Path:
+    """The stats CSV of a run in `out`: the locustfile's final one, else Locust's own."""
+    final_stats = Path(out) / f"{CSV_PREFIX}{FINAL_STATS_SUFFIX}"
+    return final_stats if final_stats.exists() else Path(out) / f"{CSV_PREFIX}_stats.csv"
 
 
 def parse_run_time(text: str) -> float:
@@ -218,7 +217,7 @@ def run_loadtest(
             raise RuntimeError(
                 f"locust did not finish within {timeout:.0f} s (killed); see {log_path}"
             ) from None
-    stats = final_stats if final_stats.exists() else out / f"{CSV_PREFIX}_stats.csv"
+    stats = stats_file(out)
     try:
         summary = summarize(stats)
     except (OSError, ValueError) as err:
@@ -315,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
     # Refused for overload (explicit UNAVAILABLE) is reported apart, and is not an error.
-    stats = args.out / f"{CSV_PREFIX}{FINAL_STATS_SUFFIX}"
-    refused = summarize(stats, REFUSED_NAME) if _has_row(stats, REFUSED_NAME) else None
+    try:
+        refused: LoadSummary | None = summarize(stats_file(args.out), REFUSED_NAME)
+    except ValueError:  # nothing was refused
+        refused = None
     report["refused"] = asdict(refused) if refused else None
     lines = [f"{summary.line()} ({args.users} users, {args.run_time})"]
     if refused is not None:

@@ -338,7 +338,9 @@ def build(
     for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} missing: run `make train` first")
-    if RetrievalConfig.load(paths.retrieval_config).sequential_weight:
+    # The sequential shopper vector, when training weighed it for search, is served by the ranker.
+    sequential_in_search = RetrievalConfig.load(paths.retrieval_config).sequential_weight != 0
+    if sequential_in_search:
         for needed in (paths.sequential_onnx, paths.item_vectors):
             if not needed.exists():
                 raise FileNotFoundError(
@@ -447,7 +449,7 @@ def build(
         contract.CATALOG_FILE: paths.catalog_npz,
         contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
     }
-    if RetrievalConfig.load(paths.retrieval_config).sequential_weight:
+    if sequential_in_search:
         ranker_files[contract.SEQUENTIAL_ONNX_FILE] = paths.sequential_onnx
         ranker_files[contract.ITEM_VECTORS_FILE] = paths.item_vectors
     if serving.target == "gpu-embedded":
