@@ -20,3 +20,7 @@ FINAL_STATS_SUFFIX = "_final_stats.csv"
 # Locust's name for requests refused for overload (after the client's retries), kept apart
 # from the answered ones so their percentiles do not mix.
 REFUSED_NAME = f"{ENSEMBLE_MODEL} (refused)"
+# Dropped by the client's adaptive throttle without being sent (not counted as refused).
+THROTTLED_NAME = f"{ENSEMBLE_MODEL} (throttled)"
+# The client's adaptive-throttling k (unset: the client's default; 0 turns it off).
+THROTTLE_ENV = "SHOPRANK_THROTTLE_K"

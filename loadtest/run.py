@@ -32,6 +32,8 @@ from shoprank.loadtest import (
     FINAL_STATS_SUFFIX,
     REFUSED_NAME,
     RETRIES_ENV,
+    THROTTLE_ENV,
+    THROTTLED_NAME,
     URL_ENV,
     USER_RPS_ENV,
     WORKLOAD_ENV,
@@ -173,6 +175,7 @@ def run_loadtest(
     html: bool = True,
     retries: int | None = None,
     user_rps: float | None = None,
+    throttle_k: float | None = None,
 ) -> tuple[LoadSummary, int]:
     """Run locust as a subprocess against `url`; return the summary and locust's exit code.
 
@@ -186,6 +189,8 @@ def run_loadtest(
         env[RETRIES_ENV] = str(retries)
     if user_rps is not None:
         env[USER_RPS_ENV] = str(user_rps)
+    if throttle_k is not None:
+        env[THROTTLE_ENV] = str(throttle_k)
     if workload is not None:
         env[WORKLOAD_ENV] = str(Path(workload).resolve())
     else:
@@ -227,6 +232,13 @@ def run_loadtest(
             f"({err})\n--- last lines of {log_path} ---\n{tail}"
         ) from None
     return summary, completed.returncode
+
+
+def _summary_of(stats: Path, name: str) -> LoadSummary | None:
+    try:
+        return summarize(stats, name)
+    except ValueError:  # no request of that name
+        return None
 
 
 def _preflight(url: str) -> str | None:
@@ -271,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="requests/s per user (default: closed loop); e.g. 32 users x 12.5 = 4x overload",
     )
+    parser.add_argument(
+        "--throttle-k",
+        type=float,
+        default=None,
+        help="the client's adaptive throttling k (its default; 0: off)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -298,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             html=not args.no_html,
             retries=args.retries,
             user_rps=args.user_rps,
+            throttle_k=args.throttle_k,
         )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -313,20 +332,22 @@ def main(argv: list[str] | None = None) -> int:
         "locust_exit_code": locust_code,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
-    # Refused for overload (explicit UNAVAILABLE) is reported apart, and is not an error.
-    try:
-        refused: LoadSummary | None = summarize(stats_file(args.out), REFUSED_NAME)
-    except ValueError:  # nothing was refused
-        refused = None
+    # Refused for overload (explicit UNAVAILABLE) by the server, or dropped by the client's
+    # throttle, is reported apart, and is not an error.
+    stats = stats_file(args.out)
+    refused, throttled = (_summary_of(stats, name) for name in (REFUSED_NAME, THROTTLED_NAME))
     report["refused"] = asdict(refused) if refused else None
+    report["throttled"] = asdict(throttled) if throttled else None
     lines = [f"{summary.line()} ({args.users} users, {args.run_time})"]
     if refused is not None:
         lines.append(f"refused for overload: {refused.requests} ({refused.line()})")
+    if throttled is not None:
+        lines.append(f"throttled by the client, not sent: {throttled.requests}")
     (args.out / LOADTEST_SUMMARY_FILE).write_text(json.dumps(report, indent=2) + "\n")
     (args.out / LOADTEST_SUMMARY_MD).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"details: {args.out / LOADTEST_SUMMARY_FILE}, {args.out}/report.html")
-    errors = summary.failures - (refused.failures if refused else 0)
+    errors = summary.failures - sum(s.failures for s in (refused, throttled) if s)
     if errors or not summary.requests:
         failures_csv = args.out / f"{CSV_PREFIX}_failures.csv"
         print(f"error: the run had failures or no requests; see {failures_csv}", file=sys.stderr)

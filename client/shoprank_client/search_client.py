@@ -42,13 +42,18 @@ from shoprank_client.protocol import (
     TITLES,
     TOP_K,
 )
+from shoprank_client.throttle import AdaptiveThrottle
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.05
+DEFAULT_THROTTLE_K = 2.0  # 0: no client-side throttling
+DEFAULT_THROTTLE_WINDOW_S = 10.0
 # Worth another try: the server refused for load, or is restarting. Anything else
 # (INVALID_ARGUMENT, INTERNAL, DEADLINE_EXCEEDED) would fail again, or has no time left.
 RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+# What the adaptive throttle counts as the server not taking a request.
+NOT_ACCEPTED = (*RETRYABLE, "DEADLINE_EXCEEDED")
 _INT64 = np.iinfo(np.int64)
 
 
@@ -90,6 +95,34 @@ class SearchError(RuntimeError):
         if status:
             status = str(status).removeprefix("StatusCode.")
         return cls(err.message() or str(err), status)
+
+
+class ThrottledError(SearchError):
+    """Dropped by this client without being sent: the server has been refusing its load
+    (see `shoprank_client.throttle`). Status UNAVAILABLE, like the server's own refusals."""
+
+    def __init__(self, reject_probability: float) -> None:
+        # One fixed text, so that error tables (Locust's) group these into one row.
+        super().__init__(
+            "throttled by the client: the server has been refusing requests; retry later",
+            "UNAVAILABLE",
+        )
+        self.reject_probability = reject_probability
+
+
+class _InferenceClient(grpcclient.InferenceServerClient):
+    """tritonclient's client with a close() that runs once.
+
+    tritonclient closes the channel again from __del__. Under gevent (Locust) a second close
+    of a closed gRPC channel at interpreter exit blocks forever; a closed client outlives its
+    close() whenever an error's traceback still holds it, and Locust then hung at exit."""
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
 
 
 def _ids(values: Sequence[int], what: str) -> np.ndarray:
@@ -259,6 +292,8 @@ class SearchClient:
         backoff_s: float = DEFAULT_BACKOFF_S,
         ssl: bool = False,
         root_certificates: str | None = None,
+        throttle_k: float = DEFAULT_THROTTLE_K,
+        throttle_window_s: float = DEFAULT_THROTTLE_WINDOW_S,
     ) -> None:
         self.url = url
         self.model = model
@@ -266,19 +301,22 @@ class SearchClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._client = grpcclient.InferenceServerClient(
-            url=url, ssl=ssl, root_certificates=root_certificates
-        )
+        self.throttle = AdaptiveThrottle(throttle_k, throttle_window_s) if throttle_k else None
+        self._client = _InferenceClient(url=url, ssl=ssl, root_certificates=root_certificates)
 
     def _infer(self, model: str, inputs: list, explain: bool = False) -> grpcclient.InferResult:
         """One request with a deadline of `timeout_s` in all; an overloaded or restarting
         server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff and
-        jitter, within the deadline; every other error is raised at once."""
+        jitter, within the deadline; every other error is raised at once. With the adaptive
+        throttle on, attempts the server would most likely refuse fail here at once
+        (ThrottledError)."""
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
+            if self.throttle is not None and not self.throttle.allow():
+                raise ThrottledError(self.throttle.reject_probability())
             left = deadline - time.monotonic()
             try:
-                return self._client.infer(
+                response = self._client.infer(
                     model,
                     inputs,
                     outputs=_EXPLAINED_OUTPUTS if explain else _OUTPUTS,
@@ -286,6 +324,12 @@ class SearchClient:
                 )
             except InferenceServerException as err:
                 error = SearchError.from_exception(err)
+            else:
+                if self.throttle is not None:
+                    self.throttle.accepted()
+                return response
+            if self.throttle is not None and error.status not in NOT_ACCEPTED:
+                self.throttle.accepted()
             if error.status not in RETRYABLE or attempt == self.retries:
                 raise error
             pause = self.backoff_s * 2**attempt * (1 + random.random())
