@@ -98,8 +98,9 @@ class SearchError(RuntimeError):
 
 
 class ThrottledError(SearchError):
-    """Dropped by this client without being sent: the server has been refusing its load
-    (see `shoprank_client.throttle`). Status UNAVAILABLE, like the server's own refusals."""
+    """Dropped by this client without being sent (its last attempt, after any retries): the
+    server has been refusing its load (see `shoprank_client.throttle`). Status UNAVAILABLE,
+    like the server's own refusals."""
 
     def __init__(self, reject_probability: float) -> None:
         # One fixed text, so that error tables (Locust's) group these into one row.
@@ -308,28 +309,29 @@ class SearchClient:
         """One request with a deadline of `timeout_s` in all; an overloaded or restarting
         server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff and
         jitter, within the deadline; every other error is raised at once. With the adaptive
-        throttle on, attempts the server would most likely refuse fail here at once
-        (ThrottledError)."""
+        throttle on, an attempt the server would most likely refuse is dropped here instead
+        (ThrottledError) and retried like a refusal, so a client riding out a restart still
+        gets through once the server answers again."""
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             if self.throttle is not None and not self.throttle.allow():
-                raise ThrottledError(self.throttle.reject_probability())
-            left = deadline - time.monotonic()
-            try:
-                response = self._client.infer(
-                    model,
-                    inputs,
-                    outputs=_EXPLAINED_OUTPUTS if explain else _OUTPUTS,
-                    client_timeout=max(left, 0.001),
-                )
-            except InferenceServerException as err:
-                error = SearchError.from_exception(err)
+                error: SearchError = ThrottledError(self.throttle.reject_probability())
             else:
-                if self.throttle is not None:
+                try:
+                    response = self._client.infer(
+                        model,
+                        inputs,
+                        outputs=_EXPLAINED_OUTPUTS if explain else _OUTPUTS,
+                        client_timeout=max(deadline - time.monotonic(), 0.001),
+                    )
+                except InferenceServerException as err:
+                    error = SearchError.from_exception(err)
+                else:
+                    if self.throttle is not None:
+                        self.throttle.accepted()
+                    return response
+                if self.throttle is not None and error.status not in NOT_ACCEPTED:
                     self.throttle.accepted()
-                return response
-            if self.throttle is not None and error.status not in NOT_ACCEPTED:
-                self.throttle.accepted()
             if error.status not in RETRYABLE or attempt == self.retries:
                 raise error
             pause = self.backoff_s * 2**attempt * (1 + random.random())
