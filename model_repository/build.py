@@ -82,10 +82,13 @@ class ServingConfig:
     # Overload without Triton's queue policy: at most this many search/rerank requests in
     # flight between the tokenizer and the ranker; beyond it the tokenizer refuses at once
     # with UNAVAILABLE (shoprank.admission). 0: no limit. 12 = 8 closed-loop users (where 2
-    # cores saturate) + the supervisor's probe + headroom: no refusal at that load, while
-    # 4x the load is shed (README "Overload" has the measured trade-off: a lower limit
-    # gives faster answers and fewer of them).
+    # cores saturate) + the supervisor's probe + headroom: no refusal at that load, nor
+    # during a deploy under it.
     max_in_flight: int = 12
+    # While demand exceeds max_in_flight (sustained overload), the limit drops to this many,
+    # so that answers keep their latency (Little's law) rather than all waiting; 0 or
+    # >= max_in_flight: one limit. README "Overload" has the measured trade-off.
+    shed_in_flight: int = 6
     admission_stale_s: float = DEFAULT_STALE_S
     instances: dict[str, int] = field(
         default_factory=lambda: {
@@ -361,6 +364,8 @@ def build(
     cfg.parameters["tokenizer_file"].string_value = contract.TOKENIZER_FILE
     cfg.parameters["max_in_flight"].string_value = str(serving.max_in_flight)
     cfg.parameters["admission_stale_s"].string_value = str(serving.admission_stale_s)
+    shed = serving.shed_in_flight if 0 < serving.shed_in_flight < serving.max_in_flight else 0
+    cfg.parameters["shed_in_flight"].string_value = str(shed)
     _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
     files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
     model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")
@@ -527,6 +532,12 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.max_in_flight,
         help="refuse search/rerank requests beyond this many in flight (0: no limit)",
     )
+    parser.add_argument(
+        "--shed-in-flight",
+        type=int,
+        default=defaults.shed_in_flight,
+        help="the lower in-flight limit while demand exceeds --max-in-flight (0: none)",
+    )
     args = parser.parse_args(argv)
     serving = ServingConfig(
         target=args.target,
@@ -537,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_us,
         max_in_flight=args.max_in_flight,
+        shed_in_flight=args.shed_in_flight,
     )
     repo = build(contract.ArtifactPaths(args.out), serving)
     print(f"wrote {serving.target} repository: {repo}")

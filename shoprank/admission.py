@@ -8,6 +8,14 @@ and its last step releases, through a slot table both processes map:
     tokenizer  admit() → ticket, or refused at once with UNAVAILABLE when N are in flight
     ranker     release(ticket) when its answer (or error) for the request is ready
 
+Two limits. Up to `limit` requests are admitted while demand fits in it, so bursts and a
+deploy's slower minutes (closed-loop clients never exceed their own number) pass unrefused.
+Once demand exceeds it (requests in flight plus those refused in the last 100 ms reach
+`limit`), the table sheds down to `shed_limit` for a second, renewed while the demand lasts:
+on 2 cores a full `limit` in flight under sustained overload makes every answer wait
+(Little's law: 12 in flight at ~96 answers/s is 125 ms each), while 6 keeps the p99 near 5×
+unloaded (README "Overload" has the measurements).
+
 Every slot holds the admission time of the request occupying it (0: free). A request that
 never reaches the ranker (its encoder stub died, say) leaves its slot taken: a slot older
 than `stale_s` is taken back, so a lost request costs one slot for that long at most.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +42,8 @@ OVERLOADED = "overloaded"
 MAX_SLOTS = 1024  # the table's size: the largest in-flight limit one can ask for
 NO_TICKET = -1  # admission off, or the request was never admitted
 DEFAULT_STALE_S = 3.0
+SHED_HOLD_S = 1.0  # how long overload keeps the lower limit after demand last exceeded `limit`
+DEMAND_WINDOW_S = 0.1  # refusals this recent count as demand still waiting
 
 
 def table_path(server_pid: int | None = None) -> Path:
@@ -52,12 +63,26 @@ def _now_us() -> int:
 class AdmissionTable:
     """The shared slot table; tickets encode (admission time µs, slot)."""
 
-    def __init__(self, path: Path, limit: int, stale_s: float = DEFAULT_STALE_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        limit: int,
+        stale_s: float = DEFAULT_STALE_S,
+        shed_limit: int = 0,
+        shed_hold_s: float = SHED_HOLD_S,
+    ) -> None:
         if not 0 <= limit <= MAX_SLOTS:
             raise ValueError(f"the in-flight limit must be within 0..{MAX_SLOTS}, got {limit}")
+        if not 0 <= shed_limit <= limit:
+            raise ValueError(f"the overload limit must be within 0..{limit}, got {shed_limit}")
         self.path = Path(path)
         self.limit = limit
+        self.shed_limit = shed_limit or limit  # 0: one limit
         self.stale_us = int(stale_s * 1e6)
+        self.shed_hold_us = int(shed_hold_s * 1e6)
+        # Only the admitting process (one tokenizer instance, one thread) touches these.
+        self._refused: deque[int] = deque()  # times of recent refusals, µs
+        self._shed_until = 0
         size = MAX_SLOTS * np.dtype(np.int64).itemsize
         with open(self.path, "ab") as f:  # create if missing, never truncate a live table
             if f.tell() < size:
@@ -72,11 +97,22 @@ class AdmissionTable:
         now = _now_us()
         live = self.slots[: self.limit]
         free = np.flatnonzero((live == 0) | (now - live > self.stale_us))
-        if len(free) == 0:
+        in_flight = self.limit - len(free)
+        while self._refused and now - self._refused[0] > DEMAND_WINDOW_S * 1e6:
+            self._refused.popleft()
+        if in_flight + len(self._refused) >= self.limit:
+            self._shed_until = now + self.shed_hold_us
+        if in_flight >= self.current_limit(now):
+            self._refused.append(now)
             return None
         slot = int(free[0])
         live[slot] = now
         return now * MAX_SLOTS + slot
+
+    def current_limit(self, now: int | None = None) -> int:
+        """`shed_limit` while overloaded (see the module's docstring), else `limit`."""
+        now = _now_us() if now is None else now
+        return self.shed_limit if now < self._shed_until else self.limit
 
     def release(self, ticket: int) -> None:
         """Free the ticket's slot if it still holds that request (not taken back as stale)."""

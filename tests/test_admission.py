@@ -47,3 +47,28 @@ def test_the_table_belongs_to_one_server():
     assert table_path(123) != table_path(124)
     assert table_path(123).name.endswith("123")
     assert "overloaded" in overloaded_message(8)
+
+
+def test_sustained_overload_sheds_down_to_the_lower_limit_then_recovers(tmp_path):
+    table = AdmissionTable(tmp_path / "table", limit=4, shed_limit=2, shed_hold_s=0.3)
+    # Demand within the limit (a closed loop of 4 clients): the full limit, no shedding.
+    tickets = [table.admit() for _ in range(4)]
+    assert None not in tickets and table.current_limit() == 4
+    for t in tickets[1:]:
+        table.release(t)
+    # Demand beyond it: refused, and the lower limit holds while overloaded.
+    tickets = [tickets[0]] + [table.admit() for _ in range(3)]
+    assert None not in tickets and table.admit() is None
+    assert table.current_limit() == 2
+    for t in tickets[1:]:
+        table.release(t)
+    assert table.in_flight() == 1
+    assert table.admit() is not None  # 2 in flight: the lower limit
+    assert table.admit() is None  # a third would fit in 4, not while shedding
+    time.sleep(0.4)  # demand gone for longer than the hold
+    assert table.current_limit() == 4 and table.admit() is not None
+
+
+def test_the_lower_limit_cannot_exceed_the_limit(tmp_path):
+    with pytest.raises(ValueError, match="overload limit"):
+        AdmissionTable(tmp_path / "table", limit=2, shed_limit=3)

@@ -149,9 +149,10 @@ def test_queue_policy_is_opt_in(tiny_artifacts, tmp_path):
     # admission (the in-flight limit) is on by default; the fixture's repository turned it off
     params = load_config(limited, contract.TOKENIZER_MODEL).parameters
     assert params["max_in_flight"].string_value == str(ServingConfig().max_in_flight) != "0"
-    assert (
-        load_config(repo, contract.TOKENIZER_MODEL).parameters["max_in_flight"].string_value == "0"
-    )
+    assert params["shed_in_flight"].string_value == str(ServingConfig().shed_in_flight) != "0"
+    tiny_params = load_config(repo, contract.TOKENIZER_MODEL).parameters
+    assert tiny_params["max_in_flight"].string_value == "0"
+    assert tiny_params["shed_in_flight"].string_value == "0"  # no lower limit without a limit
     # a deploy builds its next version with the live repository's settings
     from shoprank.model_repository.deploy import live_serving
 

@@ -274,13 +274,14 @@ def test_hot_deploy_and_rollback_under_load_fail_nothing(
 
 
 def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) -> None:
-    """Two requests in flight at most: beyond that, requests are refused at once with
-    UNAVAILABLE (shoprank's admission, not a queue); every admitted one gives its slot back."""
+    """Three requests in flight at most, two under sustained overload: beyond that, requests
+    are refused at once with UNAVAILABLE (shoprank's admission, not a queue); every admitted
+    one gives its slot back."""
     from shoprank.model_repository.build import ServingConfig, build
 
     repository = build(
         tiny_artifacts,
-        ServingConfig(max_in_flight=2),
+        ServingConfig(max_in_flight=3, shed_in_flight=2),
         encoder_onnx=tiny_artifacts.encoder_onnx,
         repo=tmp_path / "repository",
     )
@@ -293,6 +294,7 @@ def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) ->
         assert served and refused
         assert {status for _, status, _ in refused} == {"UNAVAILABLE"}
         assert load.messages and all("overloaded" in m for m in load.messages)
+        assert any("overloaded: 2 search requests" in m for m in load.messages)  # shedding
         slowest_refusal = max(s for _, _, s in refused)
         assert slowest_refusal < 2.0  # refused fast, not after a long wait
         # Nothing leaked: with the load gone, requests within the limit (one thread and the

@@ -2,9 +2,10 @@
 (Python backend), the first step of `search` and `rerank`.
 
 Each request is first admitted (`shoprank.admission`): it gets a ticket the ranker gives
-back, or, with `max_in_flight` requests already in flight, is refused at once with
-UNAVAILABLE. A request may hold several rows (a batched request); each row is validated and
-tokenized, and the request's rows are padded to its longest.
+back, or, with `max_in_flight` requests already in flight (`shed_in_flight` while
+overloaded), is refused at once with UNAVAILABLE. A request may hold several rows (a
+batched request); each row is validated and tokenized, and the request's rows are padded
+to its longest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ class TritonPythonModel:
         params = parameters(args)
         self.tokenizer = QueryTokenizer(version_dir(args) / params["tokenizer_file"])
         self.admission = AdmissionTable(
-            table_path(), int(params["max_in_flight"]), float(params["admission_stale_s"])
+            table_path(),
+            int(params["max_in_flight"]),
+            float(params["admission_stale_s"]),
+            shed_limit=int(params.get("shed_in_flight", 0)),
         )
         # Triton's warm-up requests come first, before the model serves anything: they pass
         # without a slot. Under load every slot may be taken, and a refused warm-up fails the
@@ -45,7 +49,7 @@ class TritonPythonModel:
                 ticket = self.admission.admit()
             if ticket is None:
                 self.metrics.refused(reason="in_flight").increment(1)
-                responses.append(overloaded(self.admission.limit))
+                responses.append(overloaded(self.admission.current_limit()))
                 continue
             try:
                 ids, mask = tokenize_rows(self.tokenizer, input_array(request, contract.QUERY.name))
