@@ -36,7 +36,9 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+import psutil
 
+TABLE_PREFIX = "shoprank-admission-"  # + the tritonserver's pid
 # How a refusal starts (the supervisor tells overload from faults by it).
 OVERLOADED = "overloaded"
 MAX_SLOTS = 1024  # the table's size: the largest in-flight limit one can ask for
@@ -46,10 +48,26 @@ SHED_HOLD_S = 1.0  # how long overload keeps the lower limit after demand last e
 DEMAND_WINDOW_S = 0.1  # refusals this recent count as demand still waiting
 
 
+def table_folder() -> Path:
+    return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
 def table_path(server_pid: int | None = None) -> Path:
     """The slot table of the server whose stubs call this (their parent process)."""
-    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return folder / f"shoprank-admission-{server_pid or os.getppid()}"
+    return table_folder() / f"{TABLE_PREFIX}{server_pid or os.getppid()}"
+
+
+def remove_stale_tables(folder: Path | None = None) -> int:
+    """Delete the tables of servers no longer running; return how many. Every server start
+    makes one (8 KB of /dev/shm, which is memory) and nothing else removes it: 112 had piled
+    up here after a day of test runs and restarts."""
+    removed = 0
+    for path in (folder or table_folder()).glob(f"{TABLE_PREFIX}*"):
+        pid = path.name.removeprefix(TABLE_PREFIX)
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def overloaded_message(limit: int) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from shoprank.admission import remove_stale_tables
 from shoprank.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 # Loopback by default: the demo server is for this machine only. Pass --host 0.0.0.0 to
@@ -371,6 +372,7 @@ def start(
         # answers on the port and call it ready.
         raise TritonServerError(f"{', '.join(taken)} already in use (another server?)")
     install = find_tritonserver()
+    remove_stale_tables()  # left by servers that crashed (a stopped one removes its own)
     command = server_command(
         install,
         repository,
@@ -474,6 +476,7 @@ def stop_process_group(proc_or_pid: subprocess.Popen | int, timeout: float = 30)
             proc_or_pid.wait(1)  # reap our own child
     if group_members(pid) or pid_alive(pid):
         raise TritonServerError(f"process {pid} (or its group) survived SIGKILL")
+    remove_stale_tables()  # the stopped server's admission table
 
 
 def stop(proc_or_pid: subprocess.Popen | int, timeout: float = 30) -> None:

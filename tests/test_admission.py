@@ -72,3 +72,21 @@ def test_sustained_overload_sheds_down_to_the_lower_limit_then_recovers(tmp_path
 def test_the_lower_limit_cannot_exceed_the_limit(tmp_path):
     with pytest.raises(ValueError, match="overload limit"):
         AdmissionTable(tmp_path / "table", limit=2, shed_limit=3)
+
+
+def test_tables_of_servers_that_are_gone_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from shoprank.admission import TABLE_PREFIX, remove_stale_tables
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"{TABLE_PREFIX}{int(gone.stdout)}"
+    alive = tmp_path / f"{TABLE_PREFIX}{os.getpid()}"
+    other = tmp_path / "something-else-123"
+    for path in (dead, alive, other):
+        AdmissionTable(path, limit=2).admit()
+    assert remove_stale_tables(tmp_path) == 1
+    assert not dead.exists() and alive.exists() and other.exists()
