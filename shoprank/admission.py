@@ -45,7 +45,7 @@ MAX_SLOTS = 1024  # the table's size: the largest in-flight limit one can ask fo
 NO_TICKET = -1  # admission off, or the request was never admitted
 DEFAULT_STALE_S = 3.0
 SHED_HOLD_S = 1.0  # how long overload keeps the lower limit after demand last exceeded `limit`
-DEMAND_WINDOW_S = 0.1  # refusals this recent count as demand still waiting
+DEMAND_WINDOW_US = 100_000  # refusals this recent (0.1 s) count as demand still waiting
 
 
 def table_folder() -> Path:
@@ -116,7 +116,7 @@ class AdmissionTable:
         live = self.slots[: self.limit]
         free = np.flatnonzero((live == 0) | (now - live > self.stale_us))
         in_flight = self.limit - len(free)
-        while self._refused and now - self._refused[0] > DEMAND_WINDOW_S * 1e6:
+        while self._refused and now - self._refused[0] > DEMAND_WINDOW_US:
             self._refused.popleft()
         if in_flight + len(self._refused) >= self.limit:
             self._shed_until = now + self.shed_hold_us

@@ -102,13 +102,12 @@ class ThrottledError(SearchError):
     server has been refusing its load (see `shoprank_client.throttle`). Status UNAVAILABLE,
     like the server's own refusals."""
 
-    def __init__(self, reject_probability: float) -> None:
+    def __init__(self) -> None:
         # One fixed text, so that error tables (Locust's) group these into one row.
         super().__init__(
             "throttled by the client: the server has been refusing requests; retry later",
             "UNAVAILABLE",
         )
-        self.reject_probability = reject_probability
 
 
 class _InferenceClient(grpcclient.InferenceServerClient):
@@ -315,7 +314,7 @@ class SearchClient:
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             if self.throttle is not None and not self.throttle.allow():
-                error: SearchError = ThrottledError(self.throttle.reject_probability())
+                error: SearchError = ThrottledError()
             else:
                 try:
                     response = self._client.infer(

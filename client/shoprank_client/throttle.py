@@ -50,19 +50,20 @@ class AdaptiveThrottle:
         live = [i for i in range(self.size) if self._second[i] > oldest]
         return sum(self._requests[i] for i in live), sum(self._accepts[i] for i in live)
 
+    def _probability(self, requests: int, accepts: int) -> float:
+        return max(0.0, (requests - self.k * accepts) / (requests + 1))
+
     def reject_probability(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         with self._lock:
-            requests, accepts = self._totals(now)
-        return max(0.0, (requests - self.k * accepts) / (requests + 1))
+            return self._probability(*self._totals(now))
 
     def allow(self, now: float | None = None) -> bool:
         """Count one attempt; False: drop it here, the server is refusing this client's load."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            requests, accepts = self._totals(now)
+            p = self._probability(*self._totals(now))
             self._requests[self._bucket(now)] += 1
-            p = max(0.0, (requests - self.k * accepts) / (requests + 1))
             return p == 0.0 or self._random.random() >= p
 
     def accepted(self, now: float | None = None) -> None:

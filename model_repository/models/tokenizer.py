@@ -30,6 +30,7 @@ class TritonPythonModel:
             table_path(),
             int(params["max_in_flight"]),
             float(params["admission_stale_s"]),
+            # Repositories built before the lower limit existed have none (0).
             shed_limit=int(params.get("shed_in_flight", 0)),
         )
         # Triton's warm-up requests come first, before the model serves anything: they pass
