@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import py_compile
 import shutil
 import struct
 from dataclasses import asdict, dataclass, field
@@ -209,6 +210,10 @@ def _write_model(
     if python_source:
         src = Path(model_sources.__file__).parent / f"{python_source}.py"
         shutil.copyfile(src, version_dir / "model.py")
+        # Compiled now, so that Triton's first import does not write __pycache__ into the
+        # version folder: Triton takes a changed folder for a new model, and a hot deploy
+        # (one ensemble load after another) would load that version twice.
+        py_compile.compile(str(version_dir / "model.py"), doraise=True)
     return model_dir
 
 

@@ -186,15 +186,29 @@ def stage(source: contract.ArtifactPaths, repo: Path, version: int) -> None:
             if target.exists():
                 shutil.rmtree(target)
             shutil.move(str(staged / model / str(version)), target)
-            # Warm-up files and parameters follow the new build.
+            # Warm-up files and parameters follow the new build. Files outside the version
+            # folders are rewritten only when they change: Triton reloads every loaded
+            # version of a model whose other files changed, and a reload of the live
+            # version costs a second model load on the cores that serve the traffic.
             warmup = staged / model / "warmup"
-            if warmup.is_dir():
+            if warmup.is_dir() and not same_files(warmup, repo / model / "warmup"):
                 shutil.rmtree(repo / model / "warmup", ignore_errors=True)
                 shutil.copytree(warmup, repo / model / "warmup")
             new = read_config(staged, model)
             del new.version_policy.specific.versions[:]
             new.version_policy.specific.versions.append(live_version(repo))
-            write_config(repo, new)
+            if text_format.MessageToString(new) != _config_path(repo, model).read_text():
+                write_config(repo, new)
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same files with the same bytes."""
+    if not b.is_dir():
+        return False
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ secure defaults. Every test drives the supervised server the way `make serve` ru
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +249,7 @@ def test_hot_deploy_and_rollback_under_load_fail_nothing(
     catalog["title"] = "NEW " + catalog["title"]
     catalog.to_parquet(new / "data" / "catalog.parquet", index=False)
     deploy = [sys.executable, "-m", "shoprank.model_repository.deploy"]
+    loads = instance_loads(live)
     # Steady traffic with headroom (~40 searches/s), through the client as shipped (and as
     # Locust runs it): loading the new version competes for the same two cores, and a
     # request the queue sheds meanwhile (UNAVAILABLE) is retried, as the client is built to.
@@ -258,8 +261,13 @@ def test_hot_deploy_and_rollback_under_load_fail_nothing(
             timeout=600,
         )
         assert done.returncode == 0, done.stderr
+        # Each model loaded its new version once, and the live one not at all: every other
+        # load would take the cores that serve the traffic (a version folder changed by the
+        # load itself, or rewritten shared files, made Triton load them again).
+        assert instance_loads(live) - loads == instances(live.repository)
         with SearchClient(live.url) as client:
             assert all(r.title.startswith("NEW ") for r in client.search("red sofa", top_k=3))
+        loads = instance_loads(live)
         back = subprocess.run(
             [*deploy, "--rollback", f"--repository={live.repository}", f"--url={live.url}"],
             capture_output=True,
@@ -267,10 +275,32 @@ def test_hot_deploy_and_rollback_under_load_fail_nothing(
             timeout=600,
         )
         assert back.returncode == 0, back.stderr
+        assert instance_loads(live) - loads == instances(live.repository)
         with SearchClient(live.url) as client:
             assert not any(r.title.startswith("NEW ") for r in client.search("red sofa", top_k=3))
     assert len(load.outcomes) > 20 and load.failures() == []
     assert "version 2 live (was 1)" in done.stdout and "version 1 live (was 2)" in back.stdout
+
+
+def instance_loads(server: Supervised) -> Counter:
+    """Model instances Triton has initialized so far, per model (its log)."""
+    found = re.findall(
+        r"ModelInstanceInitialize: (\w+?)_\d+_\d+ ",
+        server.folder.joinpath("triton.log").read_text(),
+    )
+    return Counter(found)
+
+
+def instances(repository: Path) -> Counter:
+    """Instances per version of each composing model."""
+    from shoprank.model_repository.deploy import composing, read_config
+
+    return Counter(
+        {
+            m: sum(g.count or 1 for g in read_config(repository, m).instance_group) or 1
+            for m in composing(repository)
+        }
+    )
 
 
 def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) -> None:
