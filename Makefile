@@ -41,7 +41,7 @@ PIDFILE := $(OUT)/tritonserver.pid
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: help venv data train eval evaluate crossval convert repo workload serve deploy rollback stop search loadtest \
-        demo summary bench bench-scale bench-ann gpu-check test lint serve-gpu clean
+        demo summary bench bench-scale bench-deploy bench-ann gpu-check test lint serve-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratio
 
 bench-scale: venv ## Triton at 20k/200k/1M products, exact scan vs ANN: OUT/reports/scale.{csv,png}
 	$(PY) -m shoprank.bench.scale --out $(OUT) $(BENCH_ARGS)
+
+bench-deploy: venv ## hot deploy + rollback under 8 Locust users: OUT/reports/deploy.{json,png}
+	$(PY) -m shoprank.bench.deploy --out $(OUT) $(BENCH_ARGS)
 
 gpu-check: venv ## on a GPU host: serve the gpu-embedded target, agreement + concurrency sweep -> docs/gpu/
 	$(PY) -m shoprank.bench.gpu_check --out $(OUT) $(GPU_CHECK_ARGS)

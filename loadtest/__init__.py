@@ -24,3 +24,7 @@ REFUSED_NAME = f"{ENSEMBLE_MODEL} (refused)"
 THROTTLED_NAME = f"{ENSEMBLE_MODEL} (throttled)"
 # The client's adaptive-throttling k (unset: the client's default; 0 turns it off).
 THROTTLE_ENV = "SHOPRANK_THROTTLE_K"
+# Every request's end time (Unix s), name, latency (ms) and outcome, as CSV, written by the
+# locustfile at exit when set: to look at one window of a run (a deploy, a fault).
+REQUEST_LOG_ENV = "SHOPRANK_REQUEST_LOG"
+REQUEST_LOG_COLUMNS = ("time", "name", "ms", "ok")

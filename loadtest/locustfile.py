@@ -12,6 +12,7 @@ Environment:
                         counts every refusal of an overloaded server as a failure)
     SHOPRANK_USER_RPS   requests per second per user (default: closed loop, no pause)
     SHOPRANK_THROTTLE_K the client's adaptive throttling (default: the client's own; 0: off)
+    SHOPRANK_REQUEST_LOG  CSV file for every request (end time, name, ms, ok), written at exit
 """
 
 # grpc must be switched to gevent-cooperative I/O before tritonclient (and so grpc channels)
@@ -36,6 +37,8 @@ from shoprank.contract import DEFAULT_GRPC_URL, DEFAULT_TOP_K, ENSEMBLE_MODEL, M
 from shoprank.loadtest import (  # noqa: E402
     FINAL_STATS_SUFFIX,
     REFUSED_NAME,
+    REQUEST_LOG_COLUMNS,
+    REQUEST_LOG_ENV,
     RETRIES_ENV,
     THROTTLE_ENV,
     THROTTLED_NAME,
@@ -119,6 +122,26 @@ _environment: Environment | None = None
 def _remember_environment(environment: Environment, **_kwargs) -> None:
     global _environment
     _environment = environment
+
+
+_requests: list[tuple[float, str, float, bool]] = []
+
+
+@events.request.add_listener
+def _log_request(name, response_time, exception, **_kwargs) -> None:
+    if os.environ.get(REQUEST_LOG_ENV):
+        _requests.append((time.time(), name, response_time, exception is None))
+
+
+@events.quit.add_listener
+def _write_request_log(**_kwargs) -> None:
+    path = os.environ.get(REQUEST_LOG_ENV)
+    if not path:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUEST_LOG_COLUMNS)
+        writer.writerows((f"{t:.3f}", name, f"{ms:.2f}", int(ok)) for t, name, ms, ok in _requests)
 
 
 @events.quit.add_listener

@@ -31,6 +31,7 @@ from shoprank.contract import (
 from shoprank.loadtest import (
     FINAL_STATS_SUFFIX,
     REFUSED_NAME,
+    REQUEST_LOG_ENV,
     RETRIES_ENV,
     THROTTLE_ENV,
     THROTTLED_NAME,
@@ -42,6 +43,7 @@ from shoprank.tritonserver import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
+REQUEST_LOG_FILE = "requests.csv"  # every request of the run (REQUEST_LOG_ENV)
 # Startup, ramp-up and shutdown on top of --run-time before the run counts as hung.
 TIMEOUT_MARGIN_S = 60.0
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -191,6 +193,7 @@ def run_loadtest(
         env[USER_RPS_ENV] = str(user_rps)
     if throttle_k is not None:
         env[THROTTLE_ENV] = str(throttle_k)
+    env[REQUEST_LOG_ENV] = str((out / REQUEST_LOG_FILE).resolve())
     if workload is not None:
         env[WORKLOAD_ENV] = str(Path(workload).resolve())
     else:

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from pipeline_fixtures import assert_same_ranking
@@ -282,3 +283,36 @@ def test_short_bench_run_writes_reports(
     assert "## Targets" in text and "## Encoder FLOP floor" in text
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.floor is not None and result.floor.flops > 0
+
+
+def test_deploy_bench_windows_are_cut_by_the_marks() -> None:
+    """bench.deploy's report: each request lands in the window its end time falls in, and
+    the swap's p99 is compared with the steady one, failures apart."""
+    import pandas as pd
+
+    from shoprank.bench.deploy import DeployBenchConfig, summarize
+
+    t0 = 1_000.0
+    # 10 req/s: 20 s steady at 100 ms; deploy 0-10 s at 150 ms with one failure; 5 s held
+    # at 100 ms; rollback 15-20 s at 300 ms.
+    times = t0 + np.arange(-20.0, 20.0, 0.1)
+    rel = times - t0
+    ms = np.where((rel >= 0) & (rel < 10), 150.0, 100.0)
+    ms = np.where(rel >= 15, 300.0, ms)
+    ok = ~np.isclose(rel, 5.0)
+    log = pd.DataFrame({"time": times, "name": "search", "ms": ms, "ok": ok.astype(int)})
+    marks = {
+        "deploy_start": t0,
+        "deploy_end": t0 + 10,
+        "rollback_start": t0 + 15,
+        "rollback_end": t0 + 20,
+    }
+    report = summarize(log, marks, DeployBenchConfig(settle_s=20, ramp_s=5))
+    w = report["windows"]
+    assert w["steady"]["requests"] == 150 and w["steady"]["p99_ms"] == 100.0
+    assert w["deploy"]["requests"] == 100 and w["deploy"]["failures"] == 1
+    assert w["deploy"]["p99_ms"] == 150.0 and w["rollback"]["p50_ms"] == 300.0
+    assert w["swap"]["requests"] == 200 and w["swap"]["p99_ms"] == 300.0
+    assert report["swap_p99_over_steady_p99"] == 3.0 and report["failures"] == 1
+    assert report["deploy_s"] == 10.0 and report["rollback_s"] == 5.0
+    assert w["swap"]["worst_rolling_p99_ms"] == 300.0
