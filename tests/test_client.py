@@ -372,3 +372,23 @@ def test_cli_explain_prints_the_parts(grpc_url: str, shopper: dict, capsys) -> N
     payload = json.loads(capsys.readouterr().out)
     for r in payload["results"]:
         assert sum(r["explanation"]["parts"].values()) == pytest.approx(r["score"], abs=1e-3)
+
+
+def test_backoff_between_retries_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retrying a server that is down (real UNAVAILABLE from gRPC): the pauses double from
+    backoff_s, but never beyond max_backoff_s (plus jitter), and end within the deadline."""
+    import shoprank_client.search_client as search_client
+
+    pauses: list[float] = []
+    monkeypatch.setattr(search_client.time, "sleep", pauses.append)
+    (port,) = free_ports(1)
+    client = SearchClient(
+        f"localhost:{port}", retries=8, backoff_s=0.1, max_backoff_s=0.4, timeout_s=60,
+        throttle_k=0,
+    )  # fmt: skip
+    with client, pytest.raises(SearchError) as info:
+        client.search("red sofa")
+    assert info.value.status == "UNAVAILABLE"
+    assert len(pauses) == 8
+    assert 0.1 <= pauses[0] <= 0.2 and pauses[-1] >= 0.4  # grew to the cap
+    assert max(pauses) <= 0.8  # 0.4 with at most 2x jitter: uncapped, the 8th is 12.8+ s

@@ -47,6 +47,10 @@ from shoprank_client.throttle import AdaptiveThrottle
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.05
+# The longest pause between two attempts (before jitter): doubling from 50 ms reaches
+# minutes within a dozen retries, and a client waiting out a restart should notice the
+# server back within a second or two, not long after.
+DEFAULT_MAX_BACKOFF_S = 1.0
 DEFAULT_THROTTLE_K = 2.0  # 0: no client-side throttling
 DEFAULT_THROTTLE_WINDOW_S = 10.0
 # Worth another try: the server refused for load, or is restarting. Anything else
@@ -290,6 +294,7 @@ class SearchClient:
         rerank_model: str = RERANK_MODEL,
         retries: int = DEFAULT_RETRIES,
         backoff_s: float = DEFAULT_BACKOFF_S,
+        max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         ssl: bool = False,
         root_certificates: str | None = None,
         throttle_k: float = DEFAULT_THROTTLE_K,
@@ -301,16 +306,17 @@ class SearchClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.throttle = AdaptiveThrottle(throttle_k, throttle_window_s) if throttle_k else None
         self._client = _InferenceClient(url=url, ssl=ssl, root_certificates=root_certificates)
 
     def _infer(self, model: str, inputs: list, explain: bool = False) -> grpcclient.InferResult:
         """One request with a deadline of `timeout_s` in all; an overloaded or restarting
-        server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff and
-        jitter, within the deadline; every other error is raised at once. With the adaptive
-        throttle on, an attempt the server would most likely refuse is dropped here instead
-        (ThrottledError) and retried like a refusal, so a client riding out a restart still
-        gets through once the server answers again."""
+        server (UNAVAILABLE, RESOURCE_EXHAUSTED) is retried with exponential backoff (at
+        most `max_backoff_s`) and jitter, within the deadline; every other error is raised
+        at once. With the adaptive throttle on, an attempt the server would most likely
+        refuse is dropped here instead (ThrottledError) and retried like a refusal, so a
+        client riding out a restart still gets through once the server answers again."""
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             if self.throttle is not None and not self.throttle.allow():
@@ -333,7 +339,7 @@ class SearchClient:
                     self.throttle.accepted()
             if error.status not in RETRYABLE or attempt == self.retries:
                 raise error
-            pause = self.backoff_s * 2**attempt * (1 + random.random())
+            pause = min(self.backoff_s * 2**attempt, self.max_backoff_s) * (1 + random.random())
             if time.monotonic() + pause >= deadline:
                 raise error
             time.sleep(pause)
