@@ -273,6 +273,14 @@ def recommend_ensemble_config(serving: ServingConfig) -> mc.ModelConfig:
     return config
 
 
+def _admission(cfg: mc.ModelConfig, serving: ServingConfig) -> None:
+    """The in-flight limits of a model that admits an ensemble's requests."""
+    cfg.parameters["max_in_flight"].string_value = str(serving.max_in_flight)
+    cfg.parameters["admission_stale_s"].string_value = str(serving.admission_stale_s)
+    shed = serving.shed_in_flight if 0 < serving.shed_in_flight < serving.max_in_flight else 0
+    cfg.parameters["shed_in_flight"].string_value = str(shed)
+
+
 def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> None:
     """The `recommender` model (sequential history encoder + item vectors) and `recommend`."""
     cfg = _base(
@@ -286,6 +294,7 @@ def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: Servin
     cfg.backend = "python"
     threads = serving.ort_threads[contract.RECOMMENDER_MODEL]
     cfg.parameters["threads"].string_value = str(threads)
+    _admission(cfg, serving)
     _warmup(cfg, {contract.TOP_K.name: (contract.TOP_K, (1,), "top_k")})
     files = {
         contract.SEQUENTIAL_ONNX_FILE: paths.sequential_onnx,
@@ -367,10 +376,7 @@ def build(
     )
     cfg.backend = "python"
     cfg.parameters["tokenizer_file"].string_value = contract.TOKENIZER_FILE
-    cfg.parameters["max_in_flight"].string_value = str(serving.max_in_flight)
-    cfg.parameters["admission_stale_s"].string_value = str(serving.admission_stale_s)
-    shed = serving.shed_in_flight if 0 < serving.shed_in_flight < serving.max_in_flight else 0
-    cfg.parameters["shed_in_flight"].string_value = str(shed)
+    _admission(cfg, serving)
     _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
     files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
     model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")

@@ -71,7 +71,7 @@ def remove_stale_tables(folder: Path | None = None) -> int:
 
 
 def overloaded_message(limit: int) -> str:
-    return f"{OVERLOADED}: {limit} search requests already in flight; retry with backoff"
+    return f"{OVERLOADED}: {limit} requests already in flight; retry with backoff"
 
 
 def _now_us() -> int:

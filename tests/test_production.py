@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +116,10 @@ class Load:
     retries: int = 0  # the client's retries on UNAVAILABLE (0: every refusal is seen)
     # The client's adaptive throttle is off: these tests watch what the server does.
     throttle_k: float = 0.0
+    # What each request asks: a search unless told otherwise.
+    call: Callable[[SearchClient], object] = field(
+        default=lambda client: client.search("red sofa", top_k=3)
+    )
     outcomes: list[tuple[float, str, float]] = field(default_factory=list)  # (t, status, s)
     messages: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -128,7 +132,7 @@ class Load:
             while not self._stop.is_set():
                 t0 = time.monotonic()
                 try:
-                    client.search("red sofa", top_k=3)
+                    self.call(client)
                     status = "OK"
                 except SearchError as err:
                     status = err.status or "ERROR"
@@ -324,7 +328,7 @@ def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) ->
         assert served and refused
         assert {status for _, status, _ in refused} == {"UNAVAILABLE"}
         assert load.messages and all("overloaded" in m for m in load.messages)
-        assert any("overloaded: 2 search requests" in m for m in load.messages)  # shedding
+        assert any("overloaded: 2 requests" in m for m in load.messages)  # shedding
         slowest_refusal = max(s for _, _, s in refused)
         assert slowest_refusal < 2.0  # refused fast, not after a long wait
         # Nothing leaked: with the load gone, requests within the limit (one thread and the
@@ -332,6 +336,13 @@ def test_overload_is_refused_quickly_and_explicitly(tiny_artifacts, tmp_path) ->
         with Load(server.url, threads=1) as calm:
             time.sleep(2)
         assert len(calm.outcomes) > 4 and calm.failures() == []
+        # `recommend` is admitted the same way (one table: the same cores).
+        history = [int(pd.read_parquet(tiny_artifacts.catalog)["product_id"].iloc[0])]
+        with Load(server.url, threads=12, call=lambda c: c.recommend(history, top_k=3)) as rec:
+            time.sleep(3)
+        assert any(o[1] == "OK" for o in rec.outcomes) and rec.failures()
+        assert {status for _, status, _ in rec.failures()} == {"UNAVAILABLE"}
+        assert all("overloaded" in m for m in rec.messages)
         # The load test offers a rate and reports refusals apart, as explicit, not as errors;
         # its clients throttle themselves (the default), so many requests are never sent.
         from shoprank.loadtest.run import main as loadtest

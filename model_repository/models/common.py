@@ -10,6 +10,7 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
 from shoprank.runtime import InvalidInput, pad_answers, pad_explanations
 
 
@@ -91,3 +92,48 @@ def answer_batch(
     for i, first, count in spans:
         responses[i] = ranked_response(answers[first : first + count])
     return responses
+
+
+class AdmissionGate:
+    """`shoprank.admission` for the model that takes an ensemble's requests first (the
+    tokenizer of `search` and `rerank`, the recommender of `recommend`): one table per
+    server, so every entry point counts against the same cores.
+
+    Triton's warm-up requests come first, before the model serves anything: they pass
+    without a slot. Under load every slot may be taken, and a refused warm-up fails the
+    load (found when a hot deploy under 8 users failed).
+    """
+
+    def __init__(self, args: dict[str, Any], params: dict[str, str]) -> None:
+        self.table = AdmissionTable(
+            table_path(),
+            int(params["max_in_flight"]),
+            float(params["admission_stale_s"]),
+            # Repositories built before the lower limit existed have none (0).
+            shed_limit=int(params.get("shed_in_flight", 0)),
+        )
+        self.warmups_left = warmup_requests(json.loads(args["model_config"]))
+
+    def admit(self) -> int | None:
+        """A ticket, or None: refuse the request (`refusal()`)."""
+        if self.warmups_left > 0:
+            self.warmups_left -= 1
+            return NO_TICKET
+        return self.table.admit()
+
+    def release(self, ticket: int) -> None:
+        self.table.release(ticket)
+
+    def refusal(self) -> Any:
+        """An UNAVAILABLE response: refused at once, worth retrying after a backoff."""
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(
+                overloaded_message(self.table.current_limit()), pb_utils.TritonError.UNAVAILABLE
+            )
+        )
+
+
+def warmup_requests(model_config: dict) -> int:
+    """How many warm-up requests Triton sends each instance (a sample runs `count` times,
+    once when unset)."""
+    return sum(max(int(w.get("count", 0) or 0), 1) for w in model_config.get("model_warmup", []))

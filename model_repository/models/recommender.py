@@ -1,8 +1,11 @@
 """Triton model `recommender` (ensemble `recommend`): top-k products from a shopper's
 history alone, by the sequential model; cold start (no history) by popularity.
 
-One `Recommender.recommend` call per dynamic batch; requests are validated one by one, so
-a bad one is refused with INVALID_ARGUMENT and the rest of its batch is still answered.
+Each request is first admitted (`shoprank.admission`, the same table as `search`'s, as
+the two share the cores): beyond the in-flight limit it is refused at once with
+UNAVAILABLE. One `Recommender.recommend` call per dynamic batch; requests are validated
+one by one, so a bad one is refused with INVALID_ARGUMENT and the rest of its batch is
+still answered.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from shoprank import contract
 from shoprank.filters import row_filters
 from shoprank.model_repository.models.common import (
+    AdmissionGate,
     answer_batch,
     input_array,
     optional_array,
@@ -25,16 +29,35 @@ class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
         self.recommender = Recommender.load(version_dir(args), threads=int(params["threads"]))
+        self.admission = AdmissionGate(args, params)
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
-        return answer_batch(
-            requests,
-            self._parse,
-            self.recommender.recommend,
-            lambda exc: self.metrics.invalid_request(contract.RECOMMENDER_MODEL, exc.reason),
-            self._observe,
-        )
+        responses: list = [None] * len(requests)
+        admitted: list[int] = []
+        tickets: list[int] = []
+        for i in range(len(requests)):
+            ticket = self.admission.admit()
+            if ticket is None:
+                self.metrics.refused(reason="in_flight").increment(1)
+                responses[i] = self.admission.refusal()
+            else:
+                admitted.append(i)
+                tickets.append(ticket)
+        try:
+            answered = answer_batch(
+                [requests[i] for i in admitted],
+                self._parse,
+                self.recommender.recommend,
+                lambda exc: self.metrics.invalid_request(contract.RECOMMENDER_MODEL, exc.reason),
+                self._observe,
+            )
+        finally:  # answered or failed, the requests are no longer in flight
+            for ticket in tickets:
+                self.admission.release(ticket)
+        for i, response in zip(admitted, answered, strict=True):
+            responses[i] = response
+        return responses
 
     def _observe(self, rows: list[RecommendRequest], answers) -> None:
         for row, answer in zip(rows, answers, strict=True):
