@@ -3,11 +3,11 @@ under a Locust load, and what they did to the requests flowing meanwhile.
 
 On a copy of the demo's served repository (the run adds a version to it), a supervised
 server (`model_repository.server start`, as `make serve`) takes a closed-loop load of
-`--users` Locust users (`loadtest.run`, client defaults) with the demo's workload. After
-`--settle-s` of steady traffic, `model_repository.deploy` stages the same artifacts as the
-next version and switches to it; `--hold-s` later `--rollback` switches back. Every
-request's end time and latency come from the load test's request log, so the windows are
-exact:
+`--users` Locust users (`python -m shoprank.loadtest.run`, client defaults) with the
+demo's workload. After `--settle-s` of steady traffic, `model_repository.deploy` stages
+the same artifacts as the next version and switches to it; `--hold-s` later `--rollback`
+switches back. Every request's end time and latency come from the load test's request
+log, so the windows are exact:
 
     steady    the settle period, less its first --ramp-s (users starting, caches warming)
     deploy    from the deploy command's start to its return
@@ -37,7 +37,6 @@ import pandas as pd
 
 from shoprank import contract
 from shoprank.configargs import parse_config
-from shoprank.loadtest.run import REQUEST_LOG_FILE, run_loadtest
 from shoprank.tritonserver import free_ports
 
 REPORT_FILE = "deploy.json"
@@ -208,15 +207,18 @@ def run(config: DeployBenchConfig) -> dict:
 
             thread = threading.Thread(target=swap, daemon=True)
             thread.start()
-            run_loadtest(
-                url=url,
-                users=config.users,
-                run_time=f"{config.settle_s + config.max_swap_s + config.tail_s:.0f}s",
-                out=work / "locust",
-                workload=paths.workload if paths.workload.exists() else None,
-                html=False,
-            )
+            run_time = config.settle_s + config.max_swap_s + config.tail_s
+            load = [
+                sys.executable, "-m", "shoprank.loadtest.run", f"--users={config.users}",
+                f"--run-time={run_time:.0f}s", f"--url={url}", f"--out={work / 'locust'}",
+                "--no-html",
+            ]  # fmt: skip
+            if paths.workload.exists():
+                load.append(f"--workload={paths.workload}")
+            done = subprocess.run(load, capture_output=True, text=True, check=False)
             thread.join()
+            if done.returncode not in (0, 1):  # 1: some requests failed, which is measured
+                raise RuntimeError(f"the load test failed: {done.stderr.strip()}")
             if failed:
                 raise failed[0]
             if marks["rollback_end"] - marks["deploy_start"] > config.max_swap_s:
@@ -224,7 +226,7 @@ def run(config: DeployBenchConfig) -> dict:
                     f"deploy and rollback took {marks['rollback_end'] - marks['deploy_start']:.0f}"
                     f" s, beyond --max-swap-s {config.max_swap_s:.0f}: raise it"
                 )
-            log = pd.read_csv(work / "locust" / REQUEST_LOG_FILE)
+            log = pd.read_csv(work / "locust" / contract.LOADTEST_REQUESTS_FILE)
         finally:
             subprocess.run([*server, "stop", f"--pidfile={pidfile}"], capture_output=True)
     report = summarize(log, marks, config)

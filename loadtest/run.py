@@ -24,6 +24,7 @@ from pathlib import Path
 from shoprank.contract import (
     DEFAULT_ARTIFACTS,
     DEFAULT_GRPC_URL,
+    LOADTEST_REQUESTS_FILE,
     LOADTEST_SUMMARY_FILE,
     LOADTEST_SUMMARY_MD,
     ArtifactPaths,
@@ -43,7 +44,6 @@ from shoprank.tritonserver import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
-REQUEST_LOG_FILE = "requests.csv"  # every request of the run (REQUEST_LOG_ENV)
 # Startup, ramp-up and shutdown on top of --run-time before the run counts as hung.
 TIMEOUT_MARGIN_S = 60.0
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -193,7 +193,7 @@ def run_loadtest(
         env[USER_RPS_ENV] = str(user_rps)
     if throttle_k is not None:
         env[THROTTLE_ENV] = str(throttle_k)
-    env[REQUEST_LOG_ENV] = str((out / REQUEST_LOG_FILE).resolve())
+    env[REQUEST_LOG_ENV] = str((out / LOADTEST_REQUESTS_FILE).resolve())
     if workload is not None:
         env[WORKLOAD_ENV] = str(Path(workload).resolve())
     else:

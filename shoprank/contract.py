@@ -204,6 +204,7 @@ RANKER_WEIGHTS_FILE = "model.safetensors"
 RANKER_CONFIG_FILE = "config.json"
 # What `loadtest.run` writes into its --out folder.
 LOADTEST_SUMMARY_FILE = "summary.json"
+LOADTEST_REQUESTS_FILE = "requests.csv"  # every request of a run: end time, name, ms, ok
 LOADTEST_SUMMARY_MD = "summary.md"
 # TensorRT plans by precision, below ArtifactPaths.onnx.
 TENSORRT_PRECISIONS = ("fp16", "int8")

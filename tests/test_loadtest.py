@@ -9,13 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shoprank.loadtest.run import (
-    REQUEST_LOG_FILE,
-    LoadSummary,
-    main,
-    parse_run_time,
-    summarize,
-)
+from shoprank.contract import LOADTEST_REQUESTS_FILE
+from shoprank.loadtest.run import LoadSummary, main, parse_run_time, summarize
 
 _COLUMNS = [
     "Type", "Name", "Request Count", "Failure Count", "Median Response Time",
@@ -102,6 +97,6 @@ def test_short_locust_run(
     assert report["p50_ms"] is not None
     assert (out / "locust_stats.csv").exists()
     # Every request once in the request log, with its outcome and latency.
-    log = pd.read_csv(out / REQUEST_LOG_FILE)
+    log = pd.read_csv(out / LOADTEST_REQUESTS_FILE)
     assert len(log) == report["requests"] and log["ok"].all()
     assert (log["ms"] > 0).all() and log["time"].is_monotonic_increasing
