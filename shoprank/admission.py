@@ -1,4 +1,5 @@
-"""Admission control for the `search` and `rerank` ensembles: at most N requests in flight.
+"""Admission control for the `search`, `rerank` and `recommend` ensembles: at most N
+requests in flight.
 
 Triton's own answer, a queue policy with `max_queue_size`, refuses explicitly but makes
 the dynamic batcher of the embedded Triton 2.51 stall requests for ~500 ms (measured: 8
@@ -7,6 +8,7 @@ and its last step releases, through a slot table both processes map:
 
     tokenizer  admit() → ticket, or refused at once with UNAVAILABLE when N are in flight
     ranker     release(ticket) when its answer (or error) for the request is ready
+    (`recommend` has one model, the recommender, which admits and releases)
 
 Two limits. Up to `limit` requests are admitted while demand fits in it, so bursts and a
 deploy's slower minutes (closed-loop clients never exceed their own number) pass unrefused.
@@ -22,13 +24,17 @@ than `stale_s` is taken back, so a lost request costs one slot for that long at 
 
 One table per server: a small file in /dev/shm named after the tritonserver process (the
 parent of every Python-backend stub), so model versions loaded side by side during a hot
-deploy share it and a restarted server starts empty. Single writer per slot state change:
-only the tokenizer (one instance, one thread) takes slots; rankers only free the slot that
-still holds their ticket's time.
+deploy share it and a restarted server starts empty, and every entry point counts against
+the same cores. Several processes take slots (the tokenizer, the recommender, versions side
+by side during a deploy), so `admit` holds an exclusive lock on the file from reading the
+free slots to writing its own (two admitters could otherwise take the same slot and count
+one request too few); releasers only free the slot that still holds their ticket's time.
+Each admitter keeps its own record of recent refusals (the overload signal).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import time
@@ -98,7 +104,7 @@ class AdmissionTable:
         self.shed_limit = shed_limit or limit  # 0: one limit
         self.stale_us = int(stale_s * 1e6)
         self.shed_hold_us = int(shed_hold_s * 1e6)
-        # Only the admitting process (one tokenizer instance, one thread) touches these.
+        # This admitter's own (one thread per model instance).
         self._refused: deque[int] = deque()  # times of recent refusals, µs
         self._shed_until = 0
         size = MAX_SLOTS * np.dtype(np.int64).itemsize
@@ -106,12 +112,20 @@ class AdmissionTable:
             if f.tell() < size:
                 f.truncate(size)
         self.slots = np.memmap(self.path, dtype=np.int64, mode="r+", shape=(MAX_SLOTS,))
+        self._lock = open(self.path, "rb")  # noqa: SIM115 (held for the table's life)
 
     def admit(self) -> int | None:
         """A ticket for a new request, or None (refuse it) when `limit` requests are in
         flight. Limit 0 turns admission off: every request passes with NO_TICKET."""
         if self.limit == 0:
             return NO_TICKET
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            return self._admit()
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _admit(self) -> int | None:
         now = _now_us()
         live = self.slots[: self.limit]
         free = np.flatnonzero((live == 0) | (now - live > self.stale_us))

@@ -1,4 +1,4 @@
-"""The in-flight limit shared by the tokenizer (admits) and the ranker (releases)."""
+"""The in-flight limit shared by the admitters (tokenizer, recommender) and the ranker."""
 
 import time
 
@@ -90,3 +90,24 @@ def test_tables_of_servers_that_are_gone_are_removed(tmp_path):
         AdmissionTable(path, limit=2).admit()
     assert remove_stale_tables(tmp_path) == 1
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_admitters_in_other_processes_take_turns(tmp_path):
+    """The tokenizer and the recommender admit into one table: an admission waits while
+    another admitter holds the table (or both could take the same free slot)."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "table"
+    recommender = AdmissionTable(path, limit=2)
+    tickets: list = []
+    with open(path, "rb") as other:  # another admitter, mid-admission
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: tickets.append(recommender.admit()))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and tickets == []  # waits for its turn
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiting.join(5)
+    assert len(tickets) == 1 and tickets[0] is not None
+    assert recommender.in_flight() == 1
