@@ -198,3 +198,21 @@ def test_cli_refuses_a_taken_port(tmp_path: Path) -> None:
     assert f"http port {port}" in result.stderr
     assert "already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_orphaned_python_backend_shm_regions_are_removed(tmp_path) -> None:
+    """A killed stub's shared-memory region is deleted; one a process still maps is kept."""
+    import mmap
+
+    from shoprank.tritonserver import SHM_REGION_PREFIX, remove_orphaned_shm_regions
+
+    orphan, live, other = (
+        tmp_path / f"{SHM_REGION_PREFIX}orphan",
+        tmp_path / f"{SHM_REGION_PREFIX}live",
+        tmp_path / "not_a_region",
+    )
+    for path in (orphan, live, other):
+        path.write_bytes(b"\0" * 4096)
+    with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):  # a live stub maps its region
+        assert remove_orphaned_shm_regions(tmp_path) == 1
+    assert not orphan.exists() and live.exists() and other.exists()
