@@ -124,21 +124,21 @@ def _remember_environment(environment: Environment, **_kwargs) -> None:
     _environment = environment
 
 
+REQUEST_LOG = os.environ.get(REQUEST_LOG_ENV)
 _requests: list[tuple[float, str, float, bool]] = []
 
 
 @events.request.add_listener
 def _log_request(name, response_time, exception, **_kwargs) -> None:
-    if os.environ.get(REQUEST_LOG_ENV):
+    if REQUEST_LOG:
         _requests.append((time.time(), name, response_time, exception is None))
 
 
 @events.quit.add_listener
 def _write_request_log(**_kwargs) -> None:
-    path = os.environ.get(REQUEST_LOG_ENV)
-    if not path:
+    if not REQUEST_LOG:
         return
-    with open(path, "w", newline="") as f:
+    with open(REQUEST_LOG, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(REQUEST_LOG_COLUMNS)
         writer.writerows((f"{t:.3f}", name, f"{ms:.2f}", int(ok)) for t, name, ms, ok in _requests)

@@ -112,7 +112,8 @@ class AdmissionTable:
             if f.tell() < size:
                 f.truncate(size)
         self.slots = np.memmap(self.path, dtype=np.int64, mode="r+", shape=(MAX_SLOTS,))
-        self._lock = open(self.path, "rb")  # noqa: SIM115 (held for the table's life)
+        # Held for the table's life; releasers (limit 0) never lock.
+        self._lock = open(self.path, "rb") if limit else None  # noqa: SIM115
 
     def admit(self) -> int | None:
         """A ticket for a new request, or None (refuse it) when `limit` requests are in

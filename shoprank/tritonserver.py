@@ -164,7 +164,7 @@ def remove_orphaned_shm_regions(folder: Path = SHM_FOLDER) -> int:
     if not folder.is_dir():
         return 0
     uid = os.getuid()
-    candidates = [p for p in folder.glob(f"{SHM_REGION_PREFIX}*") if p.stat().st_uid == uid]
+    candidates = [p for p in folder.glob(f"{SHM_REGION_PREFIX}*") if _owner(p) == uid]
     if not candidates:
         return 0
     mapped = _mapped_files()
@@ -174,6 +174,20 @@ def remove_orphaned_shm_regions(folder: Path = SHM_FOLDER) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:  # removed meanwhile by the stub that made it
+        return None
+
+
+def remove_leftover_shm() -> None:
+    """What crashed or stopped servers left in shared memory: admission tables and the
+    Python backend's regions (a stopped server removes its own; a killed one cannot)."""
+    remove_stale_tables()
+    remove_orphaned_shm_regions()
 
 
 def _mapped_files() -> set[str]:
@@ -412,8 +426,7 @@ def start(
         # answers on the port and call it ready.
         raise TritonServerError(f"{', '.join(taken)} already in use (another server?)")
     install = find_tritonserver()
-    remove_stale_tables()  # left by servers that crashed (a stopped one removes its own)
-    remove_orphaned_shm_regions()
+    remove_leftover_shm()
     command = server_command(
         install,
         repository,
@@ -517,8 +530,7 @@ def stop_process_group(proc_or_pid: subprocess.Popen | int, timeout: float = 30)
             proc_or_pid.wait(1)  # reap our own child
     if group_members(pid) or pid_alive(pid):
         raise TritonServerError(f"process {pid} (or its group) survived SIGKILL")
-    remove_stale_tables()  # the stopped server's admission table
-    remove_orphaned_shm_regions()  # a killed server's stubs leave theirs
+    remove_leftover_shm()  # the stopped server's admission table, a killed one's regions
 
 
 def stop(proc_or_pid: subprocess.Popen | int, timeout: float = 30) -> None:
