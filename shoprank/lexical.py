@@ -311,6 +311,8 @@ class _Postings:
         rows = self.rows[lo:hi]
         if len(rows) == 0:
             return np.zeros(len(candidates), bool), np.zeros(len(candidates), np.float32)
+        # Same dtype as the postings, or numpy converts the whole posting list per call.
+        candidates = candidates.astype(rows.dtype, copy=False)
         pos = np.minimum(np.searchsorted(rows, candidates), len(rows) - 1)
         hit = rows[pos] == candidates
         if self.weights is None:

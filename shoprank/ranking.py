@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,13 +78,22 @@ def retrieve(
     query_embeddings: np.ndarray,
     query_tokens: Sequence[Sequence[str]],
     config: RetrievalConfig,
+    pool: Executor | None = None,
 ) -> list[np.ndarray]:
-    """Per query: the union of its dense and BM25 candidates (catalog rows)."""
+    """Per query: the union of its dense and BM25 candidates (catalog rows).
+
+    With a `pool`, the BM25 searches run on it while the dense search runs here. faiss and
+    tantivy both release the GIL, so on an idle 2-core host the two overlap (at a million
+    products they took 2.5 ms a query together instead of 2.2 + 1.7 ms one after the other).
+    """
+
+    def lexical_rows() -> list[np.ndarray]:
+        return [lexical.search(tokens, config.lexical_k)[0] for tokens in query_tokens]
+
+    pending = pool.submit(lexical_rows) if pool is not None else None
     dense_rows, _ = dense.search(query_embeddings, config.dense_k)
-    return [
-        union_candidates(dense_rows[i], lexical.search(tokens, config.lexical_k)[0])
-        for i, tokens in enumerate(query_tokens)
-    ]
+    found = pending.result() if pending is not None else lexical_rows()
+    return [union_candidates(dense_rows[i], rows) for i, rows in enumerate(found)]
 
 
 # A filter that allows at most this many products is met by an exact scan over them; a
@@ -236,6 +246,7 @@ class CandidateRanker:
         catalog: CatalogIndex,
         config: RetrievalConfig,
         shoppers: ShopperVectors | None = None,
+        parallel: bool = True,
     ) -> None:
         if shoppers is not None and len(shoppers.items) != len(catalog.product_ids):
             raise ValueError(
@@ -249,6 +260,8 @@ class CandidateRanker:
         self.catalog = catalog
         self.config = config
         self.facets = Facets.of(catalog)
+        # One thread for BM25 beside the dense search (`retrieve`); None: one after the other.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bm25") if parallel else None
         # What the last `rank` call spent per stage (seconds), for the serving metrics.
         self.last_timings: dict[str, float] = {}
 
@@ -324,6 +337,7 @@ class CandidateRanker:
                 embeddings[to_retrieve],
                 [tokens[i] for i in to_retrieve],
                 self.config,
+                self.pool,
             )
             for i, rows in zip(to_retrieve, found, strict=True):
                 candidates[i] = rows

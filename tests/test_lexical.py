@@ -187,3 +187,25 @@ def test_a_missing_search_index_is_named(index, tmp_path):
     shutil.rmtree(lexical.search_dir(path))
     with pytest.raises(ValueError, match=r"lexical\.tantivy"):
         LexicalIndex.load(path)
+
+
+def test_bm25_beside_the_dense_search_changes_no_answer(in_process, search_workload):
+    """The ranker runs BM25 on its own thread while the dense search runs (`retrieve`);
+    the answers must be those of running the two one after the other."""
+    from shoprank.ranking import Request
+
+    ranker = in_process.ranker
+    queries = [w["query"] for w in search_workload[:24]]
+    embeddings = in_process.encode(queries)
+    none = np.zeros(0, np.int64)
+    requests = [Request(q, e, none, 10) for q, e in zip(queries, embeddings, strict=True)]
+    assert ranker.pool is not None
+    parallel = ranker.rank(requests)
+    pool, ranker.pool = ranker.pool, None
+    try:
+        sequential = ranker.rank(requests)
+    finally:
+        ranker.pool = pool
+    for a, b in zip(parallel, sequential, strict=True):
+        assert a.product_ids.tolist() == b.product_ids.tolist()
+        np.testing.assert_array_equal(a.scores, b.scores)
