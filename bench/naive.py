@@ -102,7 +102,7 @@ class NaivePipeline:
                 )
             )
         depth = row_depths(np.array([len(rows)]), self.config.depth, self.config.cold_start_depth)
-        scores = combine(relevance.numpy(), full.numpy(), depth, features.valid)[0]
+        extra = None
         if self.sequential is not None and len(rows):
             history = torch.from_numpy(rows[-contract.MAX_HISTORY :])[None, :]
             with torch.inference_mode():
@@ -110,8 +110,11 @@ class NaivePipeline:
                     self.items[history], torch.ones(history.shape)
                 )[0]
                 raw = (self.items[torch.from_numpy(candidates)] @ user).numpy()
-            kept = in_depth(relevance.numpy(), depth, features.valid)[0, : len(candidates)]
-            scores[: len(candidates)] += np.where(kept, sequential_part(raw, self.config), 0.0)
+            kept = in_depth(relevance.numpy(), depth, features.valid)
+            extra = np.zeros(kept.shape, np.float32)
+            part = np.where(kept[0, : len(candidates)], sequential_part(raw, self.config), 0.0)
+            extra[0, : len(candidates)] = part
+        scores = combine(relevance.numpy(), full.numpy(), depth, features.valid, extra)[0]
         k = min(k, len(candidates))
         best = np.argsort(-scores[: len(candidates)], kind="stable")[:k]
         picked = candidates[best]

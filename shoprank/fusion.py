@@ -54,11 +54,12 @@ SCORE_PARTS = (
     "bias",
 )
 SEQUENTIAL_PART = "sequential"  # the sequential model's shopper vector (search and recommend)
-# Below the re-rank depth the score is the relevance alone, this far down (combine).
+# Below the re-rank depth the score is the relevance alone, moved down under the
+# re-ranked candidates when it would outrank one of them (combine).
 BELOW_DEPTH_PARTS = ("semantic", "lexical", "below_rerank_depth")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
-# Candidates below the re-rank depth keep their relevance order, this far below the rest.
-BELOW_DEPTH = 1e4
+# The best candidate below the re-rank depth scores this much under the lowest one in it.
+BELOW_DEPTH_GAP = 0.01
 
 
 @dataclass
@@ -209,11 +210,12 @@ class FusionRanker(nn.Module):
 
 
 def explained_parts(
-    parts: np.ndarray, in_depth: bool, sequential: float | None = None
+    parts: np.ndarray, in_depth: bool, sequential: float | None = None, below: float = 0.0
 ) -> dict[str, float]:
     """One candidate's parts (the ranker graph's score_parts row) as name → value, summing
-    to its served score (`combine`, plus the shopper vector's `sequential` part when the
-    ranker serves it: in depth only)."""
+    to its served score (`combine`, with the shopper vector's `sequential` part when the
+    ranker serves it: in depth only). `below`: how far `combine` moved a candidate below
+    the depth down (its served score minus its relevance, ≤ 0)."""
     n = len(SCORE_PARTS)
     if in_depth:
         named = {name: float(v) for name, v in zip(SCORE_PARTS, parts[:n], strict=True)}
@@ -222,7 +224,7 @@ def explained_parts(
         return named
     semantic, lexical = parts[n], parts[n + 1]
     return dict(
-        zip(BELOW_DEPTH_PARTS, (float(semantic), float(lexical), -BELOW_DEPTH), strict=True)
+        zip(BELOW_DEPTH_PARTS, (float(semantic), float(lexical), float(below)), strict=True)
     )
 
 
@@ -237,20 +239,36 @@ def row_depths(history_lengths: np.ndarray, depth: int, cold_start_depth: int | 
 
 
 def combine(
-    relevance: np.ndarray, full: np.ndarray, depth: int | np.ndarray, valid: np.ndarray
+    relevance: np.ndarray,
+    full: np.ndarray,
+    depth: int | np.ndarray,
+    valid: np.ndarray,
+    extra: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Final scores (B, C): the full score for each row's `depth` most relevant valid
-    candidates (`depth` one int, or one per row), the relevance BELOW_DEPTH lower for the
-    rest, -inf for padding.
+    """Final scores (B, C): the full score (plus `extra`, e.g. the shopper vector's part)
+    for each row's `depth` most relevant valid candidates (`depth` one int, or one per
+    row), the relevance for the rest, -inf for padding.
 
     Click logs only ever show plausible products, so what the ranker learns about
     popularity must not let a best-seller outrank relevance for an unrelated query: the
-    depth is chosen on held-out judged queries.
+    depth is chosen on held-out judged queries, and the rest rank after the re-ranked
+    ones. Where their relevance would outrank one, the row's rest move down together, just
+    under the lowest re-ranked score (BELOW_DEPTH_GAP): they keep their relevance order and
+    differences, and no score leaves the scale a caller sees (a row with nothing re-ranked,
+    a cold start at depth 0, is its relevance as is).
     """
-    out = np.where(valid, relevance - BELOW_DEPTH, -np.inf).astype(np.float32)
+    out = np.where(valid, relevance, -np.inf).astype(np.float32)
     if relevance.size == 0:
         return out
-    return np.where(in_depth(relevance, depth, valid), full, out).astype(np.float32)
+    kept = in_depth(relevance, depth, valid)
+    top = full if extra is None else full + extra
+    rest = valid & ~kept
+    lowest_kept = np.where(kept, top, np.inf).min(axis=1)  # (B,) inf: nothing re-ranked
+    best_rest = np.where(rest, relevance, -np.inf).max(axis=1)  # (B,) -inf: no rest
+    both = np.isfinite(lowest_kept) & np.isfinite(best_rest)
+    gap = np.where(both, best_rest - lowest_kept + BELOW_DEPTH_GAP, 0.0)
+    shift = np.maximum(gap, 0.0)[:, None]  # (B, 1)
+    return np.where(kept, top, out - shift).astype(np.float32)
 
 
 def in_depth(relevance: np.ndarray, depth: int | np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -371,15 +371,13 @@ class CandidateRanker:
             self.config.depth,
             self.config.cold_start_depth,
         )
-        scores = combine(relevance, full, depths, features.valid)
         kept = (
             in_depth(relevance, depths, features.valid)
             if explain or self.shoppers is not None
             else None
         )
         sequential = self.sequential_scores(requests, features.rows, kept)
-        if sequential is not None:
-            scores = scores + sequential
+        scores = combine(relevance, full, depths, features.valid, sequential)
         lap("score")
         out = []
         for i, r in enumerate(requests):
@@ -407,6 +405,7 @@ class CandidateRanker:
                                 float(sequential[i, j])
                                 if sequential is not None and len(r.history)
                                 else None,
+                                float(row_scores[j] - relevance[i, j]),
                             ),
                             history_ids,
                             features.history[i, : len(r.history)],

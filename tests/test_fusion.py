@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from shoprank.features import USER_ITEM_FEATURES, ItemTables, user_item_features
 from shoprank.fusion import (
-    BELOW_DEPTH,
+    BELOW_DEPTH_GAP,
     FUSIONS,
     SCORE_PARTS,
     FusionConfig,
@@ -112,11 +112,37 @@ def test_combine_lets_behaviour_reorder_only_the_most_relevant():
     full = np.array([[0.0, 10.0, 0.0, 99.0, 0.0]])  # behaviour loves candidate 3
     valid = np.array([[True, True, True, True, False]])
     out = combine(relevance, full, depth=3, valid=valid)
-    # The 3 most relevant keep their full score; candidate 3 (4th by relevance) does not.
+    # The 3 most relevant keep their full score; candidate 3 (4th by relevance) does not,
+    # and its relevance (2.0) moves just under the lowest of them (0.0).
     assert out[0, :3].tolist() == [0.0, 10.0, 0.0]
-    assert out[0, 3] == pytest.approx(2.0 - BELOW_DEPTH)
+    assert out[0, 3] == pytest.approx(-BELOW_DEPTH_GAP)
     assert out[0, 4] == -np.inf  # padding never ranks
     assert np.argmax(out[0]) == 1
+
+
+def test_scores_below_the_depth_stay_on_the_scale_and_in_relevance_order():
+    rng = np.random.default_rng(0)
+    relevance = rng.normal(size=(4, 30)).astype(np.float32)
+    full = relevance + rng.normal(scale=3.0, size=(4, 30)).astype(np.float32)
+    extra = rng.normal(size=(4, 30)).astype(np.float32)
+    valid = np.ones((4, 30), bool)
+    valid[3, 20:] = False
+    depths = np.array([5, 0, 30, 5])
+    out = combine(relevance, full, depths, valid, extra)
+    kept = in_depth(relevance, depths, valid)
+    np.testing.assert_array_equal(out[kept], (full + extra)[kept])
+    for i in range(4):
+        rest = valid[i] & ~kept[i]
+        if kept[i].any() and rest.any():  # every re-ranked one first, by at least the gap
+            gap = out[i, kept[i]].min() - out[i, rest].max()
+            assert gap == pytest.approx(BELOW_DEPTH_GAP, abs=1e-5) or gap > BELOW_DEPTH_GAP
+        # the rest keep their relevance differences: one shift per row, never upwards
+        shift = relevance[i, rest] - out[i, rest]
+        np.testing.assert_allclose(shift, shift.max(initial=0.0), atol=1e-5)
+        assert (shift >= 0).all()
+        assert np.isfinite(out[i, valid[i]]).all() and np.abs(out[i, valid[i]]).max() < 100
+    np.testing.assert_array_equal(out[1], relevance[1])  # depth 0: the relevance as is
+    assert np.isneginf(out[3, 20:]).all()
 
 
 def test_combine_takes_one_depth_per_row_and_cold_start_rows_their_own():
@@ -127,7 +153,7 @@ def test_combine_takes_one_depth_per_row_and_cold_start_rows_their_own():
     assert depths.tolist() == [3, 0]
     out = combine(relevance, full, depths, valid)
     assert np.argmax(out[0]) == 2  # with a history, behaviour reorders all three
-    assert out[1].tolist() == pytest.approx((relevance[1] - BELOW_DEPTH).tolist())  # none
+    assert out[1].tolist() == pytest.approx(relevance[1].tolist())  # none: relevance as is
     assert row_depths(np.array([0]), depth=7, cold_start_depth=None).tolist() == [7]
 
 
@@ -153,7 +179,8 @@ def test_score_parts_add_up_to_the_scores(fusion, hidden):
     served = combine(relevance.numpy(), full.numpy(), 2, np.ones(full.shape, bool))
     kept = in_depth(relevance.numpy(), 2, np.ones(full.shape, bool))
     for i, j in np.ndindex(*full.shape):
-        named = explained_parts(parts[i, j].numpy(), bool(kept[i, j]))
+        below = float(served[i, j] - relevance[i, j])
+        named = explained_parts(parts[i, j].numpy(), bool(kept[i, j]), below=below)
         assert sum(named.values()) == pytest.approx(float(served[i, j]), rel=1e-5, abs=1e-3)
 
 
