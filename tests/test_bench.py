@@ -285,6 +285,47 @@ def test_short_bench_run_writes_reports(
     assert result.floor is not None and result.floor.flops > 0
 
 
+def test_scale_bench_at_tiny_sizes(tiny_artifacts, search_workload, tmp_path: Path) -> None:
+    """`make bench-scale` end to end on tiny catalogs: synthesized sizes, the ANN index
+    tuned, the repository built and served by the real Triton server, then the same files
+    in process; the CSV holds one row per (size, system, concurrency), the plot is drawn."""
+    import shutil
+
+    from shoprank.bench.scale import IN_PROCESS, TRITON, ScaleConfig, growth_exponent
+    from shoprank.bench.scale import run as scale
+
+    out = tmp_path / "demo"  # a copy: the benchmark writes beside the artifacts it reads
+    shutil.copytree(tiny_artifacts.root, out, symlinks=True)
+    paths = type(tiny_artifacts)(out)
+    paths.workload.parent.mkdir(parents=True, exist_ok=True)
+    paths.workload.write_text(json.dumps(search_workload))
+    config = ScaleConfig(
+        out=out,
+        sizes="400,1600",
+        modes="ann",
+        concurrency="1,2",
+        duration_s=0.3,
+        warmup_s=0.1,
+        max_windows=2,
+        recall_target=0.9,
+    )
+    rows = scale(config)
+    with open(paths.reports / "scale.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert [(r["products"], r["system"], r["concurrency"]) for r in written] == [
+        (n, system, c)
+        for n in ("400", "1600")
+        for system, c in ((TRITON, "1"), (TRITON, "2"), (IN_PROCESS, "1"))
+    ]
+    for r in written:
+        assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"]) and float(r["rps"]) > 0, r
+        assert float(r["recall_at_100"]) >= 0.9 and float(r["index_mb"]) > 0, r
+    assert all(float(r["ranker_rss_mb"]) > 0 for r in written if r["system"] == TRITON)
+    assert growth_exponent(rows, "ann") is not None
+    assert (paths.reports / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any((out / "scale").iterdir())  # the generated folders are removed (no --keep)
+
+
 def test_deploy_bench_windows_are_cut_by_the_marks() -> None:
     """bench.deploy's report: each request lands in the window its end time falls in, and
     the swap's p99 is compared with the steady one, failures apart."""
