@@ -14,8 +14,10 @@ system "in-process"): the pipeline's compute alone, so that what serving adds (g
 ensemble, the Python-backend hops) reads as the difference of two rows of one run.
 
 Writes `<out>/reports/scale.csv` (products, retrieval, system, concurrency, p50_ms, p99_ms,
-rps, recall_at_100, index_mb, build_s, ranker_rss_mb) and `scale.png` (p50 against catalog
-size), and prints how the served p50 grows with the catalog (the log-log slope).
+rps, recall_at_100, index_mb, build_s, ranker_rss_mb, and the mean milliseconds a request
+spent in each served model by Triton's statistics: tokenizer_ms, encoder_ms, ranker_ms) and
+`scale.png` (p50 against catalog size), and prints how the served p50 grows with the
+catalog (the log-log slope).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ CSV_COLUMNS = (
     "index_mb",
     "build_s",
     "ranker_rss_mb",
+    "tokenizer_ms",
+    "encoder_ms",
+    "ranker_ms",
 )
+# The served models whose time per request the CSV shows (Triton's statistics).
+STAGE_MODELS = (contract.TOKENIZER_MODEL, contract.ENCODER_MODEL, contract.RANKER_MODEL)
 
 
 @dataclass
@@ -95,6 +102,11 @@ class Row:
     index_mb: float
     build_s: float
     ranker_rss_mb: float
+    # Mean time a request spent in each served model (queue + compute), Triton's statistics
+    # over the measurement; NaN for the in-process rows.
+    tokenizer_ms: float = float("nan")
+    encoder_ms: float = float("nan")
+    ranker_ms: float = float("nan")
 
 
 def _log(message: str) -> None:
@@ -119,6 +131,32 @@ def _query_embeddings(demo: contract.ArtifactPaths, queries: list[str]) -> np.nd
         feeds = encoder_feeds(pad_rows([e[0] for e in enc]), pad_rows([e[1] for e in enc]))
         out.append(session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)[0])
     return np.concatenate(out)
+
+
+def _model_totals(grpc_url: str) -> dict[str, tuple[int, int]]:
+    """Per served model: (requests answered, nanoseconds they spent in it) so far."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        stats = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    out = {}
+    for model in stats.get("model_stats", []):
+        success = model.get("inference_stats", {}).get("success", {})
+        out[model["name"]] = (int(success.get("count", 0)), int(success.get("ns", 0)))
+    return out
+
+
+def model_ms(before: dict, after: dict) -> dict[str, float]:
+    """`<model>_ms` of STAGE_MODELS between two `_model_totals` (NaN: no request)."""
+    out = {}
+    for name in STAGE_MODELS:
+        count = after.get(name, (0, 0))[0] - before.get(name, (0, 0))[0]
+        ns = after.get(name, (0, 0))[1] - before.get(name, (0, 0))[1]
+        out[f"{name}_ms"] = ns / count / 1e6 if count > 0 else float("nan")
+    return out
 
 
 def _ranker_rss_mb() -> float:
@@ -202,7 +240,9 @@ def run(config: ScaleConfig) -> list[Row]:
 
                 rss = _ranker_rss_mb()
                 for c in levels:
+                    before = _model_totals(server.grpc_url)
                     m = measure(lambda s=server: TritonCaller(s.grpc_url), workload, c, mconfig)
+                    stages = model_ms(before, _model_totals(server.grpc_url))
                     s = m.summary
                     rows.append(
                         Row(
@@ -217,11 +257,13 @@ def run(config: ScaleConfig) -> list[Row]:
                             mb,
                             build_s,
                             rss,
+                            **stages,
                         )
                     )
+                    where = ", ".join(f"{k[:-3]} {v:.1f}" for k, v in stages.items())
                     _log(
                         f"    ×{c}: p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms, "
-                        f"{s.throughput_rps:.1f} req/s"
+                        f"{s.throughput_rps:.1f} req/s; ms a request in {where}"
                     )
             if config.in_process and mode == "ann":
                 rows.append(_in_process_row(paths, workload, mconfig, rows[-1]))

@@ -291,7 +291,13 @@ def test_scale_bench_at_tiny_sizes(tiny_artifacts, search_workload, tmp_path: Pa
     in process; the CSV holds one row per (size, system, concurrency), the plot is drawn."""
     import shutil
 
-    from shoprank.bench.scale import IN_PROCESS, TRITON, ScaleConfig, growth_exponent
+    from shoprank.bench.scale import (
+        IN_PROCESS,
+        STAGE_MODELS,
+        TRITON,
+        ScaleConfig,
+        growth_exponent,
+    )
     from shoprank.bench.scale import run as scale
 
     out = tmp_path / "demo"  # a copy: the benchmark writes beside the artifacts it reads
@@ -320,7 +326,12 @@ def test_scale_bench_at_tiny_sizes(tiny_artifacts, search_workload, tmp_path: Pa
     for r in written:
         assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"]) and float(r["rps"]) > 0, r
         assert float(r["recall_at_100"]) >= 0.9 and float(r["index_mb"]) > 0, r
-    assert all(float(r["ranker_rss_mb"]) > 0 for r in written if r["system"] == TRITON)
+    for r in written:  # where a served request's time went, by Triton's statistics
+        stages = [float(r[f"{m}_ms"]) for m in STAGE_MODELS]
+        if r["system"] == TRITON:
+            assert float(r["ranker_rss_mb"]) > 0 and all(0 < t < math.inf for t in stages)
+        else:
+            assert all(math.isnan(t) for t in stages)
     assert growth_exponent(rows, "ann") is not None
     assert (paths.reports / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any((out / "scale").iterdir())  # the generated folders are removed (no --keep)
