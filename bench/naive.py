@@ -19,7 +19,7 @@ import torch
 from shoprank import contract
 from shoprank.artifacts import load_item_index
 from shoprank.features import ItemTables
-from shoprank.fusion import as_tensors, combine, in_depth, row_depths
+from shoprank.fusion import as_tensors
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.pipeline import Ranked
 from shoprank.ranking import (
@@ -29,6 +29,7 @@ from shoprank.ranking import (
     union_candidates,
 )
 from shoprank.runtime import CatalogIndex, decode_query, validate_top_k
+from shoprank.scoring import combine, in_depth, row_depths
 
 
 class NaivePipeline:

@@ -24,7 +24,8 @@ from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.fusion import FusionRanker
 from shoprank.lexical import LEXICAL_FEATURES
 from shoprank.runtime import cpu_session, encoder_feeds
-from shoprank.sequential import SequentialRecommender, left_pad
+from shoprank.sequential import SequentialRecommender
+from shoprank.shoppers import left_pad
 
 
 class ParityError(RuntimeError):

@@ -21,7 +21,8 @@ empty history every user term is off: cold start is relevance plus the item prio
 
 The module takes gathered tensors (no catalog inside), so the same graph scores a
 20,000- or a 1,000,000-product catalog; `forward` returns the relevance and the full
-score, and `combine` lets behaviour reorder only the `depth` most relevant candidates.
+score, and `shoprank.scoring.combine` lets behaviour reorder only the `depth` most
+relevant candidates.
 """
 
 from __future__ import annotations
@@ -42,24 +43,7 @@ from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.lexical import LEXICAL_FEATURES
 
 FUSIONS = ("weighted", "concat_mlp", "target_attention")
-# The full score's additive parts, as explanations name them (`FusionRanker.parts`): they
-# sum to the score of a candidate inside the re-rank depth. "lexical" holds everything of
-# the relevance model beyond the dense cosine (lexical features and their MLP, if any).
-SCORE_PARTS = (
-    "semantic",
-    "lexical",
-    "history_similarity",
-    *USER_ITEM_FEATURES,
-    "popularity",
-    "bias",
-)
-SEQUENTIAL_PART = "sequential"  # the sequential model's shopper vector (search and recommend)
-# Below the re-rank depth the score is the relevance alone, moved down under the
-# re-ranked candidates when it would outrank one of them (combine).
-BELOW_DEPTH_PARTS = ("semantic", "lexical", "below_rerank_depth")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
-# The best candidate below the re-rank depth scores this much under the lowest one in it.
-BELOW_DEPTH_GAP = 0.01
 
 
 @dataclass
@@ -186,8 +170,9 @@ class FusionRanker(nn.Module):
         item_features: torch.Tensor,
         user_item: torch.Tensor,
     ) -> torch.Tensor:
-        """(B, C, len(SCORE_PARTS) + 2): the full score of `forward` split into SCORE_PARTS
-        (they sum to it), then the relevance's semantic and lexical parts (they sum to R)."""
+        """(B, C, len(SCORE_PARTS) + 2): the full score of `forward` split into the parts
+        `shoprank.scoring.SCORE_PARTS` names (they sum to it), then the relevance's semantic
+        and lexical parts (they sum to R)."""
         cosine = torch.einsum("bd,bcd->bc", query, candidates)
         semantic = self.relevance.log_scale.exp() * cosine
         lexical_part = self.relevance(cosine, lexical) - semantic
@@ -207,78 +192,6 @@ class FusionRanker(nn.Module):
             ],
             dim=-1,
         )
-
-
-def explained_parts(
-    parts: np.ndarray, in_depth: bool, sequential: float | None = None, below: float = 0.0
-) -> dict[str, float]:
-    """One candidate's parts (the ranker graph's score_parts row) as name → value, summing
-    to its served score (`combine`, with the shopper vector's `sequential` part when the
-    ranker serves it: in depth only). `below`: how far `combine` moved a candidate below
-    the depth down (its served score minus its relevance, ≤ 0)."""
-    n = len(SCORE_PARTS)
-    if in_depth:
-        named = {name: float(v) for name, v in zip(SCORE_PARTS, parts[:n], strict=True)}
-        if sequential is not None:
-            named[SEQUENTIAL_PART] = sequential
-        return named
-    semantic, lexical = parts[n], parts[n + 1]
-    return dict(
-        zip(BELOW_DEPTH_PARTS, (float(semantic), float(lexical), float(below)), strict=True)
-    )
-
-
-def row_depths(history_lengths: np.ndarray, depth: int, cold_start_depth: int | None) -> np.ndarray:
-    """Re-rank depth of each row (B,): `cold_start_depth` where the history is empty.
-
-    With no history the only behaviour signal is the item prior (popularity), which can
-    help or hurt judged relevance on its own, so its depth is chosen separately.
-    """
-    cold = depth if cold_start_depth is None else cold_start_depth
-    return np.where(np.asarray(history_lengths) > 0, depth, cold).astype(np.int64)
-
-
-def combine(
-    relevance: np.ndarray,
-    full: np.ndarray,
-    depth: int | np.ndarray,
-    valid: np.ndarray,
-    extra: np.ndarray | None = None,
-) -> np.ndarray:
-    """Final scores (B, C): the full score (plus `extra`, e.g. the shopper vector's part)
-    for each row's `depth` most relevant valid candidates (`depth` one int, or one per
-    row), the relevance for the rest, -inf for padding.
-
-    Click logs only ever show plausible products, so what the ranker learns about
-    popularity must not let a best-seller outrank relevance for an unrelated query: the
-    depth is chosen on held-out judged queries, and the rest rank after the re-ranked
-    ones. Where their relevance would outrank one, the row's rest move down together, just
-    under the lowest re-ranked score (BELOW_DEPTH_GAP): they keep their relevance order and
-    differences, and no score leaves the scale a caller sees (a row with nothing re-ranked,
-    a cold start at depth 0, is its relevance as is).
-    """
-    out = np.where(valid, relevance, -np.inf).astype(np.float32)
-    if relevance.size == 0:
-        return out
-    kept = in_depth(relevance, depth, valid)
-    top = full if extra is None else full + extra
-    rest = valid & ~kept
-    lowest_kept = np.where(kept, top, np.inf).min(axis=1)  # (B,) inf: nothing re-ranked
-    best_rest = np.where(rest, relevance, -np.inf).max(axis=1)  # (B,) -inf: no rest
-    both = np.isfinite(lowest_kept) & np.isfinite(best_rest)
-    gap = np.where(both, best_rest - lowest_kept + BELOW_DEPTH_GAP, 0.0)
-    shift = np.maximum(gap, 0.0)[:, None]  # (B, 1)
-    return np.where(kept, top, out - shift).astype(np.float32)
-
-
-def in_depth(relevance: np.ndarray, depth: int | np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(B, C) bool: the candidate is among its row's `depth` most relevant valid ones."""
-    relevance = np.where(valid, relevance, -np.inf)
-    depths = np.broadcast_to(np.asarray(depth, np.int64), (len(relevance),))
-    order = np.argsort(-relevance, axis=1, kind="stable")  # (B, C) best first
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(relevance.shape[1])[None, :], axis=1)
-    return valid & (ranks < depths[:, None])
 
 
 def save_ranker(ranker: FusionRanker, out_dir: Path) -> None:

@@ -29,10 +29,10 @@ from shoprank import contract
 from shoprank.ann import DenseIndex
 from shoprank.features import ItemTables, user_item_features
 from shoprank.filters import Facets, Filters
-from shoprank.fusion import combine, explained_parts, in_depth, row_depths
 from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
 from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
-from shoprank.sequential import ShopperVectors
+from shoprank.scoring import combine, explained_parts, in_depth, row_depths
+from shoprank.shoppers import ShopperVectors
 
 
 @dataclass

@@ -17,10 +17,10 @@ import numpy as np
 
 from shoprank import contract
 from shoprank.filters import Facets, Filters
-from shoprank.fusion import SEQUENTIAL_PART
 from shoprank.ranking import Ranked, explanation
 from shoprank.runtime import CatalogIndex
-from shoprank.sequential import ShopperVectors
+from shoprank.scoring import SEQUENTIAL_PART
+from shoprank.shoppers import ShopperVectors
 
 
 @dataclass

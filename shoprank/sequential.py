@@ -9,7 +9,8 @@ recommended:
 A small causal transformer over the history's item vectors (most recent last, left-padded)
 gives the shopper vector h at the last position; products are scored by h · e_i. Serving
 gathers e_i for the history rows (precomputed for the whole catalog at export time) and
-runs only `HistoryEncoder` in ONNX, so new or re-priced products never touch the graph.
+runs only `HistoryEncoder` in ONNX (`shoprank.shoppers`, no torch), so new or re-priced
+products never touch the graph.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -139,62 +139,6 @@ class SequentialRecommender(nn.Module):
         """history rows (B, L) left-padded, mask (B, L), item vectors (N, d) →
         next-item logits at every position (B, L, N)."""
         return self.encoder.user_states(items[history], mask) @ items.T
-
-
-def left_pad(histories: list[list[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows (B, L), mask (B, L)) with the last `max_len` items of each history right-aligned
-    (most recent last); L is the longest kept history, at least 1."""
-    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
-    rows = np.zeros((len(histories), width), np.int64)
-    mask = np.zeros((len(histories), width), np.float32)
-    for i, h in enumerate(histories):
-        kept = list(h)[-width:]
-        if kept:
-            rows[i, width - len(kept) :] = kept
-            mask[i, width - len(kept) :] = 1.0
-    return rows, mask
-
-
-def load_item_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(item vectors (N, d), popularity (N,)); ValueError naming the file when unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["item_vectors"].astype(np.float32), z["popularity"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"item vectors {path} are missing or corrupt: {exc}") from None
-
-
-class ShopperVectors:
-    """The served half of the model: the history encoder in ONNX plus the item vectors
-    e_i (N, d) precomputed at conversion. Used by `recommender` and, as a search signal,
-    by `ranker`."""
-
-    def __init__(self, session, items: np.ndarray) -> None:
-        self.session = session
-        self.items = items
-
-    @classmethod
-    def load(cls, version_dir: Path, threads: int = 1) -> tuple[ShopperVectors, np.ndarray]:
-        """(shopper vectors, popularity (N,)) from a model version folder holding
-        SEQUENTIAL_ONNX_FILE and ITEM_VECTORS_FILE; a missing file is named."""
-        from shoprank.runtime import cpu_session  # onnxruntime: serving only
-
-        version_dir = Path(version_dir)
-        for name in (contract.SEQUENTIAL_ONNX_FILE, contract.ITEM_VECTORS_FILE):
-            if not (version_dir / name).is_file():
-                raise FileNotFoundError(f"{version_dir / name} is missing: rebuild the repository")
-        items, popularity = load_item_vectors(version_dir / contract.ITEM_VECTORS_FILE)
-        session = cpu_session(version_dir / contract.SEQUENTIAL_ONNX_FILE, threads)
-        return cls(session, items), popularity
-
-    def users(self, histories: list[np.ndarray]) -> np.ndarray:
-        """Shopper vectors (B, d) for non-empty histories (catalog rows, most recent last)."""
-        rows, mask = left_pad([list(h) for h in histories], contract.MAX_HISTORY)
-        (user,) = self.session.run(
-            [contract.ONNX_SEQ_USER],
-            {contract.ONNX_SEQ_HISTORY: self.items[rows], contract.ONNX_SEQ_MASK: mask},
-        )
-        return user
 
 
 def save_sequential(model: SequentialRecommender, out_dir: Path) -> None:

@@ -8,20 +8,22 @@ import torch.nn.functional as F
 
 from shoprank.features import USER_ITEM_FEATURES, ItemTables, user_item_features
 from shoprank.fusion import (
-    BELOW_DEPTH_GAP,
     FUSIONS,
-    SCORE_PARTS,
     FusionConfig,
     FusionRanker,
     as_tensors,
-    combine,
-    explained_parts,
-    in_depth,
     load_ranker,
-    row_depths,
     save_ranker,
 )
 from shoprank.lexical import LEXICAL_FEATURES
+from shoprank.scoring import (
+    BELOW_DEPTH_GAP,
+    SCORE_PARTS,
+    combine,
+    explained_parts,
+    in_depth,
+    row_depths,
+)
 
 DIM = 8
 

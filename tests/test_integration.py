@@ -527,3 +527,31 @@ def test_explanations_add_up_to_the_scores(ensemble_server, in_process, workload
     for score, note in zip(scores, notes, strict=True):
         got = json.loads(note)
         assert got["parts"] == {"sequential": pytest.approx(float(score), rel=1e-5, abs=1e-5)}
+
+
+def test_cpu_model_stubs_load_no_torch(ensemble_server, tiny_artifacts):
+    """The CPU models run on numpy, ONNX Runtime, faiss and tantivy: torch (its libraries
+    mapped into every stub that imports it, and seconds of start-up at each load, deploy
+    and stub restart) stays out of their processes. Read from each live stub's memory maps."""
+    import psutil
+
+    repository = str(tiny_artifacts.repository("cpu").resolve())
+    maps: dict[str, list[str]] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if not any("triton_python_backend_stub" in part for part in cmdline):
+            continue
+        model_py = next((part for part in cmdline if part.endswith("model.py")), "")
+        if model_py.startswith(repository):
+            model = model_py[len(repository) :].strip("/").split("/")[0]
+            maps[model] = [m.path for m in proc.memory_maps()]
+    models = {
+        contract.TOKENIZER_MODEL,
+        contract.ENCODER_MODEL,
+        contract.RANKER_MODEL,
+        contract.RECOMMENDER_MODEL,
+    }
+    assert models <= set(maps), sorted(maps)
+    assert any("onnxruntime" in path for path in maps[contract.ENCODER_MODEL])  # maps are read
+    for model, paths in maps.items():
+        assert not [p for p in paths if "/torch/" in p], f"{model} stub maps torch"

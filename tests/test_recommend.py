@@ -10,12 +10,8 @@ from shoprank.conversion.export import export_sequential
 from shoprank.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
 from shoprank.recommend import Recommender, RecommendRequest, top_k_rows
 from shoprank.runtime import CatalogIndex, cpu_session
-from shoprank.sequential import (
-    SequentialConfig,
-    SequentialRecommender,
-    ShopperVectors,
-    left_pad,
-)
+from shoprank.sequential import SequentialConfig, SequentialRecommender
+from shoprank.shoppers import ShopperVectors, left_pad
 from shoprank.training import recommend
 
 

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from shoprank.datasets import HISTORY_EVENTS
 from shoprank.metrics import HIT_RATE_AT_10, next_item_metrics
-from shoprank.sequential import SequentialConfig, SequentialRecommender, left_pad
+from shoprank.sequential import SequentialConfig, SequentialRecommender
+from shoprank.shoppers import left_pad
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from shoprank.fusion import FusionRanker, load_ranker
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.metrics import paired_bootstrap_gain
 from shoprank.ranking import RetrievalConfig, sequential_part
-from shoprank.sequential import SequentialRecommender, left_pad, load_sequential
+from shoprank.sequential import SequentialRecommender, load_sequential
+from shoprank.shoppers import left_pad
 from shoprank.training import behaviour
 
 

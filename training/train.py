@@ -32,7 +32,7 @@ from shoprank.artifacts import save_item_index
 from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
 from shoprank.encoder import embed, load_encoder
 from shoprank.features import USER_ITEM_FEATURES, ItemTables
-from shoprank.fusion import FusionRanker, as_tensors, combine, save_ranker
+from shoprank.fusion import FusionRanker, as_tensors, save_ranker
 from shoprank.lexical import LexicalIndex, tokenize
 from shoprank.metrics import (
     CLICK_AUC,
@@ -46,6 +46,7 @@ from shoprank.metrics import (
     top_k_rankings,
 )
 from shoprank.ranking import RetrievalConfig
+from shoprank.scoring import combine
 from shoprank.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.encoder import base_encoder_path, embed_onnx
