@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from shoprank import contract, datasets
 from shoprank.ann import DenseConfig, DenseIndex, exact_top_k
@@ -45,7 +44,7 @@ from shoprank.features import ItemTables
 from shoprank.lexical import LexicalIndex, search_dir
 from shoprank.ranking import RetrievalConfig
 from shoprank.runtime import QueryTokenizer, cpu_session, encoder_feeds, pad_rows
-from shoprank.tritonserver import running_server
+from shoprank.tritonserver import running_server, stub_memory_mb
 
 K = 100
 TRITON = "triton"  # served: Triton over gRPC
@@ -159,16 +158,6 @@ def model_ms(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def _ranker_rss_mb() -> float:
-    """Resident memory of the Triton ranker model's stub process(es), MB."""
-    total = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or ())
-        if "triton_python_backend_stub" in cmd and f"/{contract.RANKER_MODEL}/1/model.py" in cmd:
-            total += proc.memory_info().rss
-    return total / 1e6
-
-
 def prepare_size(demo: contract.ArtifactPaths, n: int, folder: Path) -> tuple[np.ndarray, float]:
     """An artifact folder for an n-product catalog (everything but the dense index);
     returns its embeddings and the lexical build time."""
@@ -238,7 +227,7 @@ def run(config: ScaleConfig) -> list[Row]:
             with running_server(paths.repository("cpu"), wait_s=900) as server:
                 from shoprank.bench.systems import TritonCaller
 
-                rss = _ranker_rss_mb()
+                rss = stub_memory_mb(server.process.pid).get(contract.RANKER_MODEL, 0.0)
                 for c in levels:
                     before = _model_totals(server.grpc_url)
                     m = measure(lambda s=server: TritonCaller(s.grpc_url), workload, c, mconfig)

@@ -52,6 +52,7 @@ from shoprank.tritonserver import (
     server_ready,
     start,
     stop_process_group,
+    stub_memory_mb,
 )
 
 DEFAULT_PATHS = ArtifactPaths(DEFAULT_ARTIFACTS)
@@ -176,6 +177,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    started = time.monotonic()
     try:
         key = admin_key(args)
         if args.supervise:
@@ -204,7 +206,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
     pidfile.write_text(f"{pid}\n")
     host = client_host(args.host)
     mode = "supervised" if args.supervise else "unsupervised"
-    print(f"shoprank server ready ({mode}, pid {pid}, repository {args.repository})")
+    took = time.monotonic() - started
+    print(
+        f"shoprank server ready in {took:.1f} s ({mode}, pid {pid}, repository {args.repository})"
+    )
     print(f"  gRPC     {host}:{args.grpc_port}{' (TLS)' if args.tls_cert else ''}")
     print(f"  HTTP     http://{host}:{args.http_port}")
     print(f"  metrics  http://{host}:{args.metrics_port}/metrics")
@@ -293,9 +298,13 @@ def _server_report(pid: int) -> bool:
         print(f"  server: READY (model index unavailable: {err.message()})")
         return True
     print("  server: READY")
+    memory = stub_memory_mb(pid)
     for model in index:
         reason = f" ({model['reason']})" if model.get("reason") else ""
-        print(f"  model {model['name']} v{model.get('version', '?')}: {model['state']}{reason}")
+        held = f", {memory[model['name']]:.0f} MB resident" if model["name"] in memory else ""
+        print(
+            f"  model {model['name']} v{model.get('version', '?')}: {model['state']}{reason}{held}"
+        )
     return all(m.get("state") == "READY" for m in index)
 
 

@@ -82,6 +82,33 @@ class ServerHandle:
         return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
 
 
+STUB_NAME = "triton_python_backend_stub"
+
+
+def stub_memory_mb(server_pid: int) -> dict[str, float]:
+    """Resident memory (MB) of the Python-backend stub processes of the tritonserver
+    `server_pid`, summed per model (a stub's command line names its `<model>/<version>/
+    model.py`)."""
+    out: dict[str, float] = {}
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return out
+    for proc in children:
+        try:
+            cmdline = proc.cmdline()
+            if not any(STUB_NAME in part for part in cmdline):
+                continue
+            model_py = next((Path(c) for c in cmdline if c.endswith("model.py")), None)
+            rss = proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # a stub that ended while we looked
+        if model_py is not None:
+            name = model_py.parent.parent.name
+            out[name] = out.get(name, 0.0) + rss / 1e6
+    return out
+
+
 def client_host(host: str) -> str:
     """Where a client on this machine reaches a server bound to `host`."""
     # A server bound to every interface is still reached via loopback from here.

@@ -158,12 +158,16 @@ def test_cli_starts_detached_and_stops(tmp_path: Path) -> None:
     try:
         assert started.returncode == 0, started.stderr
         assert f":{grpc_port}" in started.stdout
+        assert re.search(r"server ready in \d+\.\d s", started.stdout), started.stdout
         # The CLI has exited; the server lives on.
         assert pid is not None and server.pid_alive(pid)
 
         status = _cli("status", f"--pidfile={pidfile}")
         assert status.returncode == 0, status.stdout
         assert "READY" in status.stdout and "model doubler v1: READY" in status.stdout
+        # with the memory its Python-backend stub holds, read from the live process
+        held = re.search(r"model doubler v1: READY, (\d+) MB resident", status.stdout)
+        assert held is not None and int(held.group(1)) > 0, status.stdout
         # Supervised by default: the pid file names the supervisor, which owns the server.
         assert "supervisor pid" in status.stdout
         triton_pid = int(re.search(r"tritonserver pid (\d+)", status.stdout).group(1))
