@@ -160,8 +160,7 @@ def encoder_floor(
     min_time_s: float = 0.5,
 ) -> FlopFloor:
     """Count, time and compare: the floor next to PyTorch eager and ONNX Runtime latencies."""
-    from shoprank.encoder import tokenizer_file
-    from shoprank.runtime import cpu_session
+    from shoprank.runtime import cpu_session, tokenizer_file
 
     tokenizer_json = tokenizer_file(paths.encoder)
     query, tokens, width = typical_query(tokenizer_json, queries)

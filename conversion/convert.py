@@ -35,10 +35,10 @@ from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, s
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
 from shoprank.conversion.report import report_lines
-from shoprank.encoder import export_fused_encoder, tokenizer_file
+from shoprank.encoder import export_fused_encoder
 from shoprank.fusion import load_ranker
 from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
-from shoprank.runtime import tokenized_feeds
+from shoprank.runtime import tokenized_feeds, tokenizer_file
 from shoprank.sequential import load_sequential
 
 log = logging.getLogger(__name__)

@@ -43,11 +43,10 @@ from shoprank.artifacts import (
     selected_encoder_path,
     served_plan,
 )
-from shoprank.encoder import tokenizer_file
 from shoprank.lexical import search_dir
 from shoprank.model_repository import models as model_sources
 from shoprank.ranking import RetrievalConfig
-from shoprank.runtime import CatalogIndex, QueryTokenizer
+from shoprank.runtime import CatalogIndex, QueryTokenizer, tokenizer_file
 
 TARGETS = ("cpu", "gpu", "gpu-embedded")
 # gpu-embedded: the encoder's sentence-transformers folder inside its version folder.

@@ -98,14 +98,6 @@ def encoder_dims(encoder_dir: Path) -> tuple[int, int]:
     return int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
 
 
-def tokenizer_file(encoder_dir: Path) -> Path:
-    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
-    path = Path(encoder_dir) / contract.TOKENIZER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
-    return path
-
-
 class SentenceEmbedder(nn.Module):
     """A saved sentence-transformers model as (input_ids, attention_mask) → embedding (B, D).
 

@@ -8,9 +8,9 @@ import pytest
 
 from shoprank import contract, datasets
 from shoprank.conversion import exclusion_search, graph_surgery, int8, latency, quality
-from shoprank.encoder import export_encoder, tokenizer_file
+from shoprank.encoder import export_encoder
 from shoprank.metrics import NDCG_AT_10
-from shoprank.runtime import tokenized_feeds
+from shoprank.runtime import tokenized_feeds, tokenizer_file
 
 
 @pytest.fixture(scope="module")

@@ -221,8 +221,8 @@ def test_builds_real_engines_on_a_gpu(tiny_artifacts, tmp_path):
 
     from shoprank import datasets
     from shoprank.conversion import exclusion_search, int8, quality
-    from shoprank.encoder import export_encoder, tokenizer_file
-    from shoprank.runtime import tokenized_feeds
+    from shoprank.encoder import export_encoder
+    from shoprank.runtime import tokenized_feeds, tokenizer_file
 
     raw = export_encoder(tiny_artifacts.encoder, tmp_path / "raw.onnx")
     unfused = int8.prepare_for_qdq(raw, tmp_path / "unfused.onnx")
