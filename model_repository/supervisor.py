@@ -50,6 +50,7 @@ from shoprank.tritonserver import (
     DEFAULT_HOST,
     TritonServerError,
     client_host,
+    model_stubs,
     start,
     stop_process_group,
 )
@@ -57,7 +58,6 @@ from shoprank.tritonserver import (
 log = logging.getLogger(__name__)
 
 PROBE_QUERY = "red leather sofa"
-STUB = "triton_python_backend_stub"
 
 
 @dataclass
@@ -214,17 +214,9 @@ class Supervisor:
         if self.process is None:
             return []
         try:
-            children = psutil.Process(self.process.pid).children()
+            alive = {name for name, _ in model_stubs(self.process.pid)}
         except psutil.Error:
             return []
-        alive = set()
-        for child in children:
-            try:
-                cmd = child.cmdline()
-            except psutil.Error:
-                continue
-            if cmd and cmd[0].endswith(STUB) and len(cmd) > 1:
-                alive.add(Path(cmd[1]).parent.parent.name)  # <repo>/<model>/<v>/model.py
         python = [m for m in self.models() if m not in self.ensembles()]
         return [m for m in python if m not in alive]
 

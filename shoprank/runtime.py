@@ -30,14 +30,6 @@ from shoprank import contract
 # ---------------------------------------------------------------------------------------
 # ONNX Runtime
 # ---------------------------------------------------------------------------------------
-def tokenizer_file(encoder_dir: Path) -> Path:
-    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
-    path = Path(encoder_dir) / contract.TOKENIZER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
-    return path
-
-
 def cpu_session(
     path: Path | str, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
 ) -> ort.InferenceSession:
@@ -109,6 +101,14 @@ def validate_top_k(value: int) -> int:
             "top_k",
         )
     return k
+
+
+def tokenizer_file(encoder_dir: Path) -> Path:
+    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
+    path = Path(encoder_dir) / contract.TOKENIZER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
+    return path
 
 
 class QueryTokenizer:

@@ -39,6 +39,7 @@ LOG_TAIL_LINES = 40
 # after its own timeout anyway, so keep it below that.
 EXIT_TIMEOUT_S = 10
 SERVER_BINARY = "tritonserver"
+STUB_NAME = "triton_python_backend_stub"  # one process per Python-backend model instance
 
 # Logged as errors on every machine without a GPU, yet harmless there.
 _HARMLESS_ON_CPU = ("NVML", "DCGM", "CudaDriverHelper")
@@ -82,30 +83,28 @@ class ServerHandle:
         return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
 
 
-STUB_NAME = "triton_python_backend_stub"
+def model_stubs(server_pid: int) -> list[tuple[str, psutil.Process]]:
+    """(model name, process) of each Python-backend stub of the tritonserver `server_pid`:
+    its children whose command is the stub, whose first argument is the model's
+    `<repository>/<model>/<version>/model.py`. psutil.Error when the server is gone."""
+    out = []
+    for child in psutil.Process(server_pid).children():
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue  # a stub that ended while we looked
+        if cmd and cmd[0].endswith(STUB_NAME) and len(cmd) > 1:
+            out.append((Path(cmd[1]).parent.parent.name, child))
+    return out
 
 
 def stub_memory_mb(server_pid: int) -> dict[str, float]:
-    """Resident memory (MB) of the Python-backend stub processes of the tritonserver
-    `server_pid`, summed per model (a stub's command line names its `<model>/<version>/
-    model.py`)."""
+    """Resident memory (MB) of the tritonserver `server_pid`'s stubs, summed per model."""
     out: dict[str, float] = {}
-    try:
-        children = psutil.Process(server_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return out
-    for proc in children:
-        try:
-            cmdline = proc.cmdline()
-            if not any(STUB_NAME in part for part in cmdline):
-                continue
-            model_py = next((Path(c) for c in cmdline if c.endswith("model.py")), None)
-            rss = proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # a stub that ended while we looked
-        if model_py is not None:
-            name = model_py.parent.parent.name
-            out[name] = out.get(name, 0.0) + rss / 1e6
+    with contextlib.suppress(psutil.Error):
+        for name, proc in model_stubs(server_pid):
+            with contextlib.suppress(psutil.Error):
+                out[name] = out.get(name, 0.0) + proc.memory_info().rss / 1e6
     return out
 
 
@@ -137,7 +136,7 @@ def find_tritonserver() -> TritonInstall:
     install = TritonInstall(
         binary=root / "bin" / SERVER_BINARY,
         python_backend=root / "backends" / "python",
-        stub=stubs / version / "triton_python_backend_stub",
+        stub=stubs / version / STUB_NAME,
         libs=package.parent / "nvidia_pytriton.libs",
     )
     for path in (install.binary, install.python_backend / "libtriton_python.so", install.libs):

@@ -529,22 +529,16 @@ def test_explanations_add_up_to_the_scores(ensemble_server, in_process, workload
         assert got["parts"] == {"sequential": pytest.approx(float(score), rel=1e-5, abs=1e-5)}
 
 
-def test_cpu_model_stubs_load_no_torch(ensemble_server, tiny_artifacts):
+def test_cpu_model_stubs_load_no_torch(ensemble_server):
     """The CPU models run on numpy, ONNX Runtime, faiss and tantivy: torch (its libraries
     mapped into every stub that imports it, and seconds of start-up at each load, deploy
     and stub restart) stays out of their processes. Read from each live stub's memory maps."""
-    import psutil
+    from shoprank.tritonserver import model_stubs
 
-    repository = str(tiny_artifacts.repository("cpu").resolve())
-    maps: dict[str, list[str]] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if not any("triton_python_backend_stub" in part for part in cmdline):
-            continue
-        model_py = next((part for part in cmdline if part.endswith("model.py")), "")
-        if model_py.startswith(repository):
-            model = model_py[len(repository) :].strip("/").split("/")[0]
-            maps[model] = [m.path for m in proc.memory_maps()]
+    maps = {
+        model: [m.path for m in proc.memory_maps()]
+        for model, proc in model_stubs(ensemble_server.process.pid)
+    }
     models = {
         contract.TOKENIZER_MODEL,
         contract.ENCODER_MODEL,
