@@ -39,6 +39,7 @@ from shoprank.ann import DenseConfig, DenseIndex, exact_top_k
 from shoprank.artifacts import load_item_index
 from shoprank.bench.measure import MeasureConfig, measure
 from shoprank.bench.synth import describe, synthetic_catalog, synthetic_embeddings
+from shoprank.bench.systems import TRITON  # served: Triton over gRPC
 from shoprank.configargs import parse_config
 from shoprank.features import ItemTables
 from shoprank.lexical import LexicalIndex, search_dir
@@ -47,7 +48,6 @@ from shoprank.runtime import QueryTokenizer, cpu_session, encoder_feeds, pad_row
 from shoprank.tritonserver import running_server, stub_memory_mb
 
 K = 100
-TRITON = "triton"  # served: Triton over gRPC
 IN_PROCESS = "in-process"  # the repository's files in this process (`InProcessPipeline`)
 CSV_COLUMNS = (
     "products",
