@@ -101,7 +101,7 @@ loadtest: venv ## Locust against the gRPC endpoint (USERS, RUN_TIME); prints p50
 	$(PY) -m shoprank.loadtest.run --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --out $(OUT)/loadtest --workload $(OUT)/loadtest/workload.json $(LOADTEST_ARGS)
 
 summary: venv ## print the demo summary from the artifacts
-	$(PY) -m shoprank.summary --out $(OUT)
+	$(PY) -m shoprank.ops.summary --out $(OUT)
 
 demo: venv ## the whole product end to end on the embedded defaults
 	$(MAKE) train TRAIN_ARGS="$(DEMO_TRAIN_ARGS) $(TRAIN_ARGS)"

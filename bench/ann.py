@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
-from shoprank.ann import DenseConfig, DenseIndex, exact_top_k
-from shoprank.artifacts import load_item_index
 from shoprank.bench.synth import describe, synthetic_embeddings
 from shoprank.configargs import parse_config
+from shoprank.core.ann import DenseConfig, DenseIndex, exact_top_k
+from shoprank.data.artifacts import load_item_index
 
 K = 100
 
@@ -56,8 +56,8 @@ class Row:
 
 
 def _queries(paths: contract.ArtifactPaths, n: int) -> np.ndarray:
-    from shoprank import datasets
-    from shoprank.encoder import embed, load_encoder
+    from shoprank.data import datasets
+    from shoprank.models.encoder import embed, load_encoder
 
     queries = datasets.load(paths).queries
     test = queries[queries["split"] == "test"]["query"].tolist()[:n]

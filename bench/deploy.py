@@ -37,7 +37,7 @@ import pandas as pd
 
 from shoprank import contract
 from shoprank.configargs import parse_config
-from shoprank.tritonserver import free_ports
+from shoprank.ops.tritonserver import free_ports
 
 REPORT_FILE = "deploy.json"
 PLOT_FILE = "deploy.png"

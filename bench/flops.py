@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from shoprank import contract
-from shoprank.runtime import QueryTokenizer
+from shoprank.core.tokenizer import QueryTokenizer
 
 
 def bert_flops(
@@ -58,7 +58,7 @@ def count_flops(module: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 def load_counting_encoder(encoder_dir: Path) -> nn.Module:
     """The encoder with eager attention: FlopCounterMode has no formula for CPU SDPA."""
-    from shoprank.encoder import load_embedder
+    from shoprank.models.encoder import load_embedder
 
     return load_embedder(encoder_dir)
 
@@ -160,7 +160,8 @@ def encoder_floor(
     min_time_s: float = 0.5,
 ) -> FlopFloor:
     """Count, time and compare: the floor next to PyTorch eager and ONNX Runtime latencies."""
-    from shoprank.runtime import cpu_session, tokenizer_file
+    from shoprank.core.sessions import cpu_session
+    from shoprank.core.tokenizer import tokenizer_file
 
     tokenizer_json = tokenizer_file(paths.encoder)
     query, tokens, width = typical_query(tokenizer_json, queries)

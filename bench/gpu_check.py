@@ -77,7 +77,7 @@ def _workload(paths: contract.ArtifactPaths, n: int) -> list[dict]:
     """The demo workload's first n requests, or the held-out queries when there is none."""
     if paths.workload.exists():
         return json.loads(paths.workload.read_text())[:n]
-    from shoprank import datasets
+    from shoprank.data import datasets
 
     queries = datasets.load(paths).queries
     return [
@@ -90,12 +90,14 @@ def agreement(
     paths: contract.ArtifactPaths, repo: Path, workload: list[dict], config: GpuCheckConfig
 ) -> dict:
     """Served encoder vs fp32, and the served ranking vs the CPU pipeline (exact scan)."""
-    from shoprank.ann import DenseConfig, DenseIndex
-    from shoprank.artifacts import load_item_index
-    from shoprank.gpu import TorchDenseIndex, TorchEncoder, device_of
-    from shoprank.pipeline import InProcessPipeline
-    from shoprank.ranking import CandidateRanker, Request
-    from shoprank.runtime import QueryTokenizer, encoder_feeds, pad_rows
+    from shoprank.core.ann import DenseConfig, DenseIndex
+    from shoprank.core.pipeline import InProcessPipeline
+    from shoprank.core.ranking import CandidateRanker, Request
+    from shoprank.core.requests import pad_rows
+    from shoprank.core.sessions import encoder_feeds
+    from shoprank.core.tokenizer import QueryTokenizer
+    from shoprank.data.artifacts import load_item_index
+    from shoprank.models.gpu import TorchDenseIndex, TorchEncoder, device_of
 
     device = device_of(config.device)
     queries = [w["query"] for w in workload]
@@ -136,7 +138,7 @@ def agreement(
 
 def run(config: GpuCheckConfig) -> dict:
     from shoprank.bench.systems import TritonCaller
-    from shoprank.tritonserver import running_server
+    from shoprank.ops.tritonserver import running_server
 
     paths = contract.ArtifactPaths(Path(config.out))
     started = time.perf_counter()

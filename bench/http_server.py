@@ -22,8 +22,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from shoprank import contract
-from shoprank.runtime import InvalidInput
-from shoprank.tritonserver import DEFAULT_HOST, free_ports, log_tail, stop_process_group
+from shoprank.core.requests import InvalidInput
+from shoprank.ops.tritonserver import DEFAULT_HOST, free_ports, log_tail, stop_process_group
 
 
 class SearchRequest(BaseModel):

@@ -17,27 +17,28 @@ import numpy as np
 import torch
 
 from shoprank import contract
-from shoprank.artifacts import load_item_index
-from shoprank.features import ItemTables
-from shoprank.fusion import as_tensors
-from shoprank.lexical import LexicalIndex, tokenize
-from shoprank.pipeline import Ranked
-from shoprank.ranking import (
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.features import ItemTables
+from shoprank.core.lexical import LexicalIndex, tokenize
+from shoprank.core.pipeline import Answer
+from shoprank.core.ranking import (
     RetrievalConfig,
     gather_features,
     sequential_part,
     union_candidates,
 )
-from shoprank.runtime import CatalogIndex, decode_query, validate_top_k
-from shoprank.scoring import combine, in_depth, row_depths
+from shoprank.core.requests import decode_query, validate_top_k
+from shoprank.core.scoring import combine, in_depth, row_depths
+from shoprank.data.artifacts import load_item_index
+from shoprank.models.fusion import as_tensors
 
 
 class NaivePipeline:
     """PyTorch-eager search: sentence-transformers encoder, exact scan, FusionRanker."""
 
     def __init__(self, paths: contract.ArtifactPaths) -> None:
-        from shoprank.encoder import load_encoder
-        from shoprank.fusion import load_ranker
+        from shoprank.models.encoder import load_encoder
+        from shoprank.models.fusion import load_ranker
 
         # Queries are truncated where the served tokenizer truncates them, so both paths
         # embed the same tokens.
@@ -51,7 +52,7 @@ class NaivePipeline:
         self.config = RetrievalConfig.load(paths.retrieval_config)
         self.sequential = None
         if self.config.sequential_weight:  # the shopper vector served in search, in eager
-            from shoprank.sequential import load_sequential
+            from shoprank.models.sequential import load_sequential
 
             self.sequential = load_sequential(paths.sequential)
             with torch.inference_mode():
@@ -70,7 +71,7 @@ class NaivePipeline:
                 [query], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
             ).reshape(1, -1)
 
-    def search(self, query: str | bytes, history: Sequence[int] = (), k: int = 10) -> Ranked:
+    def search(self, query: str | bytes, history: Sequence[int] = (), k: int = 10) -> Answer:
         """Top-k products for one (query, history) request, best first."""
         text = decode_query(query)
         k = validate_top_k(k)
@@ -119,7 +120,7 @@ class NaivePipeline:
         k = min(k, len(candidates))
         best = np.argsort(-scores[: len(candidates)], kind="stable")[:k]
         picked = candidates[best]
-        return Ranked(
+        return Answer(
             product_ids=self.catalog.product_ids[picked],
             scores=scores[best].astype(np.float32),
             titles=[

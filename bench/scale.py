@@ -34,18 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
-from shoprank import contract, datasets
-from shoprank.ann import DenseConfig, DenseIndex, exact_top_k
-from shoprank.artifacts import load_item_index
+from shoprank import contract
 from shoprank.bench.measure import MeasureConfig, measure
 from shoprank.bench.synth import describe, synthetic_catalog, synthetic_embeddings
 from shoprank.bench.systems import TRITON  # served: Triton over gRPC
 from shoprank.configargs import parse_config
-from shoprank.features import ItemTables
-from shoprank.lexical import LexicalIndex, search_dir
-from shoprank.ranking import RetrievalConfig
-from shoprank.runtime import QueryTokenizer, cpu_session, encoder_feeds, pad_rows
-from shoprank.tritonserver import running_server, stub_memory_mb
+from shoprank.core.ann import DenseConfig, DenseIndex, exact_top_k
+from shoprank.core.features import ItemTables
+from shoprank.core.lexical import LexicalIndex, search_dir
+from shoprank.core.ranking import RetrievalConfig
+from shoprank.core.requests import pad_rows
+from shoprank.core.sessions import cpu_session, encoder_feeds
+from shoprank.core.tokenizer import QueryTokenizer
+from shoprank.data import datasets
+from shoprank.data.artifacts import load_item_index
+from shoprank.ops.tritonserver import running_server, stub_memory_mb
 
 K = 100
 IN_PROCESS = "in-process"  # the repository's files in this process (`InProcessPipeline`)
@@ -268,7 +271,7 @@ def _in_process_row(
 ) -> Row:
     """The served repository's files answering the workload in this process, c1."""
     from shoprank.bench.systems import pipeline_caller
-    from shoprank.pipeline import InProcessPipeline
+    from shoprank.core.pipeline import InProcessPipeline
 
     pipeline = InProcessPipeline(paths.repository("cpu"), threads=1)
     s = measure(pipeline_caller(pipeline), workload, 1, mconfig).summary

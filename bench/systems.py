@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shoprank import contract
 from shoprank.bench.measure import Caller
-from shoprank.pipeline import InProcessPipeline
+from shoprank.core.pipeline import InProcessPipeline
 
 # (system key, label in the report, transport)
 NAIVE = "naive"
@@ -50,7 +50,7 @@ def onnx_pipeline(
     loaded from `<out>/onnx/` with the same session settings (`cpu_session`), so fp32 and
     int8 differ in the encoder graph and nothing else.
     """
-    from shoprank.runtime import cpu_session
+    from shoprank.core.sessions import cpu_session
 
     pipeline = InProcessPipeline(paths.repository("cpu"), threads=threads)
     pipeline.encoder = cpu_session(encoder_onnx, threads)
@@ -130,7 +130,7 @@ def open_system(
     elif system in (TRITON, TRITON_RECOMMEND) and url:
         yield lambda: TritonCaller(url, system == TRITON_RECOMMEND)
     elif system in (TRITON, TRITON_RECOMMEND):
-        from shoprank.tritonserver import running_server
+        from shoprank.ops.tritonserver import running_server
 
         with running_server(paths.repository("cpu")) as handle:
             yield lambda: TritonCaller(handle.grpc_url, system == TRITON_RECOMMEND)

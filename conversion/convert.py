@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from shoprank import contract, datasets
-from shoprank.ann import KINDS, DenseConfig
-from shoprank.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
+from shoprank import contract
 from shoprank.configargs import config_to_dict, parse_config, setup_logging
 from shoprank.conversion import export, int8, tensorrt
 from shoprank.conversion.dense import build_dense_index
@@ -35,11 +33,14 @@ from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, s
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
 from shoprank.conversion.report import report_lines
-from shoprank.encoder import export_fused_encoder
-from shoprank.fusion import load_ranker
-from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
-from shoprank.runtime import tokenized_feeds, tokenizer_file
-from shoprank.sequential import load_sequential
+from shoprank.core.ann import KINDS, DenseConfig
+from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
+from shoprank.data import datasets
+from shoprank.data.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
+from shoprank.data.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
+from shoprank.models.encoder import export_fused_encoder
+from shoprank.models.fusion import load_ranker
+from shoprank.models.sequential import load_sequential
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The dense ANN index over the fine-tuned product embeddings, tuned by measurement.
 
-The index kind (`shoprank.ann.KINDS`) is a flag; its search knob (efSearch for HNSW,
+The index kind (`shoprank.core.ann.KINDS`) is a flag; its search knob (efSearch for HNSW,
 nprobe for IVF) is the smallest whose recall@k against the exact scan reaches the target
 on validation queries, embedded by the served encoder; the report records every trial
 and the recall on the test queries.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shoprank.ann import DenseConfig, DenseIndex, exact_top_k
+from shoprank.core.ann import DenseConfig, DenseIndex, exact_top_k
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from shoprank.conversion.graph_surgery import Exclusion, count_qdq_nodes, exclus
 from shoprank.conversion.int8 import quantize_static_qdq
 from shoprank.conversion.latency import file_mb, measure_latency
 from shoprank.conversion.quality import row_cosine
-from shoprank.runtime import cpu_session
+from shoprank.core.sessions import cpu_session
 
 log = logging.getLogger(__name__)
 

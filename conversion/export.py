@@ -1,6 +1,6 @@
 """Parity of the exported graphs, and the ranker's export.
 
-The encoder is exported by `shoprank.encoder` from the sentence-transformers model training
+The encoder is exported by `shoprank.models.encoder` from the sentence-transformers model training
 saved (its own pooling inside the graph). `check_encoder_parity` compares ONNX Runtime
 against `SentenceTransformer.encode` of that same saved model, and `check_ranker_parity`
 the ranker graph against its PyTorch module, on held-out inputs; both raise `ParityError`
@@ -19,13 +19,13 @@ import torch
 
 from shoprank import contract
 from shoprank.conversion.quality import row_cosine
-from shoprank.encoder import ONNX_OPSET, embed, load_encoder
-from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
-from shoprank.fusion import FusionRanker
-from shoprank.lexical import LEXICAL_FEATURES
-from shoprank.runtime import cpu_session, encoder_feeds
-from shoprank.sequential import SequentialRecommender
-from shoprank.shoppers import left_pad
+from shoprank.core.features import ITEM_FEATURES, USER_ITEM_FEATURES
+from shoprank.core.lexical import LEXICAL_FEATURES
+from shoprank.core.sessions import cpu_session, encoder_feeds
+from shoprank.core.shopper_vectors import left_pad
+from shoprank.models.encoder import ONNX_OPSET, embed, load_encoder
+from shoprank.models.fusion import FusionRanker
+from shoprank.models.sequential import SequentialRecommender
 
 
 class ParityError(RuntimeError):

@@ -5,7 +5,7 @@
   fp32 (on MiniLM, cosine ≈ 0.99).
 - static QDQ (`quantize_static_qdq`): QuantizeLinear/DequantizeLinear pairs on the
   unfused graph with activation ranges calibrated on real query/product text, tokenized
-  as served (`shoprank.runtime.tokenized_feeds`). uint8 activations for ONNX Runtime's CPU
+  as served (`shoprank.core.tokenizer.tokenized_feeds`). uint8 activations for ONNX Runtime's CPU
   kernels; symmetric int8 for TensorRT's explicit quantization.
 
 Which nodes stay in float is decided by `exclusion_search`; whether a result is served by

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shoprank.runtime import cpu_session
+from shoprank.core.sessions import cpu_session
 
 
 @dataclass

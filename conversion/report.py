@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoprank.metrics import NDCG_AT_10
+from shoprank.data.metrics import NDCG_AT_10
 
 
 def report_lines(report: dict) -> list[str]:

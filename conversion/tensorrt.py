@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from shoprank import contract
-from shoprank.artifacts import SELECTED_PLAN_KEY, OptimizationProfile, write_plan_info
+from shoprank.data.artifacts import SELECTED_PLAN_KEY, OptimizationProfile, write_plan_info
 
 log = logging.getLogger(__name__)
 

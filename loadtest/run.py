@@ -40,7 +40,7 @@ from shoprank.loadtest import (
     USER_RPS_ENV,
     WORKLOAD_ENV,
 )
-from shoprank.tritonserver import log_tail
+from shoprank.ops.tritonserver import log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"

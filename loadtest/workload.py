@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shoprank import contract, datasets
-from shoprank.datasets import HISTORY_EVENTS
+from shoprank import contract
+from shoprank.data import datasets
+from shoprank.data.datasets import HISTORY_EVENTS
 
 
 def make_workload(data: datasets.ShopData, requests: int = 2000, seed: int = 0) -> list[dict]:

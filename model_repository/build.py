@@ -11,7 +11,7 @@
 - gpu-embedded: the embedded server on a host with CUDA PyTorch (no TensorRT or ONNX
   Runtime GPU needed). Encoder and ranker are Python-backend models on a GPU instance:
   the fine-tuned encoder in PyTorch (fp16, CUDA graphs per batch/sequence bucket) and the
-  exact dense scan on the GPU (`shoprank.gpu`); BM25, features and the fusion ranker's
+  exact dense scan on the GPU (`shoprank.models.gpu`); BM25, features and the fusion ranker's
   ONNX graph stay on the CPU. `--device cpu` builds the same repository on CPU instances
   (how it is tested on hosts without a GPU).
 
@@ -34,19 +34,21 @@ import pandas as pd
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from shoprank import contract, datasets
-from shoprank.admission import DEFAULT_STALE_S
-from shoprank.ann import meta_path
-from shoprank.artifacts import (
+from shoprank import contract
+from shoprank.core.admission import DEFAULT_STALE_S
+from shoprank.core.ann import meta_path
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.lexical import search_dir
+from shoprank.core.ranking import RetrievalConfig
+from shoprank.core.tokenizer import QueryTokenizer, tokenizer_file
+from shoprank.data import datasets
+from shoprank.data.artifacts import (
     OptimizationProfile,
     read_plan_profile,
     selected_encoder_path,
     served_plan,
 )
-from shoprank.lexical import search_dir
 from shoprank.model_repository import models as model_sources
-from shoprank.ranking import RetrievalConfig
-from shoprank.runtime import CatalogIndex, QueryTokenizer, tokenizer_file
 
 TARGETS = ("cpu", "gpu", "gpu-embedded")
 # gpu-embedded: the encoder's sentence-transformers folder inside its version folder.
@@ -81,7 +83,7 @@ class ServingConfig:
     queue_timeout_us: int = 0
     # Overload without Triton's queue policy: at most this many search/rerank requests in
     # flight between the tokenizer and the ranker; beyond it the tokenizer refuses at once
-    # with UNAVAILABLE (shoprank.admission). 0: no limit. 12 = 8 closed-loop users (where 2
+    # with UNAVAILABLE (shoprank.core.admission). 0: no limit. 12 = 8 closed-loop users (where 2
     # cores saturate) + the supervisor's probe + headroom: no refusal at that load, nor
     # during a deploy under it.
     max_in_flight: int = 12

@@ -39,7 +39,7 @@ from shoprank.contract import (
     METRICS_PORT,
     ArtifactPaths,
 )
-from shoprank.tritonserver import (
+from shoprank.ops.tritonserver import (
     DEFAULT_HOST,
     TritonServerError,
     client_host,

@@ -45,8 +45,8 @@ import numpy as np
 import psutil
 
 from shoprank import contract
-from shoprank.admission import OVERLOADED
-from shoprank.tritonserver import (
+from shoprank.core.admission import OVERLOADED
+from shoprank.ops.tritonserver import (
     DEFAULT_HOST,
     TritonServerError,
     client_host,

@@ -9,9 +9,18 @@ The folders of the repository show the pipeline, and each is a subpackage of `sh
     bench/             → shoprank.bench             naive baselines vs the served pipeline
     client/            → shoprank_client            its own distribution (tritonclient + numpy)
 
-The modules directly in this folder are the shared bottom layer: the contract (names,
-paths, tensor specs), data schema, metrics, the encoder and fusion-ranker definitions,
-the run-time ops the served models and the in-process pipeline share, and the server
-process helper. Stages import that layer and only that: they hand each other files,
-never code (checked by tests/test_layers.py).
+This folder is the shared bottom layer, one job per sub-package:
+
+    contract.py   the names, tensor specs, file names, config keys and ports all stages share
+    configargs.py typed dataclass configs as command-line flags
+    core/         the online core every serving process runs, torch-free: requests, tokenizer,
+                  ONNX sessions, catalog, retrieval (ann, lexical), features, ranking, scoring,
+                  recommender, filters, admission, the in-process pipeline
+    models/       the torch model definitions: encoder, fusion ranker, sequential recommender,
+                  the GPU serving path
+    data/         offline data: the table schema, relevance metrics, stage-to-stage artifacts
+    ops/          the embedded tritonserver process and the demo summary
+
+Stages import that layer and only that: they hand each other files, never code, and the
+serving path never loads torch (both checked statically by tests/test_layers.py).
 """

@@ -141,7 +141,7 @@ ATTENTION_MASK = TensorSpec(ONNX_ATTENTION_MASK, "TYPE_INT64", (-1,), ragged=Tru
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2; the repository builder reads the real width
 QUERY_EMBEDDING = TensorSpec(ONNX_SENTENCE_EMBEDDING, "TYPE_FP32", (EMBEDDING_DIM,))
 
-# The admission ticket the tokenizer hands out and the ranker gives back (shoprank.admission).
+# The admission ticket the tokenizer hands out and the ranker gives back (shoprank.core.admission).
 ADMISSION_TICKET = TensorSpec("ADMISSION_TICKET", "TYPE_INT64", (1,))
 
 TOKENIZER_INPUTS = (QUERY,)
@@ -216,7 +216,7 @@ class ArtifactPaths:
 
     root: Path
 
-    # -- data (shoprank/datasets.py) ----------------------------------------------------
+    # -- data (shoprank/data/datasets.py) ----------------------------------------------------
     @property
     def data(self) -> Path:
         return self.root / "data"
@@ -258,7 +258,7 @@ class ArtifactPaths:
 
     @property
     def sequential(self) -> Path:
-        """Sequential recommender weights (safetensors) with its JSON config (sequential.py)."""
+        """Sequential recommender weights (safetensors) and JSON config (models/sequential.py)."""
         return self.model / "sequential"
 
     @property
@@ -273,17 +273,17 @@ class ArtifactPaths:
 
     @property
     def item_tables(self) -> Path:
-        """Per-item attributes and behaviour features the ranker gathers (features.py)."""
+        """Per-item attributes and behaviour features the ranker gathers (core/features.py)."""
         return self.model / ITEM_TABLES_FILE
 
     @property
     def lexical_index(self) -> Path:
-        """BM25 over the catalog's fields plus per-field token presence (lexical.py)."""
+        """BM25 over the catalog's fields plus per-field token presence (core/lexical.py)."""
         return self.model / LEXICAL_INDEX_FILE
 
     @property
     def retrieval_config(self) -> Path:
-        """Candidate counts and re-rank depth chosen in training (ranking.py)."""
+        """Candidate counts and re-rank depth chosen in training (shoprank/core/ranking.py)."""
         return self.model / RETRIEVAL_CONFIG_FILE
 
     @property
@@ -367,7 +367,7 @@ class ArtifactPaths:
 
     @property
     def dense_index(self) -> Path:
-        """The ANN index over the fine-tuned product embeddings (ann.py), and its .json."""
+        """The ANN index over the fine-tuned product embeddings (core/ann.py), and its .json."""
         return self.onnx / DENSE_INDEX_FILE
 
     @property

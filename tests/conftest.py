@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def search_workload(tiny_artifacts) -> list[dict]:
     """Realistic {"query", "history", "top_k"} requests with real product ids."""
-    from shoprank import datasets
+    from shoprank.data import datasets
     from shoprank.loadtest.workload import make_workload
 
     requests = make_workload(datasets.load(tiny_artifacts), requests=20, seed=3)

@@ -50,7 +50,7 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
 @pytest.fixture(scope="session")
 def ensemble_server(tiny_artifacts) -> Iterator:
     """The real embedded tritonserver serving the tiny ensemble on free ports."""
-    from shoprank.tritonserver import running_server
+    from shoprank.ops.tritonserver import running_server
 
     with running_server(
         tiny_artifacts.repository("cpu"), log_path=tiny_artifacts.root / "tritonserver.log"
@@ -61,7 +61,7 @@ def ensemble_server(tiny_artifacts) -> Iterator:
 @pytest.fixture(scope="session")
 def in_process(tiny_artifacts):
     """The same repository's files run in-process: the reference for the server's answers."""
-    from shoprank.pipeline import InProcessPipeline
+    from shoprank.core.pipeline import InProcessPipeline
 
     return InProcessPipeline(tiny_artifacts.repository("cpu"))
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from shoprank.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
+from shoprank.core.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
 
 
 def test_admits_up_to_the_limit_and_releases_across_handles(tmp_path):
@@ -79,7 +79,7 @@ def test_tables_of_servers_that_are_gone_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from shoprank.admission import TABLE_PREFIX, remove_stale_tables
+    from shoprank.core.admission import TABLE_PREFIX, remove_stale_tables
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

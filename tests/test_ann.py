@@ -1,11 +1,11 @@
-"""Dense retrieval indexes (shoprank.ann): every kind searches, tunes, decodes and persists."""
+"""Dense retrieval indexes (shoprank.core.ann): every kind searches, tunes, decodes and persists."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from shoprank.ann import KINDS, DenseConfig, DenseIndex, exact_top_k
+from shoprank.core.ann import KINDS, DenseConfig, DenseIndex, exact_top_k
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shoprank.datasets import ShopData, validate
-from shoprank.lexical import LexicalIndex, s_stem
-from shoprank.metrics import top_k_rankings
+from shoprank.core.lexical import LexicalIndex, s_stem
+from shoprank.data.datasets import ShopData, validate
+from shoprank.data.metrics import top_k_rankings
 from shoprank.training.baselines import (
     NO_EVENTS,
     bm25_metrics,

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shoprank.features import ItemTables
-from shoprank.fusion import FusionConfig, FusionRanker
-from shoprank.lexical import LexicalIndex, tokenize
+from shoprank.core.features import ItemTables
+from shoprank.core.lexical import LexicalIndex, tokenize
+from shoprank.models.fusion import FusionConfig, FusionRanker
 from shoprank.training import behaviour
 
 

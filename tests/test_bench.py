@@ -195,7 +195,7 @@ def test_fastapi_app_answers_over_real_uvicorn(naive, search_workload) -> None:
     import uvicorn
 
     from shoprank.bench.http_server import create_app
-    from shoprank.tritonserver import free_ports
+    from shoprank.ops.tritonserver import free_ports
 
     port = free_ports(1)[0]
     server = uvicorn.Server(

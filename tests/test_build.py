@@ -90,7 +90,7 @@ def test_ensemble_wiring_is_complete(tiny_artifacts, name):
 
 
 def test_ranker_version_holds_every_file_it_loads(tiny_artifacts):
-    from shoprank.ranking import CandidateRanker
+    from shoprank.core.ranking import CandidateRanker
 
     folder = tiny_artifacts.repository("cpu") / contract.RANKER_MODEL / "1"
     ranker = CandidateRanker.load(folder)  # raises, naming the file, if one is missing

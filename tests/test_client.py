@@ -14,8 +14,8 @@ import pytest
 from pipeline_fixtures import assert_same_ranking
 
 from shoprank.contract import DEFAULT_TOP_K, MAX_TOP_K
-from shoprank.pipeline import Ranked
-from shoprank.tritonserver import free_ports
+from shoprank.core.pipeline import Answer
+from shoprank.ops.tritonserver import free_ports
 from shoprank_client import Filters, SearchClient, SearchError, SearchResult
 from shoprank_client.__main__ import format_table, main, parse_history
 
@@ -40,15 +40,15 @@ def shopper(search_workload: list[dict]) -> dict:
     return next(r for r in search_workload if 2 <= len(r["history"]) <= 10)
 
 
-def as_ranked(results: list[SearchResult]) -> Ranked:
-    return Ranked(
+def as_ranked(results: list[SearchResult]) -> Answer:
+    return Answer(
         product_ids=np.array([r.product_id for r in results], dtype=np.int64),
         scores=np.array([r.score for r in results], dtype=np.float32),
         titles=[r.title for r in results],
     )
 
 
-def assert_same_results(results: list[SearchResult], reference: Ranked) -> None:
+def assert_same_results(results: list[SearchResult], reference: Answer) -> None:
     """Same products, titles and order as `reference` (ties aside); scores equal up to
     float rounding."""
     assert [r.rank for r in results] == list(range(1, len(reference.product_ids) + 1))

@@ -9,8 +9,8 @@ from onnx import numpy_helper
 
 from shoprank import contract
 from shoprank.conversion import export, quality
-from shoprank.fusion import load_ranker
-from shoprank.metrics import NDCG_AT_10
+from shoprank.data.metrics import NDCG_AT_10
+from shoprank.models.fusion import load_ranker
 
 
 def test_report_records_parity_and_variants(tiny_artifacts):
@@ -106,7 +106,7 @@ def test_the_export_is_the_saved_sentence_transformer(tmp_path, pooling):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules
 
-    from shoprank.encoder import embed, export_fused_encoder
+    from shoprank.models.encoder import embed, export_fused_encoder
     from shoprank.training.encoder import make_tiny_encoder
 
     encoder_dir = make_tiny_encoder(tmp_path / "enc", pooling=pooling)
@@ -132,7 +132,7 @@ def test_the_export_is_the_saved_sentence_transformer(tmp_path, pooling):
 
 
 def test_ranker_graph_matches_pytorch_and_fails_loudly_when_broken(tiny_artifacts, tmp_path):
-    from shoprank.artifacts import load_item_index
+    from shoprank.data.artifacts import load_item_index
 
     ranker = load_ranker(tiny_artifacts.ranker)
     items = load_item_index(tiny_artifacts.item_index)["embeddings"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shoprank.configargs import config_to_dict
-from shoprank.datasets import ShopData
+from shoprank.data.datasets import ShopData
 from shoprank.training.crossval import (
     MODES,
     PARTIAL,

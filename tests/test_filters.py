@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from shoprank import contract
-from shoprank.ann import DenseConfig, DenseIndex
-from shoprank.filters import Facets, Filters, row_filters
-from shoprank.ranking import widen
-from shoprank.runtime import CatalogIndex, InvalidInput
+from shoprank.core.ann import DenseConfig, DenseIndex
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.filters import Facets, Filters, row_filters
+from shoprank.core.ranking import widen
+from shoprank.core.requests import InvalidInput
 
 
 @pytest.fixture

@@ -6,23 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shoprank.features import USER_ITEM_FEATURES, ItemTables, user_item_features
-from shoprank.fusion import (
-    FUSIONS,
-    FusionConfig,
-    FusionRanker,
-    as_tensors,
-    load_ranker,
-    save_ranker,
-)
-from shoprank.lexical import LEXICAL_FEATURES
-from shoprank.scoring import (
+from shoprank.core.features import USER_ITEM_FEATURES, ItemTables, user_item_features
+from shoprank.core.lexical import LEXICAL_FEATURES
+from shoprank.core.scoring import (
     BELOW_DEPTH_GAP,
     SCORE_PARTS,
     combine,
     explained_parts,
     in_depth,
     row_depths,
+)
+from shoprank.models.fusion import (
+    FUSIONS,
+    FusionConfig,
+    FusionRanker,
+    as_tensors,
+    load_ranker,
+    save_ranker,
 )
 
 DIM = 8

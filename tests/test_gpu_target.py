@@ -1,4 +1,4 @@
-"""The gpu-embedded target (`shoprank.gpu`), built and served on CPU instances here: the
+"""The gpu-embedded target (`shoprank.models.gpu`), built and served on CPU instances here: the
 same repository with `--device gpu` runs the encoder and scan on CUDA (bench/gpu_check.py)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pipeline_fixtures import assert_same_ranking
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shoprank import contract
-from shoprank.ann import exact_top_k
-from shoprank.gpu import SEQUENCE_BUCKETS, TorchDenseIndex, TorchEncoder, bucket
-from shoprank.runtime import QueryTokenizer, encoder_feeds, pad_rows
+from shoprank.core.ann import exact_top_k
+from shoprank.core.requests import pad_rows
+from shoprank.core.sessions import encoder_feeds
+from shoprank.core.tokenizer import QueryTokenizer
+from shoprank.models.gpu import SEQUENCE_BUCKETS, TorchDenseIndex, TorchEncoder, bucket
 
 QUERIES = ["red sofa", "blue cotton t-shirt size m", "lamp", "nv-4521b 1/2 in. copper tee"]
 
@@ -28,7 +30,7 @@ def _feeds(paths: contract.ArtifactPaths, queries: list[str]) -> tuple[np.ndarra
 
 
 def test_torch_encoder_matches_the_onnx_export_and_buckets_change_nothing(tiny_artifacts):
-    from shoprank.runtime import cpu_session
+    from shoprank.core.sessions import cpu_session
 
     ids, mask = _feeds(tiny_artifacts, QUERIES)
     torch_encoder = TorchEncoder(tiny_artifacts.encoder, "cpu")
@@ -89,12 +91,12 @@ def test_gpu_embedded_repository_puts_encoder_and_scan_on_the_gpu(tiny_artifacts
 def test_gpu_embedded_served_on_cpu_instances_answers_like_the_cpu_pipeline(
     tiny_artifacts, tmp_path
 ):
-    from shoprank.ann import DenseConfig, DenseIndex
-    from shoprank.artifacts import load_item_index
+    from shoprank.core.ann import DenseConfig, DenseIndex
+    from shoprank.core.pipeline import InProcessPipeline
+    from shoprank.core.ranking import RetrievalConfig
+    from shoprank.data.artifacts import load_item_index
     from shoprank.model_repository.build import ServingConfig, build
-    from shoprank.pipeline import InProcessPipeline
-    from shoprank.ranking import RetrievalConfig
-    from shoprank.tritonserver import running_server
+    from shoprank.ops.tritonserver import running_server
     from shoprank_client import SearchClient
 
     serving = ServingConfig(target="gpu-embedded", device="cpu")

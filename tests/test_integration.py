@@ -10,7 +10,8 @@ import tritonclient.grpc as grpcclient
 from pipeline_fixtures import assert_same_ranking
 from tritonclient.utils import InferenceServerException
 
-from shoprank import contract, datasets
+from shoprank import contract
+from shoprank.data import datasets
 from shoprank.loadtest.workload import make_workload
 
 pytestmark = pytest.mark.integration
@@ -226,7 +227,7 @@ def test_too_many_candidates_is_invalid_argument(ensemble_server):
 def test_a_corrupt_index_fails_the_load_naming_the_file(tiny_artifacts, tmp_path, file):
     import shutil
 
-    from shoprank.tritonserver import TritonServerError, running_server
+    from shoprank.ops.tritonserver import TritonServerError, running_server
 
     repository = tmp_path / "repository"
     shutil.copytree(tiny_artifacts.repository("cpu"), repository)
@@ -428,7 +429,7 @@ def rare_category(tiny_artifacts):
 
 
 def test_a_rare_filter_still_returns_top_k(ensemble_server, in_process, rare_category):
-    from shoprank.filters import Filters
+    from shoprank.core.filters import Filters
 
     path, members, share = rare_category
     assert share <= 0.02
@@ -457,7 +458,7 @@ def test_a_rare_filter_still_returns_top_k(ensemble_server, in_process, rare_cat
 
 
 def test_filtered_search_widens_when_retrieval_falls_short(in_process, rare_category):
-    from shoprank.filters import Filters
+    from shoprank.core.filters import Filters
 
     path, members, _ = rare_category
     config = in_process.ranker.config
@@ -533,7 +534,7 @@ def test_cpu_model_stubs_load_no_torch(ensemble_server):
     """The CPU models run on numpy, ONNX Runtime, faiss and tantivy: torch (its libraries
     mapped into every stub that imports it, and seconds of start-up at each load, deploy
     and stub restart) stays out of their processes. Read from each live stub's memory maps."""
-    from shoprank.tritonserver import model_stubs
+    from shoprank.ops.tritonserver import model_stubs
 
     maps = {
         model: [m.path for m in proc.memory_maps()]

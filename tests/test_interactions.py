@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from shoprank.datasets import DataError
+from shoprank.data.datasets import DataError
 from shoprank.training import recommend
 from shoprank.training.interactions import load_interactions
 

@@ -1,11 +1,18 @@
-"""Stages hand each other files, never code: every import points into the bottom layer.
+"""Stages hand each other files, never code; the serving path never loads torch.
 
-The rule (shoprank/__init__.py): the modules directly in `shoprank/` are the shared bottom
+The rules (shoprank/__init__.py): `shoprank/` and its sub-packages are the shared bottom
 layer and import no stage; a stage (training, conversion, model_repository, loadtest,
 bench) imports the bottom layer and the client, never another stage; the client
 (`shoprank_client`, its own distribution) imports nothing of shoprank. The graph is read
 from the source with `ast`, imports inside functions included, and the folder of each
 package from pyproject.toml, where the layout is defined.
+
+The torch-free rule: the online core (`shoprank.core`), the contract, the data helpers and
+the operations code import no torch, transformers or sentence-transformers, nor the torch
+models of `shoprank.models`, anywhere; and what a serving process imports when it loads
+(the Triton models, the repository builder, the deploy and server CLIs, the load test, the
+client) reaches none of them through its module-level imports. Read statically, it fails in
+milliseconds, before any server starts (test_server.py also reads a live stub's memory maps).
 """
 
 from __future__ import annotations
@@ -53,11 +60,29 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imports_of(module: str, path: Path) -> set[str]:
-    """Names imported anywhere in the module (function bodies too), relative ones resolved."""
+def import_nodes(tree: ast.AST, at_load: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements of a module; `at_load`: only those that run when it is imported
+    (not inside function bodies, not under `if TYPE_CHECKING:`)."""
+    found = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        if at_load and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if at_load and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def imports_of(module: str, path: Path, at_load: bool = False) -> set[str]:
+    """Names imported anywhere in the module (function bodies too, unless `at_load`),
+    relative ones resolved."""
     is_package = path.stem == "__init__"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in import_nodes(ast.parse(path.read_text(), filename=str(path)), at_load):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -106,9 +131,50 @@ def violations(graph: dict[str, set[str]], stage_names: set[str]) -> list[str]:
     return bad
 
 
+# What the serving path must never load: the deep-learning stack and the torch models.
+HEAVY = ("torch", "transformers", "sentence_transformers", "safetensors.torch", "shoprank.models")
+# Packages that import none of HEAVY anywhere, function bodies included.
+TORCH_FREE = ("shoprank.core", "shoprank.data", "shoprank.ops", "shoprank.contract")
+# Packages whose module-level imports, followed through shoprank, reach none of HEAVY: what
+# a serving process, the repository builder and the CLIs around the server load. (The
+# gpu-embedded target imports `shoprank.models.gpu` inside the function that needs it.)
+SERVING = (*TORCH_FREE, "shoprank.model_repository", "shoprank.loadtest", CLIENT)
+
+
+def under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def heavy_imports(graph: dict[str, set[str]], load_graph: dict[str, set[str]]) -> list[str]:
+    """Every way the torch-free rule is broken, as "importer -> ... -> heavy name"."""
+    bad = [
+        f"{m} -> {name}"
+        for m, names in sorted(graph.items())
+        if under(m, TORCH_FREE)
+        for name in sorted(names)
+        if under(name, HEAVY)
+    ]
+    for start in sorted(m for m in load_graph if under(m, SERVING)):
+        seen, paths = {start}, [[start]]
+        while paths:
+            path = paths.pop()
+            for name in sorted(load_graph.get(path[-1], ())):
+                if under(name, HEAVY):
+                    bad.append(" -> ".join([*path, name]))
+                elif name in load_graph and name not in seen:
+                    seen.add(name)
+                    paths.append([*path, name])
+    return sorted(set(bad))
+
+
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
     return {name: imports_of(name, path) for name, path in modules().items()}
+
+
+@pytest.fixture(scope="module")
+def load_graph() -> dict[str, set[str]]:
+    return {name: imports_of(name, path, at_load=True) for name, path in modules().items()}
 
 
 def test_the_layout_is_what_pyproject_says():
@@ -129,7 +195,7 @@ def test_imports_point_only_into_the_bottom_layer(graph):
         ("shoprank.training.encoder", "shoprank.conversion.export"),  # up the pipeline
         ("shoprank.conversion.convert", "shoprank.training.train"),  # down, but code
         ("shoprank.loadtest.workload", "shoprank.training.behaviour"),
-        ("shoprank.runtime", "shoprank.model_repository.build"),  # bottom -> stage
+        ("shoprank.core.catalog", "shoprank.model_repository.build"),  # bottom -> stage
         ("shoprank_client.search_client", "shoprank.contract"),  # client -> server
     ],
 )
@@ -149,3 +215,36 @@ def test_relative_and_function_level_imports_are_seen(tmp_path):
     found = imports_of("shoprank.training.mod", path)
     assert {"shoprank.training.sibling", "shoprank.conversion.export"} <= found
     assert "shoprank.bench.report" in found
+
+
+def test_the_serving_path_imports_no_torch(graph, load_graph):
+    assert any(m.startswith("shoprank.core.") for m in graph)  # the core was found
+    assert heavy_imports(graph, load_graph) == []
+
+
+@pytest.mark.parametrize(
+    "importer, imported",
+    [
+        ("shoprank.core.ranking", "torch"),  # the core itself, at load
+        ("shoprank.core.scoring", "shoprank.models.fusion"),  # a torch model
+        ("shoprank.data.datasets", "sentence_transformers"),
+    ],
+)
+def test_the_torch_rule_catches_a_heavy_import(graph, load_graph, importer, imported):
+    broken_graph = {**graph, importer: graph[importer] | {imported}}
+    broken_load = {**load_graph, importer: load_graph[importer] | {imported}}
+    found = heavy_imports(broken_graph, broken_load)
+    assert f"{importer} -> {imported}" in found
+    # ...and every serving model that reaches the importer is named with its path.
+    if importer == "shoprank.core.ranking":
+        assert any(
+            p.startswith("shoprank.model_repository.models.ranker -> ") and p.endswith(imported)
+            for p in found
+        )
+
+
+def test_a_function_level_import_breaks_only_the_strict_rule(tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text("def f():\n    import torch\n")
+    assert "torch" in imports_of("shoprank.core.mod", path)
+    assert "torch" not in imports_of("shoprank.core.mod", path, at_load=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shoprank import lexical
-from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
+from shoprank.core import lexical
+from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_a_missing_search_index_is_named(index, tmp_path):
 def test_bm25_beside_the_dense_search_changes_no_answer(in_process, search_workload):
     """The ranker runs BM25 on its own thread while the dense search runs (`retrieve`);
     the answers must be those of running the two one after the other."""
-    from shoprank.ranking import Request
+    from shoprank.core.ranking import Request
 
     ranker = in_process.ranker
     queries = [w["query"] for w in search_workload[:24]]

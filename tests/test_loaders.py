@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from shoprank.contract import ArtifactPaths
-from shoprank.datasets import DataError, save, validate
+from shoprank.data.datasets import DataError, save, validate
 from shoprank.training.loaders import (
     ESCI_EXAMPLES,
     ESCI_PRODUCTS,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from shoprank.metrics import (
+from shoprank.data.metrics import (
     dcg,
     mean_metrics,
     ndcg_at_k,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from shoprank.datasets import product_text
-from shoprank.encoder import load_encoder
+from shoprank.data.datasets import product_text
+from shoprank.models.encoder import load_encoder
 from shoprank.training.encoder import make_tiny_encoder
 from shoprank.training.mlm import domain_adapt
 from shoprank.training.synthetic import generate
@@ -27,7 +27,7 @@ def test_domain_adapt_writes_a_trained_bi_encoder(tmp_path):
 def test_zero_shot_baseline_is_measured_before_domain_adaptation(tmp_path, tiny_artifacts):
     """With MLM on, "zero-shot" must still be the encoder as shipped (the fixture's run),
     not the adapted one the run fine-tuned from."""
-    from shoprank import datasets
+    from shoprank.data import datasets
     from shoprank.training.evaluate import zero_shot_metrics
     from shoprank.training.train import TrainConfig, run
 

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 
 from shoprank import contract
-from shoprank.runtime import (
-    CatalogIndex,
-    InvalidInput,
-    QueryTokenizer,
-    decode_query,
-    pad_rows,
-    validate_top_k,
-)
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.requests import InvalidInput, decode_query, pad_rows, validate_top_k
+from shoprank.core.tokenizer import QueryTokenizer
 
 
 @pytest.mark.parametrize("raw", ["", "   ", b"\t\n", "\u3000"])

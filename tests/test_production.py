@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from shoprank import contract
-from shoprank.tritonserver import free_ports
+from shoprank.ops.tritonserver import free_ports
 from shoprank_client import SearchClient, SearchError
 from shoprank_client.search_client import DEFAULT_RETRIES
 

@@ -6,11 +6,12 @@ import numpy as np
 import onnx
 import pytest
 
-from shoprank import contract, datasets
+from shoprank import contract
 from shoprank.conversion import exclusion_search, graph_surgery, int8, latency, quality
-from shoprank.encoder import export_encoder
-from shoprank.metrics import NDCG_AT_10
-from shoprank.runtime import tokenized_feeds, tokenizer_file
+from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
+from shoprank.data import datasets
+from shoprank.data.metrics import NDCG_AT_10
+from shoprank.models.encoder import export_encoder
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _graph(path):
 
 
 def test_calibration_feeds_are_tokenized_like_the_server(tiny_artifacts):
-    from shoprank.runtime import QueryTokenizer
+    from shoprank.core.tokenizer import QueryTokenizer
 
     tok = tokenizer_file(tiny_artifacts.encoder)
     texts = ["red leather sofa", "a " * 100, "oak dining table for six people"]

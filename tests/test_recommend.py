@@ -7,11 +7,12 @@ import torch
 
 from shoprank import contract
 from shoprank.conversion.export import export_sequential
-from shoprank.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
-from shoprank.recommend import Recommender, RecommendRequest, top_k_rows
-from shoprank.runtime import CatalogIndex, cpu_session
-from shoprank.sequential import SequentialConfig, SequentialRecommender
-from shoprank.shoppers import ShopperVectors, left_pad
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.recommender import Recommender, RecommendRequest, top_k_rows
+from shoprank.core.sessions import cpu_session
+from shoprank.core.shopper_vectors import ShopperVectors, left_pad
+from shoprank.data.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
+from shoprank.models.sequential import SequentialConfig, SequentialRecommender
 from shoprank.training import recommend
 
 
@@ -127,7 +128,7 @@ def test_top_k_rows_skips_excluded_and_breaks_ties_by_row():
 def test_explanation_lists_each_history_product_once():
     import json
 
-    from shoprank.ranking import explanation
+    from shoprank.core.scoring import explanation
 
     history_ids = np.array([7, 8, 7, 9])
     vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]], np.float32)
@@ -149,7 +150,7 @@ def test_seq_in_search_scores_held_out_sessions(tiny_artifacts):
     assert 0 < t["served"] <= 1 and 0 <= t["sequential_alone"] <= 1
     assert (tiny_artifacts.reports / "seq_in_search.json").exists()
 
-    from shoprank.sequential import load_sequential
+    from shoprank.models.sequential import load_sequential
     from shoprank.training import behaviour
 
     seq = load_sequential(tiny_artifacts.sequential)
@@ -184,7 +185,7 @@ def test_search_serves_the_sequential_shopper_vector_within_the_rerank_depth(in_
     import dataclasses
     import json
 
-    from shoprank.ranking import Request, sequential_part
+    from shoprank.core.ranking import Request, sequential_part
 
     assert in_process.ranker.shoppers is not None
     assert in_process.ranker.config.sequential_weight > 0

@@ -145,7 +145,7 @@ def test_skipped_baselines_and_nan_are_shown(tmp_path):
 
 
 def test_evaluate_merges_baselines_and_writes_the_report(tmp_path):
-    from shoprank import datasets
+    from shoprank.data import datasets
     from shoprank.training.evaluate import EvalConfig, evaluate
     from shoprank.training.synthetic import generate
 

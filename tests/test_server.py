@@ -13,9 +13,9 @@ import numpy as np
 import psutil
 import pytest
 
-from shoprank import tritonserver as server
 from shoprank.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
-from shoprank.tritonserver import TritonServerError
+from shoprank.ops import tritonserver as server
+from shoprank.ops.tritonserver import TritonServerError
 
 # A model unrelated to shoprank: this file tests the launcher, not the search I/O.
 _DOUBLER = """
@@ -208,7 +208,7 @@ def test_orphaned_python_backend_shm_regions_are_removed(tmp_path) -> None:
     """A killed stub's shared-memory region is deleted; one a process still maps is kept."""
     import mmap
 
-    from shoprank.tritonserver import SHM_REGION_PREFIX, remove_orphaned_shm_regions
+    from shoprank.ops.tritonserver import SHM_REGION_PREFIX, remove_orphaned_shm_regions
 
     orphan, live, other = (
         tmp_path / f"{SHM_REGION_PREFIX}orphan",

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from shoprank.contract import ArtifactPaths
-from shoprank.datasets import (
+from shoprank.data.datasets import (
     CATEGORY_SEPARATOR,
     LIST_SEPARATOR,
     DataError,
@@ -302,7 +302,7 @@ def test_cli_writes_artifacts(tmp_path, capsys):
 
 def test_a_share_of_queries_is_lexical(busy):
     """Model-number and part/feature queries, and sizes written the way shoppers do."""
-    from shoprank.lexical import is_code, tokenize
+    from shoprank.core.lexical import is_code, tokenize
 
     data, intents = generate_with_intents(replace(SCALES["tiny"], queries=300, sessions=300))
     kinds = intents["kind"].value_counts(normalize=True)

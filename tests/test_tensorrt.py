@@ -19,11 +19,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from shoprank import artifacts, contract
-from shoprank.artifacts import OptimizationProfile
+from shoprank import contract
 from shoprank.configargs import parse_config
 from shoprank.conversion import tensorrt
 from shoprank.conversion.convert import ConversionConfig
+from shoprank.data import artifacts
+from shoprank.data.artifacts import OptimizationProfile
 from shoprank.model_repository.build import ServingConfig, build, encoder_gpu_config
 
 TRT_AVAILABLE, TRT_REASON = tensorrt.available()
@@ -219,10 +220,10 @@ def test_builds_real_engines_on_a_gpu(tiny_artifacts, tmp_path):
     """fp16 from the unfused graph, int8 from a symmetric QDQ graph; run both if possible."""
     import tensorrt as trt
 
-    from shoprank import datasets
     from shoprank.conversion import exclusion_search, int8, quality
-    from shoprank.encoder import export_encoder
-    from shoprank.runtime import tokenized_feeds, tokenizer_file
+    from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
+    from shoprank.data import datasets
+    from shoprank.models.encoder import export_encoder
 
     raw = export_encoder(tiny_artifacts.encoder, tmp_path / "raw.onnx")
     unfused = int8.prepare_for_qdq(raw, tmp_path / "unfused.onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoprank.tritonserver import free_ports
+from shoprank.ops.tritonserver import free_ports
 from shoprank_client import SearchClient
 from shoprank_client.search_client import SearchError, ThrottledError
 from shoprank_client.throttle import AdaptiveThrottle

@@ -1,6 +1,6 @@
 """Baselines the learned rankers have to beat: BM25 and popularity.
 
-- **BM25**: the lexical index serving uses (`shoprank.lexical`: Lucene BM25, k1=1.2,
+- **BM25**: the lexical index serving uses (`shoprank.core.lexical`: Lucene BM25, k1=1.2,
   b=0.75, over the product's fields, with a tokenizer that keeps model numbers, sizes and
   units; the top k from tantivy), ranking the full catalog for each held-out query, scored with the
   same judged metrics as the encoder (`metrics.mean_metrics`: NDCG@10, Recall@10/100,
@@ -22,15 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from shoprank.datasets import ShopData, judgement_grades
-from shoprank.lexical import LexicalIndex
-from shoprank.metrics import (
-    CLICK_AUC,
-    PURCHASE_NDCG_AT_10,
-    mean_metrics,
-    ndcg_at_k,
-    roc_auc,
-)
+from shoprank.core.lexical import LexicalIndex
+from shoprank.data.datasets import ShopData, judgement_grades
+from shoprank.data.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, mean_metrics, ndcg_at_k, roc_auc
 
 TOP_K = 100
 NO_EVENTS = "skipped: the data has no behaviour events"

@@ -22,11 +22,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from shoprank import contract
-from shoprank.datasets import HISTORY_EVENTS
-from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES, ItemTables, user_item_features
-from shoprank.fusion import TRAINING_POSITIONS, FusionConfig, FusionRanker, Relevance, as_tensors
-from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex
-from shoprank.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, ndcg_at_k, roc_auc
+from shoprank.core.features import ITEM_FEATURES, USER_ITEM_FEATURES, ItemTables, user_item_features
+from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex
+from shoprank.data.datasets import HISTORY_EVENTS
+from shoprank.data.metrics import CLICK_AUC, PURCHASE_NDCG_AT_10, ndcg_at_k, roc_auc
+from shoprank.models.fusion import (
+    TRAINING_POSITIONS,
+    FusionConfig,
+    FusionRanker,
+    Relevance,
+    as_tensors,
+)
 
 
 @dataclass

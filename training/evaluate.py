@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoprank import contract, datasets
+from shoprank import contract
 from shoprank.configargs import parse_config, setup_logging, user_errors
-from shoprank.metrics import CLICK_AUC, NDCG_AT_10, mean_metrics
+from shoprank.data import datasets
+from shoprank.data.metrics import CLICK_AUC, NDCG_AT_10, mean_metrics
 from shoprank.training.baselines import run_baselines
 from shoprank.training.report import targets, write_report
 
@@ -50,7 +51,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def zero_shot_metrics(data: datasets.ShopData, run_config: dict, split: str) -> dict:
     """Full-catalog retrieval of the encoder as shipped (before MLM and fine-tuning), with
     the same embedding settings training used."""
-    from shoprank.encoder import load_encoder
+    from shoprank.models.encoder import load_encoder
     from shoprank.training.encoder import base_encoder_path
     from shoprank.training.train import TrainConfig, embed_catalog, judged_metrics
 
@@ -70,7 +71,7 @@ def zero_shot_metrics(data: datasets.ShopData, run_config: dict, split: str) -> 
 def served_metrics(paths: contract.ArtifactPaths, data: datasets.ShopData, split: str) -> dict:
     """The served two-stage pipeline (the generated repository, in process) at cold start:
     each `split` query's top MAX_TOP_K products, judged."""
-    from shoprank.pipeline import InProcessPipeline
+    from shoprank.core.pipeline import InProcessPipeline
 
     pipeline = InProcessPipeline(paths.repository("cpu"))
     queries = data.queries[data.queries["split"] == split]

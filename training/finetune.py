@@ -28,9 +28,9 @@ import pandas as pd
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
 from shoprank import contract
-from shoprank.datasets import ShopData, product_text
-from shoprank.encoder import embed
-from shoprank.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
+from shoprank.data.datasets import ShopData, product_text
+from shoprank.data.metrics import NDCG_AT_10, mean_metrics, top_k_rankings
+from shoprank.models.encoder import embed
 
 log = logging.getLogger(__name__)
 

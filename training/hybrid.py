@@ -3,7 +3,7 @@ retrieval stage's metrics.
 
 For each judged query the candidates are what serving retrieves: the dense index's
 `dense_k` nearest products (here the exact scan over the fine-tuned embeddings) and
-BM25's `lexical_k` best matches (`shoprank.ranking.retrieve`). The relevance model
+BM25's `lexical_k` best matches (`shoprank.core.ranking.retrieve`). The relevance model
 (`fusion.Relevance`: dense cosine + lexical features, linear or with a small MLP) is
 trained on them with a listwise loss (softmax cross-entropy against 2^grade - 1), and
 the kind that is best on validation NDCG@10 is kept.
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shoprank import datasets
-from shoprank.ann import DenseIndex
-from shoprank.fusion import Relevance, as_tensors
-from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
-from shoprank.metrics import NDCG_AT_10, mean_metrics, ndcg_at_k
-from shoprank.ranking import RetrievalConfig, union_candidates
+from shoprank.core.ann import DenseIndex
+from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
+from shoprank.core.ranking import RetrievalConfig, union_candidates
+from shoprank.data import datasets
+from shoprank.data.metrics import NDCG_AT_10, mean_metrics, ndcg_at_k
+from shoprank.models.fusion import Relevance, as_tensors
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shoprank.datasets import DataError
+from shoprank.data.datasets import DataError
 from shoprank.training.loaders import _read, _Table
 
 log = logging.getLogger(__name__)

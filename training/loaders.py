@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from shoprank.contract import ArtifactPaths
-from shoprank.datasets import (
+from shoprank.data.datasets import (
     CATEGORY_SEPARATOR,
     MAX_GRADE,
     SPLITS,

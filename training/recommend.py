@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shoprank.datasets import HISTORY_EVENTS
-from shoprank.metrics import HIT_RATE_AT_10, next_item_metrics
-from shoprank.sequential import SequentialConfig, SequentialRecommender
-from shoprank.shoppers import left_pad
+from shoprank.core.shopper_vectors import left_pad
+from shoprank.data.datasets import HISTORY_EVENTS
+from shoprank.data.metrics import HIT_RATE_AT_10, next_item_metrics
+from shoprank.models.sequential import SequentialConfig, SequentialRecommender
 
 log = logging.getLogger(__name__)
 
@@ -338,9 +338,10 @@ class RecommendConfig:
 
 def run(config: RecommendConfig) -> dict:
     """Load, embed the item texts, train and evaluate; write the model and a report."""
-    from shoprank import contract, datasets
-    from shoprank.encoder import embed, load_encoder
-    from shoprank.sequential import save_sequential
+    from shoprank import contract
+    from shoprank.data import datasets
+    from shoprank.models.encoder import embed, load_encoder
+    from shoprank.models.sequential import save_sequential
     from shoprank.training.interactions import load_interactions
 
     if not config.data:
@@ -374,7 +375,7 @@ def run(config: RecommendConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from shoprank.configargs import parse_config, setup_logging, user_errors
-    from shoprank.datasets import DataError
+    from shoprank.data.datasets import DataError
 
     setup_logging("shoprank")
     config = parse_config(RecommendConfig, argv, description=RecommendConfig.__doc__ or "")

@@ -23,7 +23,7 @@ matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
 
 import matplotlib.pyplot as plt
 
-from shoprank.metrics import (
+from shoprank.data.metrics import (
     CLICK_AUC,
     HIT_RATE_AT_10,
     MRR,

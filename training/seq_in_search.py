@@ -26,17 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shoprank import contract, datasets
-from shoprank.artifacts import load_item_index
+from shoprank import contract
 from shoprank.configargs import parse_config, setup_logging
-from shoprank.encoder import embed, load_encoder
-from shoprank.features import ItemTables
-from shoprank.fusion import FusionRanker, load_ranker
-from shoprank.lexical import LexicalIndex, tokenize
-from shoprank.metrics import paired_bootstrap_gain
-from shoprank.ranking import RetrievalConfig, sequential_part
-from shoprank.sequential import SequentialRecommender, load_sequential
-from shoprank.shoppers import left_pad
+from shoprank.core.features import ItemTables
+from shoprank.core.lexical import LexicalIndex, tokenize
+from shoprank.core.ranking import RetrievalConfig, sequential_part
+from shoprank.core.shopper_vectors import left_pad
+from shoprank.data import datasets
+from shoprank.data.artifacts import load_item_index
+from shoprank.data.metrics import paired_bootstrap_gain
+from shoprank.models.encoder import embed, load_encoder
+from shoprank.models.fusion import FusionRanker, load_ranker
+from shoprank.models.sequential import SequentialRecommender, load_sequential
 from shoprank.training import behaviour
 
 

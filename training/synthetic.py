@@ -49,7 +49,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from shoprank.contract import ArtifactPaths
-from shoprank.datasets import (
+from shoprank.data.datasets import (
     CATEGORY_SEPARATOR,
     EVENT_TYPES,
     IN_STOCK,

@@ -26,15 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shoprank import contract, datasets
-from shoprank.ann import DenseConfig, DenseIndex
-from shoprank.artifacts import save_item_index
+from shoprank import contract
 from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
-from shoprank.encoder import embed, load_encoder
-from shoprank.features import USER_ITEM_FEATURES, ItemTables
-from shoprank.fusion import FusionRanker, as_tensors, save_ranker
-from shoprank.lexical import LexicalIndex, tokenize
-from shoprank.metrics import (
+from shoprank.core.ann import DenseConfig, DenseIndex
+from shoprank.core.features import USER_ITEM_FEATURES, ItemTables
+from shoprank.core.lexical import LexicalIndex, tokenize
+from shoprank.core.ranking import RetrievalConfig
+from shoprank.core.scoring import combine
+from shoprank.data import datasets
+from shoprank.data.artifacts import save_item_index
+from shoprank.data.metrics import (
     CLICK_AUC,
     HIT_RATE_AT_10,
     MRR,
@@ -45,9 +46,9 @@ from shoprank.metrics import (
     paired_bootstrap_gain,
     top_k_rankings,
 )
-from shoprank.ranking import RetrievalConfig
-from shoprank.scoring import combine
-from shoprank.sequential import save_sequential
+from shoprank.models.encoder import embed, load_encoder
+from shoprank.models.fusion import FusionRanker, as_tensors, save_ranker
+from shoprank.models.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.encoder import base_encoder_path, embed_onnx
 from shoprank.training.seq_in_search import fit_sequential_weight, parse_lambdas

@@ -10,8 +10,8 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
-from shoprank.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
-from shoprank.runtime import InvalidInput, pad_answers, pad_explanations
+from shoprank.core.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
+from shoprank.core.requests import InvalidInput, pad_answers, pad_explanations
 
 
 def version_dir(args: dict[str, Any]) -> Path:
@@ -51,7 +51,7 @@ def optional_array(request: Any, name: str) -> Any:
 
 
 def ranked_response(answers: list) -> Any:
-    """The response of one request's rows (`ranking.Ranked` each), padded to the longest."""
+    """The response of one request's rows (`scoring.Ranked` each), padded to the longest."""
     ids, scores, titles = pad_answers([(a.product_ids, a.scores, a.titles) for a in answers])
     explained = pad_explanations([a.explanations for a in answers], ids.shape[1])
     return pb_utils.InferenceResponse(
@@ -95,7 +95,7 @@ def answer_batch(
 
 
 class AdmissionGate:
-    """`shoprank.admission` for the model that takes an ensemble's requests first (the
+    """`shoprank.core.admission` for the model that takes an ensemble's requests first (the
     tokenizer of `search` and `rerank`, the recommender of `recommend`): one table per
     server, so every entry point counts against the same cores.
 

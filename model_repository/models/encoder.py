@@ -1,6 +1,6 @@
 """Triton model `encoder`: token ids → L2-normalised QUERY_EMBEDDING, ONNX Runtime inside
 the Python backend (the embedded CPU server has no ONNX Runtime backend), or PyTorch with
-CUDA graphs for the `gpu-embedded` target (`shoprank.gpu`).
+CUDA graphs for the `gpu-embedded` target (`shoprank.models.gpu`).
 
 Requests of different lengths arrive in one dynamic batch (ragged inputs), each with one
 or more rows; every row is padded to the longest and the batch runs as one ONNX call.
@@ -11,15 +11,15 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.core.sessions import cpu_session, encode_requests
 from shoprank.model_repository.models.common import input_array, parameters, version_dir
-from shoprank.runtime import cpu_session, encode_requests
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
         if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: PyTorch, CUDA graphs
-            from shoprank.gpu import TorchEncoder, device_of
+            from shoprank.models.gpu import TorchEncoder, device_of
 
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
             self.session = TorchEncoder(

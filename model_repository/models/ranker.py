@@ -12,8 +12,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
-from shoprank.admission import AdmissionTable, table_path
-from shoprank.filters import row_filters
+from shoprank.core.admission import AdmissionTable, table_path
+from shoprank.core.filters import row_filters
+from shoprank.core.ranking import CandidateRanker, Request
+from shoprank.core.requests import InvalidInput, decode_query, row_flags, row_values, validate_top_k
 from shoprank.model_repository.models.common import (
     answer_batch,
     input_array,
@@ -22,8 +24,6 @@ from shoprank.model_repository.models.common import (
     version_dir,
 )
 from shoprank.model_repository.models.metrics import ServingMetrics, mode_of
-from shoprank.ranking import CandidateRanker, Request
-from shoprank.runtime import InvalidInput, decode_query, row_flags, row_values, validate_top_k
 
 
 class TritonPythonModel:
@@ -31,8 +31,8 @@ class TritonPythonModel:
         params = parameters(args)
         dense = None
         if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: scan on the device
-            from shoprank.artifacts import load_item_index
-            from shoprank.gpu import TorchDenseIndex, device_of
+            from shoprank.data.artifacts import load_item_index
+            from shoprank.models.gpu import TorchDenseIndex, device_of
 
             embeddings = load_item_index(version_dir(args) / params["item_index"])["embeddings"]
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])

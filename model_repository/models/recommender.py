@@ -1,7 +1,7 @@
 """Triton model `recommender` (ensemble `recommend`): top-k products from a shopper's
 history alone, by the sequential model; cold start (no history) by popularity.
 
-Each request is first admitted (`shoprank.admission`, the same table as `search`'s, as
+Each request is first admitted (`shoprank.core.admission`, the same table as `search`'s, as
 the two share the cores): beyond the in-flight limit it is refused at once with
 UNAVAILABLE. One `Recommender.recommend` call per dynamic batch; requests are validated
 one by one, so a bad one is refused with INVALID_ARGUMENT and the rest of its batch is
@@ -11,7 +11,9 @@ still answered.
 from __future__ import annotations
 
 from shoprank import contract
-from shoprank.filters import row_filters
+from shoprank.core.filters import row_filters
+from shoprank.core.recommender import Recommender, RecommendRequest
+from shoprank.core.requests import row_flags, row_values, validate_top_k
 from shoprank.model_repository.models.common import (
     AdmissionGate,
     answer_batch,
@@ -21,8 +23,6 @@ from shoprank.model_repository.models.common import (
     version_dir,
 )
 from shoprank.model_repository.models.metrics import ServingMetrics
-from shoprank.recommend import Recommender, RecommendRequest
-from shoprank.runtime import row_flags, row_values, validate_top_k
 
 
 class TritonPythonModel:

@@ -1,7 +1,7 @@
 """Triton model `tokenizer`: QUERY text → INPUT_IDS, ATTENTION_MASK, ADMISSION_TICKET
 (Python backend), the first step of `search` and `rerank`.
 
-Each request is first admitted (`shoprank.admission`): it gets a ticket the ranker gives
+Each request is first admitted (`shoprank.core.admission`): it gets a ticket the ranker gives
 back, or, with `max_in_flight` requests already in flight (`shed_in_flight` while
 overloaded), is refused at once with UNAVAILABLE. A request may hold several rows (a
 batched request); each row is validated and tokenized, and the request's rows are padded
@@ -14,6 +14,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
+from shoprank.core.requests import InvalidInput
+from shoprank.core.tokenizer import QueryTokenizer, tokenize_rows
 from shoprank.model_repository.models.common import (
     AdmissionGate,
     input_array,
@@ -22,7 +24,6 @@ from shoprank.model_repository.models.common import (
     version_dir,
 )
 from shoprank.model_repository.models.metrics import ServingMetrics
-from shoprank.runtime import InvalidInput, QueryTokenizer, tokenize_rows
 
 
 class TritonPythonModel:

@@ -1,4 +1,4 @@
-"""`python -m shoprank.summary --out artifacts/demo`: one screen summarising a demo run.
+"""`python -m shoprank.ops.summary --out artifacts/demo`: one screen summarising a demo run.
 
 Prints the short summaries each stage wrote beside its artifacts (training's metrics.md,
 the conversion report, the load test's summary.md), so this reads files, not stage code.

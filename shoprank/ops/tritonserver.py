@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from shoprank.admission import remove_stale_tables
 from shoprank.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from shoprank.core.admission import remove_stale_tables
 
 # Loopback by default: the demo server is for this machine only. Pass --host 0.0.0.0 to
 # expose it (e.g. inside a container).

@@ -8,9 +8,9 @@ of a request with
 
 R is the *learned hybrid*: trained on judged queries (stage A, `train_relevance`), then
 frozen while the rest learns from click logs (stage B). x_lex are the lexical features
-(`shoprank.lexical.LEXICAL_FEATURES`: BM25, coverage of title and attributes, exact
+(`shoprank.core.lexical.LEXICAL_FEATURES`: BM25, coverage of title and attributes, exact
 number and model-number matches), f_i the item features and g(history, i) the
-shopper↔item features (`shoprank.features`). The user vector u fuses the history:
+shopper↔item features (`shoprank.core.features`). The user vector u fuses the history:
 
     weighted          u = normalize(mean(e_h))
     concat_mlp        u = normalize(mean(e_h) + MLP([q, mean(e_h)]))
@@ -21,7 +21,7 @@ empty history every user term is off: cold start is relevance plus the item prio
 
 The module takes gathered tensors (no catalog inside), so the same graph scores a
 20,000- or a 1,000,000-product catalog; `forward` returns the relevance and the full
-score, and `shoprank.scoring.combine` lets behaviour reorder only the `depth` most
+score, and `shoprank.core.scoring.combine` lets behaviour reorder only the `depth` most
 relevant candidates.
 """
 
@@ -39,8 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shoprank import contract
-from shoprank.features import ITEM_FEATURES, USER_ITEM_FEATURES
-from shoprank.lexical import LEXICAL_FEATURES
+from shoprank.core.features import ITEM_FEATURES, USER_ITEM_FEATURES
+from shoprank.core.lexical import LEXICAL_FEATURES
 
 FUSIONS = ("weighted", "concat_mlp", "target_attention")
 TRAINING_POSITIONS = 10  # positions 0..9 get a learned bias during training only
@@ -171,7 +171,7 @@ class FusionRanker(nn.Module):
         user_item: torch.Tensor,
     ) -> torch.Tensor:
         """(B, C, len(SCORE_PARTS) + 2): the full score of `forward` split into the parts
-        `shoprank.scoring.SCORE_PARTS` names (they sum to it), then the relevance's semantic
+        `shoprank.core.scoring.SCORE_PARTS` names (they sum to it), then the relevance's semantic
         and lexical parts (they sum to R)."""
         cosine = torch.einsum("bd,bcd->bc", query, candidates)
         semantic = self.relevance.log_scale.exp() * cosine

@@ -55,7 +55,7 @@ class TorchEncoder:
         dtype: str = "float16",
         graphs: bool = True,
     ) -> None:
-        from shoprank.encoder import SentenceEmbedder, load_encoder
+        from shoprank.models.encoder import SentenceEmbedder, load_encoder
 
         self.device = torch.device(device)
         if dtype not in DTYPES:

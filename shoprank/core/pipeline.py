@@ -16,21 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
-from shoprank.filters import Filters
-from shoprank.ranking import CandidateRanker, Request
-from shoprank.recommend import Recommender, RecommendRequest
-from shoprank.runtime import (
-    QueryTokenizer,
-    cpu_session,
-    decode_query,
-    encoder_feeds,
-    pad_rows,
-    validate_top_k,
-)
+from shoprank.core.filters import Filters
+from shoprank.core.ranking import CandidateRanker, Request
+from shoprank.core.recommender import Recommender, RecommendRequest
+from shoprank.core.requests import decode_query, pad_rows, validate_top_k
+from shoprank.core.sessions import cpu_session, encoder_feeds
+from shoprank.core.tokenizer import QueryTokenizer
 
 
 @dataclass
-class Ranked:
+class Answer:
     """Top-k answer for one query."""
 
     product_ids: np.ndarray
@@ -39,10 +34,10 @@ class Ranked:
     explanations: list[dict] | None = None  # when asked: parts adding up to each score
 
 
-def _ranked(r) -> Ranked:
-    """The in-process answer of a ranking.Ranked (titles and explanations decoded)."""
+def _answer(r) -> Answer:
+    """The in-process answer of a scoring.Ranked (titles and explanations decoded)."""
     notes = None if r.explanations is None else [json.loads(e) for e in r.explanations]
-    return Ranked(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles], notes)
+    return Answer(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles], notes)
 
 
 class InProcessPipeline:
@@ -79,7 +74,7 @@ class InProcessPipeline:
         candidates: Sequence[Sequence[int]] | None = None,
         filters: Sequence[Filters | None] | None = None,
         explain: bool = False,
-    ) -> list[Ranked]:
+    ) -> list[Answer]:
         """Top-k for a batch of (query, history[, candidate ids][, filters]) requests."""
         k = validate_top_k(k)
         texts = [decode_query(q) for q in queries]
@@ -98,7 +93,7 @@ class InProcessPipeline:
             )
             for i, text in enumerate(texts)
         ]
-        return [_ranked(r) for r in self.ranker.rank(requests)]
+        return [_answer(r) for r in self.ranker.rank(requests)]
 
     def search(
         self,
@@ -107,7 +102,7 @@ class InProcessPipeline:
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
         explain: bool = False,
-    ) -> Ranked:
+    ) -> Answer:
         """Top-k for one query."""
         return self.search_many([query], [history], k, None, [filters], explain)[0]
 
@@ -119,7 +114,7 @@ class InProcessPipeline:
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
         explain: bool = False,
-    ) -> Ranked:
+    ) -> Answer:
         """Top-k of the given candidate ids for one query."""
         return self.search_many([query], [history], k, [candidates], [filters], explain)[0]
 
@@ -129,10 +124,10 @@ class InProcessPipeline:
         k: int = contract.DEFAULT_TOP_K,
         filters: Filters | None = None,
         explain: bool = False,
-    ) -> Ranked:
+    ) -> Answer:
         """Top-k from a history alone (the `recommend` ensemble), history products left out."""
         if self.recommender is None:
             raise ValueError("this repository has no recommender (trained without event logs)")
         rows = self.recommender.catalog.rows_of(np.asarray(history, dtype=np.int64))
         request = RecommendRequest(rows, validate_top_k(k), filters, explain)
-        return _ranked(self.recommender.recommend([request])[0])
+        return _answer(self.recommender.recommend([request])[0])

@@ -1,14 +1,17 @@
-"""How the served score is put together from the fusion ranker's outputs: the re-rank depth,
-the band below it, and explanations. numpy only, so the serving processes (the Triton
-`ranker` and `recommender` models, the in-process pipeline) never import torch; the model
-that computes relevance and the full score is `shoprank.fusion`.
+"""The served answer, assembled in one place: the score from the fusion ranker's outputs
+(re-rank depth, the band below it), each result's explanation, and the `Ranked` answer both
+search (`core.ranking`) and recommend (`core.recommender`) return. numpy only; the model
+that computes relevance and the full score is `shoprank.models.fusion`.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 
-from shoprank.features import USER_ITEM_FEATURES
+from shoprank.core.features import USER_ITEM_FEATURES
 
 # The full score's additive parts, as explanations name them (`FusionRanker.parts`): they
 # sum to the score of a candidate inside the re-rank depth. "lexical" holds everything of
@@ -99,3 +102,44 @@ def in_depth(relevance: np.ndarray, depth: int | np.ndarray, valid: np.ndarray) 
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(relevance.shape[1])[None, :], axis=1)
     return valid & (ranks < depths[:, None])
+
+
+@dataclass
+class Ranked:
+    """Top-k answer for one request, best first."""
+
+    product_ids: np.ndarray
+    scores: np.ndarray
+    titles: np.ndarray  # bytes
+    candidates: int = 0  # how many candidates were ranked
+    explanations: np.ndarray | None = None  # (k,) JSON bytes per result, when asked
+
+
+# Explanations list this many history products closest to each result.
+EXPLAINED_HISTORY = 3
+
+
+def explanation(
+    score: float,
+    parts: dict[str, float],
+    history_ids: np.ndarray,
+    history_vectors: np.ndarray,
+    vector: np.ndarray,
+) -> bytes:
+    """One result's explanation as JSON: its score, the parts that add up to it, and the
+    history products most similar to it (cosine of their embeddings)."""
+    similar: list[dict] = []
+    if len(history_ids):
+        cosines = history_vectors @ vector
+        for j in np.argsort(-cosines, kind="stable"):  # a product seen twice is listed once
+            if len(similar) == EXPLAINED_HISTORY:
+                break
+            if all(h["product_id"] != int(history_ids[j]) for h in similar):
+                cosine = round(float(cosines[j]), 4)
+                similar.append({"product_id": int(history_ids[j]), "cosine": cosine})
+    payload = {
+        "score": round(float(score), 6),
+        "parts": {k: round(v, 6) for k, v in parts.items()},
+        "similar_history": similar,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")

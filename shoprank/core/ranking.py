@@ -26,13 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
-from shoprank.ann import DenseIndex
-from shoprank.features import ItemTables, user_item_features
-from shoprank.filters import Facets, Filters
-from shoprank.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
-from shoprank.runtime import CatalogIndex, cpu_session, pad_rows
-from shoprank.scoring import combine, explained_parts, in_depth, row_depths
-from shoprank.shoppers import ShopperVectors
+from shoprank.core.ann import DenseIndex
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.features import ItemTables, user_item_features
+from shoprank.core.filters import Facets, Filters
+from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
+from shoprank.core.requests import pad_rows
+from shoprank.core.scoring import (
+    Ranked,
+    combine,
+    explained_parts,
+    explanation,
+    in_depth,
+    row_depths,
+)
+from shoprank.core.sessions import cpu_session
+from shoprank.core.shopper_vectors import ShopperVectors
 
 
 @dataclass
@@ -193,47 +202,6 @@ class Request:
     explain: bool = False  # also answer each result's score broken into its parts
 
 
-@dataclass
-class Ranked:
-    """Top-k answer for one request, best first."""
-
-    product_ids: np.ndarray
-    scores: np.ndarray
-    titles: np.ndarray  # bytes
-    candidates: int = 0  # how many candidates were ranked
-    explanations: np.ndarray | None = None  # (k,) JSON bytes per result, when asked
-
-
-# Explanations list this many history products closest to each result.
-EXPLAINED_HISTORY = 3
-
-
-def explanation(
-    score: float,
-    parts: dict[str, float],
-    history_ids: np.ndarray,
-    history_vectors: np.ndarray,
-    vector: np.ndarray,
-) -> bytes:
-    """One result's explanation as JSON: its score, the parts that add up to it, and the
-    history products most similar to it (cosine of their embeddings)."""
-    similar: list[dict] = []
-    if len(history_ids):
-        cosines = history_vectors @ vector
-        for j in np.argsort(-cosines, kind="stable"):  # a product seen twice is listed once
-            if len(similar) == EXPLAINED_HISTORY:
-                break
-            if all(h["product_id"] != int(history_ids[j]) for h in similar):
-                cosine = round(float(cosines[j]), 4)
-                similar.append({"product_id": int(history_ids[j]), "cosine": cosine})
-    payload = {
-        "score": round(float(score), 6),
-        "parts": {k: round(v, 6) for k, v in parts.items()},
-        "similar_history": similar,
-    }
-    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
-
-
 class CandidateRanker:
     """Retrieval + re-ranking over one catalog: the work of the Triton `ranker` model."""
 
@@ -268,7 +236,7 @@ class CandidateRanker:
     @classmethod
     def load(cls, folder: Path, threads: int = 1, dense=None) -> CandidateRanker:
         """From a model version folder written by the repository builder; `dense` replaces
-        the folder's dense index (the GPU scan of `shoprank.gpu`)."""
+        the folder's dense index (the GPU scan of `shoprank.models.gpu`)."""
         folder = Path(folder)
         for name in (
             contract.RANKER_ONNX_FILE,

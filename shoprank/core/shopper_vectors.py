@@ -1,4 +1,4 @@
-"""The served half of the sequential recommender (`shoprank.sequential`): the history
+"""The served half of the sequential recommender (`shoprank.models.sequential`): the history
 encoder's ONNX graph and the item vectors e_i precomputed at conversion. numpy and ONNX
 Runtime only, so the Triton `ranker` and `recommender` models never import torch.
 """
@@ -48,7 +48,7 @@ class ShopperVectors:
     def load(cls, version_dir: Path, threads: int = 1) -> tuple[ShopperVectors, np.ndarray]:
         """(shopper vectors, popularity (N,)) from a model version folder holding
         SEQUENTIAL_ONNX_FILE and ITEM_VECTORS_FILE; a missing file is named."""
-        from shoprank.runtime import cpu_session  # onnxruntime: serving only
+        from shoprank.core.sessions import cpu_session  # onnxruntime: serving only
 
         version_dir = Path(version_dir)
         for name in (contract.SEQUENTIAL_ONNX_FILE, contract.ITEM_VECTORS_FILE):

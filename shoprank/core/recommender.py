@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
-from shoprank.filters import Facets, Filters
-from shoprank.ranking import Ranked, explanation
-from shoprank.runtime import CatalogIndex
-from shoprank.scoring import SEQUENTIAL_PART
-from shoprank.shoppers import ShopperVectors
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.filters import Facets, Filters
+from shoprank.core.scoring import SEQUENTIAL_PART, Ranked, explanation
+from shoprank.core.shopper_vectors import ShopperVectors
 
 
 @dataclass

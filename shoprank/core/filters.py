@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoprank import contract
-from shoprank.runtime import CatalogIndex, InvalidInput, row_flags, row_values
+from shoprank.core.catalog import CatalogIndex
+from shoprank.core.requests import InvalidInput, row_flags, row_values
 
 
 @dataclass(frozen=True)

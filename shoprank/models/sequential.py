@@ -9,7 +9,7 @@ recommended:
 A small causal transformer over the history's item vectors (most recent last, left-padded)
 gives the shopper vector h at the last position; products are scored by h · e_i. Serving
 gathers e_i for the history rows (precomputed for the whole catalog at export time) and
-runs only `HistoryEncoder` in ONNX (`shoprank.shoppers`, no torch), so new or re-priced
+runs only `HistoryEncoder` in ONNX (`shoprank.core.shopper_vectors`, no torch), so new or re-priced
 products never touch the graph.
 """
 

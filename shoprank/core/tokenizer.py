@@ -1,0 +1,93 @@
+"""Query tokenization as served: WordPiece, truncated, padded to a multiple of
+SEQUENCE_BUCKET (the Triton `tokenizer` model, the in-process pipeline, int8 calibration)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shoprank import contract
+from shoprank.core.requests import InvalidInput, decode_query, pad_rows
+from shoprank.core.sessions import encoder_feeds
+
+
+def tokenizer_file(encoder_dir: Path) -> Path:
+    """The fast-tokenizer JSON saved beside the weights (what the Triton tokenizer loads)."""
+    path = Path(encoder_dir) / contract.TOKENIZER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: the encoder folder must hold a fast tokenizer")
+    return path
+
+
+class QueryTokenizer:
+    """WordPiece tokenization with truncation and bucketed (not maximal) padding."""
+
+    def __init__(
+        self,
+        tokenizer_json: Path,
+        max_tokens: int = contract.MAX_QUERY_TOKENS,
+        bucket: int = contract.SEQUENCE_BUCKET,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(tokenizer_json))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_tokens)
+        self.bucket = bucket
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: (input_ids, attention_mask), int64, padded up to a multiple of `bucket`."""
+        out = []
+        for enc in self._tok.encode_batch(list(texts)):
+            n = len(enc.ids)
+            width = -(-n // self.bucket) * self.bucket
+            ids = np.zeros(width, dtype=np.int64)
+            mask = np.zeros(width, dtype=np.int64)
+            ids[:n] = enc.ids
+            mask[:n] = 1
+            out.append((ids, mask))
+        return out
+
+
+def tokenize_rows(tokenizer: QueryTokenizer, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids (B, L), attention_mask (B, L)) for a request's QUERY rows (B, 1): each
+    row validated (InvalidInput names the row of a batched request), tokenized and padded
+    to the longest row (itself a multiple of SEQUENCE_BUCKET)."""
+    values = np.asarray(raw, dtype=object).reshape(-1)
+    if values.size == 0:
+        raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
+    texts = []
+    for i, value in enumerate(values):
+        try:
+            texts.append(decode_query(value))
+        except InvalidInput as exc:
+            message = f"{exc} (row {i})" if values.size > 1 else str(exc)
+            raise InvalidInput(message, exc.reason) from None
+    encoded = tokenizer.encode(texts)
+    return pad_rows([ids for ids, _ in encoded]), pad_rows([m for _, m in encoded])
+
+
+def tokenized_feeds(
+    tokenizer_json: Path,
+    texts: Sequence[str],
+    max_tokens: int = contract.MAX_QUERY_TOKENS,
+    batch_size: int = 16,
+) -> list[dict[str, np.ndarray]]:
+    """Encoder feeds for `texts`, tokenized and batched exactly as served.
+
+    The Triton tokenizer truncates at `max_tokens` and pads each text to a multiple of
+    SEQUENCE_BUCKET; the encoder pads a dynamic batch to its longest member. Calibrating or
+    timing on anything else (e.g. everything padded to 32) would measure inputs production
+    never sees.
+    """
+    tokenizer = QueryTokenizer(tokenizer_json, max_tokens=max_tokens)
+    encoded = tokenizer.encode(list(texts))
+    feeds = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        feeds.append(
+            encoder_feeds(pad_rows([ids for ids, _ in chunk]), pad_rows([m for _, m in chunk]))
+        )
+    return feeds

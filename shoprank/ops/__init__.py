@@ -1,0 +1,1 @@
+"""Operating the server: the embedded tritonserver process and the demo summary."""
