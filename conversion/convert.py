@@ -204,7 +204,7 @@ def _qdq_inputs(
         + tokenized_feeds(tok, cal_p, contract.MAX_PRODUCT_TOKENS),
         selection=tokenized_feeds(tok, sel, contract.MAX_QUERY_TOKENS, 64),
         test=tokenized_feeds(tok, test, contract.MAX_QUERY_TOKENS, min(64, config.trt_max_batch)),
-        sample=tokenized_feeds(tok, ["red leather sofa"])[0],
+        sample=tokenized_feeds(tok, [contract.SAMPLE_QUERY])[0],
         counts={
             "calibration_queries": len(cal_q),
             "calibration_products": len(cal_p),
@@ -340,8 +340,39 @@ def _tensorrt_engines(
     return report
 
 
-def run(config: ConversionConfig) -> dict:
-    """Convert the trained artifacts below `config.out`; return the report."""
+@dataclass
+class Inputs:
+    """What every conversion step reads: the trained artifacts and held-out texts."""
+
+    paths: contract.ArtifactPaths
+    data: datasets.ShopData
+    index: dict[str, np.ndarray]  # the item index: ids, embeddings, features
+    queries: list[str]  # held-out queries (parity, quality, int8 agreement)
+    products: list[str]  # held-out product texts (parity)
+    gate: QualityGate
+
+
+@dataclass
+class Fp32Encoder:
+    """The fused fp32 export, its parity with sentence-transformers, its query embeddings."""
+
+    fused: Any
+    parity_queries: export.Parity
+    parity_products: export.Parity
+    embeddings: np.ndarray  # of `Inputs.queries`
+    quality: dict[str, float]
+
+
+@dataclass
+class EncoderChoice:
+    """Every encoder variant measured and judged, the one served, what TensorRT built."""
+
+    variants: list[Variant]
+    selected: Variant
+    tensorrt: tensorrt.TensorRTReport
+
+
+def read_inputs(config: ConversionConfig) -> Inputs:
     paths = contract.ArtifactPaths(Path(config.out))
     if not paths.encoder.exists():
         raise FileNotFoundError(f"no trained encoder at {paths.encoder}: run `make train` first")
@@ -350,140 +381,170 @@ def run(config: ConversionConfig) -> dict:
     queries, products = heldout_texts(data, config.parity_texts)
     gate = QualityGate(min_cosine=config.min_cosine, max_ndcg_loss=config.max_ndcg_loss)
     paths.onnx.mkdir(parents=True, exist_ok=True)
+    return Inputs(paths, data, index, queries, products, gate)
 
-    # fp32: export from the saved sentence-transformers model, fuse, check parity against
-    # its own `encode` on held-out queries and products.
-    raw = paths.encoder_raw_onnx
-    fused = export_fused_encoder(paths.encoder, raw, paths.encoder_onnx)
-    parity_q = export.check_encoder_parity(
-        paths.encoder_onnx,
-        paths.encoder,
-        queries,
-        contract.MAX_QUERY_TOKENS,
-        config.min_parity_cosine,
-    )
-    parity_p = export.check_encoder_parity(
-        paths.encoder_onnx,
-        paths.encoder,
-        products,
-        contract.MAX_PRODUCT_TOKENS,
-        config.min_parity_cosine,
-    )
-    fp32_q = export.onnx_embeddings(
-        paths.encoder_onnx, paths.encoder, queries, contract.MAX_QUERY_TOKENS
-    )
-    fp32_quality = ndcg_of(fp32_q, data, index)
 
+def export_fp32(inp: Inputs, config: ConversionConfig) -> Fp32Encoder:
+    """Export from the saved sentence-transformers model, fuse, and check parity against its
+    own `encode` on held-out queries and products."""
+    paths = inp.paths
+    fused = export_fused_encoder(paths.encoder, paths.encoder_raw_onnx, paths.encoder_onnx)
+    parity = [
+        export.check_encoder_parity(
+            paths.encoder_onnx, paths.encoder, texts, max_tokens, config.min_parity_cosine
+        )
+        for texts, max_tokens in (
+            (inp.queries, contract.MAX_QUERY_TOKENS),
+            (inp.products, contract.MAX_PRODUCT_TOKENS),
+        )
+    ]
+    emb = export.onnx_embeddings(
+        paths.encoder_onnx, paths.encoder, inp.queries, contract.MAX_QUERY_TOKENS
+    )
+    return Fp32Encoder(fused, parity[0], parity[1], emb, ndcg_of(emb, inp.data, inp.index))
+
+
+def choose_encoder(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> EncoderChoice:
+    """int8 variants (and TensorRT engines where they can be built) beside fp32, each timed
+    and judged by the quality gate; the fastest accepted one is served."""
+    paths = inp.paths
     int8.quantize_dynamic_int8(paths.encoder_onnx, paths.encoder_int8_onnx)
     int8_q = export.onnx_embeddings(
-        paths.encoder_int8_onnx, paths.encoder, queries, contract.MAX_QUERY_TOKENS
+        paths.encoder_int8_onnx, paths.encoder, inp.queries, contract.MAX_QUERY_TOKENS
     )
-    int8_cos = export.cosine_parity(fp32_q, int8_q)
-
-    feeds = export.tokenize(paths.encoder, ["red leather sofa"], contract.MAX_QUERY_TOKENS)
+    int8_cos = export.cosine_parity(fp32.embeddings, int8_q)
+    feeds = export.tokenize(paths.encoder, [contract.SAMPLE_QUERY], contract.MAX_QUERY_TOKENS)
     variants = [
-        Variant("fp32", paths.encoder_onnx, cosine=1.0, quality=fp32_quality),
+        Variant("fp32", paths.encoder_onnx, cosine=1.0, quality=fp32.quality),
         Variant(
             "int8_dynamic",
             paths.encoder_int8_onnx,
             cosine=int8_cos.mean_cosine,
             min_cosine=int8_cos.min_cosine,
-            quality=ndcg_of(int8_q, data, index),
+            quality=ndcg_of(int8_q, inp.data, inp.index),
         ),
     ]
-
     # Static QDQ and TensorRT start from the unfused graph (standard ONNX ops only).
     trt_ok = tensorrt.available()[0] if config.tensorrt else False
     qdq_inputs = None
     if config.static_qdq or trt_ok:
-        int8.prepare_for_qdq(raw, paths.encoder_unfused_onnx)
-        qdq_inputs = _qdq_inputs(paths, data, config)
-    raw.unlink()
+        int8.prepare_for_qdq(paths.encoder_raw_onnx, paths.encoder_unfused_onnx)
+        qdq_inputs = _qdq_inputs(paths, inp.data, config)
+    paths.encoder_raw_onnx.unlink()
     if config.static_qdq and qdq_inputs is not None:
         variants.append(
-            _static_qdq_variant(paths, qdq_inputs, config, fp32_q, queries, data, index, feeds)
+            _static_qdq_variant(
+                paths, qdq_inputs, config, fp32.embeddings, inp.queries, inp.data, inp.index, feeds
+            )
         )
-
+    fp32_ndcg = fp32.quality[NDCG_AT_10]
     for v in variants:
         if v.path is None:
             continue  # the variant could not be produced; its reason says why
         v.size_mb = file_mb(v.path)
         v.latency = measure_latency(v.path, feeds, config.latency_runs, threads=config.threads)
-        v.judge(gate, fp32_quality[NDCG_AT_10])
+        v.judge(inp.gate, fp32_ndcg)
     accepted = [v for v in variants if v.accepted]
     selected = min(accepted, key=lambda v: v.latency.p50_ms if v.latency else float("inf"))
-
     trt_report = _tensorrt_engines(
-        paths, config, trt_ok, qdq_inputs, gate, fp32_quality[NDCG_AT_10], data, index
+        paths, config, trt_ok, qdq_inputs, inp.gate, fp32_ndcg, inp.data, inp.index
     )
     if not trt_report.engines:
         # only TensorRT needs it once the variants exist
         paths.encoder_unfused_onnx.unlink(missing_ok=True)
+    return EncoderChoice(variants, selected, trt_report)
 
+
+def export_ranker(inp: Inputs, fp32: Fp32Encoder) -> dict:
+    """The fusion ranker's ONNX graph and its parity with PyTorch on fresh samples."""
+    paths = inp.paths
     ranker = load_ranker(paths.ranker)
-    sample = export.ranker_sample(index["embeddings"], fp32_q[:32], seed=0)
-    export.export_ranker(ranker, paths.ranker_onnx, sample)
-    ranker_diff = export.check_ranker_parity(
-        paths.ranker_onnx, ranker, export.ranker_sample(index["embeddings"], fp32_q[:32], seed=1)
+    emb = inp.index["embeddings"]
+    export.export_ranker(
+        ranker, paths.ranker_onnx, export.ranker_sample(emb, fp32.embeddings[:32], seed=0)
     )
+    diff = export.check_ranker_parity(
+        paths.ranker_onnx, ranker, export.ranker_sample(emb, fp32.embeddings[:32], seed=1)
+    )
+    return {
+        "path": str(paths.ranker_onnx),
+        "size_mb": file_mb(paths.ranker_onnx),
+        "max_abs_diff": diff,
+    }
 
-    # Recommend mode: the sequential model's history encoder and item vectors.
-    sequential_report: dict = {"exported": False}
-    if paths.sequential.exists():
-        diff = export.export_sequential(
-            load_sequential(paths.sequential),
-            index["embeddings"],
-            np.load(paths.popularity),
-            paths.sequential_onnx,
-            paths.item_vectors,
-        )
-        sequential_report = {
-            "exported": True,
-            "path": str(paths.sequential_onnx),
-            "size_mb": file_mb(paths.sequential_onnx),
-            "max_abs_diff": diff,
-        }
 
-    # The dense ANN index, its search knob tuned on val queries embedded by the encoder.
+def export_recommender(inp: Inputs) -> dict:
+    """Recommend mode: the sequential model's history encoder and the item vectors."""
+    paths = inp.paths
+    if not paths.sequential.exists():
+        return {"exported": False}
+    diff = export.export_sequential(
+        load_sequential(paths.sequential),
+        inp.index["embeddings"],
+        np.load(paths.popularity),
+        paths.sequential_onnx,
+        paths.item_vectors,
+    )
+    return {
+        "exported": True,
+        "path": str(paths.sequential_onnx),
+        "size_mb": file_mb(paths.sequential_onnx),
+        "max_abs_diff": diff,
+    }
+
+
+def dense_index(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> dict:
+    """The dense ANN index, its search knob tuned on val queries embedded by the encoder and
+    its recall checked on the held-out ones."""
+    paths = inp.paths
     tune_q = export.onnx_embeddings(
         paths.encoder_onnx,
         paths.encoder,
-        selection_queries(data, config.selection_texts),
+        selection_queries(inp.data, config.selection_texts),
         contract.MAX_QUERY_TOKENS,
     )
-    dense_report = build_dense_index(
-        index["embeddings"],
+    return build_dense_index(
+        inp.index["embeddings"],
         DenseConfig(
             kind=config.dense_kind,
             hnsw_m=config.hnsw_m,
             ef_construction=config.ef_construction,
         ),
         tune_q,
-        fp32_q,
+        fp32.embeddings,
         paths.dense_index,
         target=config.ann_recall_target,
     )
 
+
+def run(config: ConversionConfig) -> dict:
+    """Convert the trained artifacts below `config.out`; return (and write) the report."""
+    inp = read_inputs(config)
+    fp32 = export_fp32(inp, config)
+    choice = choose_encoder(inp, fp32, config)
+    ranker = export_ranker(inp, fp32)
+    sequential = export_recommender(inp)
+    dense = dense_index(inp, fp32, config)
     report = {
         "config": config_to_dict(config),
-        "fused": fused,
-        "opset": onnx.load(str(paths.encoder_onnx), load_external_data=False)
+        "fused": fp32.fused,
+        "opset": onnx.load(str(inp.paths.encoder_onnx), load_external_data=False)
         .opset_import[0]
         .version,
         "parity": {
-            "queries": asdict(parity_q),
-            "products": asdict(parity_p),
-            "ranker_max_abs_diff": ranker_diff,
+            "queries": asdict(fp32.parity_queries),
+            "products": asdict(fp32.parity_products),
+            "ranker_max_abs_diff": ranker.pop("max_abs_diff"),
         },
-        "variants": {v.name: v.to_json() for v in variants},
-        SELECTED_ENCODER_KEY: selected.name,
-        "tensorrt": trt_report.to_json(),
-        "ranker": {"path": str(paths.ranker_onnx), "size_mb": file_mb(paths.ranker_onnx)},
-        "dense_index": dense_report,
-        "sequential": sequential_report,
+        "variants": {v.name: v.to_json() for v in choice.variants},
+        SELECTED_ENCODER_KEY: choice.selected.name,
+        "tensorrt": choice.tensorrt.to_json(),
+        "ranker": ranker,
+        "dense_index": dense,
+        "sequential": sequential,
     }
-    paths.conversion_report.write_text(json.dumps(report, indent=2))
-    paths.conversion_report_md.write_text("\n".join(report_lines(report)) + "\n")
+    inp.paths.conversion_report.write_text(json.dumps(report, indent=2))
+    inp.paths.conversion_report_md.write_text("\n".join(report_lines(report)) + "\n")
     return report
 
 

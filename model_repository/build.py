@@ -21,12 +21,11 @@ them. Each model gets dynamic batching, warm-up requests and a numbered version 
 
 from __future__ import annotations
 
-import argparse
 import json
 import py_compile
 import shutil
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shoprank import contract
+from shoprank.configargs import parse_config
 from shoprank.core.admission import DEFAULT_STALE_S
 from shoprank.core.ann import meta_path
 from shoprank.core.catalog import CatalogIndex
@@ -53,18 +53,21 @@ from shoprank.model_repository import models as model_sources
 TARGETS = ("cpu", "gpu", "gpu-embedded")
 # gpu-embedded: the encoder's sentence-transformers folder inside its version folder.
 GPU_ENCODER_DIR = "encoder"
-# Every model is warmed up at load with this query (the encoder with its token ids).
-WARMUP_QUERY = "red leather sofa"
 
 
 @dataclass
 class ServingConfig:
     """Scheduling knobs per target (tuned for a 2-core CPU host by default)."""
 
-    target: str = "cpu"
-    version: int = 1
-    device: str = "gpu"  # gpu-embedded: instance kind of encoder and ranker (gpu|cpu)
-    dtype: str = "float16"  # gpu-embedded: encoder weights and the dense scan
+    target: str = field(default="cpu", metadata={"choices": TARGETS, "help": "serving target"})
+    version: int = field(default=1, metadata={"help": "version folder the models are written to"})
+    device: str = field(
+        default="gpu",
+        metadata={"choices": ("gpu", "cpu"), "help": "gpu-embedded: encoder and ranker instances"},
+    )
+    dtype: str = field(
+        default="float16", metadata={"help": "gpu-embedded: encoder weights and the dense scan"}
+    )
     max_batch_size: int = contract.MAX_BATCH_SIZE
     # On 2 CPU cores waiting for company only adds latency: requests that arrive while a
     # model is busy are batched anyway (measured: p50 7.3 ms → 4.5 ms at concurrency 1,
@@ -79,19 +82,30 @@ class ServingConfig:
     # (`make bench`, search / recommend): policy 64 deep, 300 ms: c1 p99 23 / 596 ms, c8
     # p99 171 / 684 ms, c8 98.5 / 75.5 req/s; no policy: c1 p99 22 / 24 ms, c8 p99
     # 133 / 75 ms, c8 107 / 160 req/s.
-    max_queue_size: int = 0
-    queue_timeout_us: int = 0
+    max_queue_size: int = field(
+        default=0, metadata={"help": "refuse beyond this many queued requests per model (0: off)"}
+    )
+    queue_timeout_us: int = field(
+        default=0, metadata={"help": "refuse requests queued longer than this (0: no timeout)"}
+    )
     # Overload without Triton's queue policy: at most this many search/rerank requests in
     # flight between the tokenizer and the ranker; beyond it the tokenizer refuses at once
     # with UNAVAILABLE (shoprank.core.admission). 0: no limit. 12 = 8 closed-loop users (where 2
     # cores saturate) + the supervisor's probe + headroom: no refusal at that load, nor
     # during a deploy under it.
-    max_in_flight: int = 12
+    max_in_flight: int = field(
+        default=12,
+        metadata={"help": "refuse search/rerank requests beyond this many in flight (0: off)"},
+    )
     # While demand exceeds max_in_flight (sustained overload), the limit drops to this many,
     # so that answers keep their latency (Little's law) rather than all waiting; 0 or
     # >= max_in_flight: one limit. README "Overload" has the measured trade-off.
-    shed_in_flight: int = 6
+    shed_in_flight: int = field(
+        default=6,
+        metadata={"help": "the lower in-flight limit while demand exceeds --max-in-flight"},
+    )
     admission_stale_s: float = DEFAULT_STALE_S
+    # Per model, as JSON on the command line: --instances '{"ranker": 2}'.
     instances: dict[str, int] = field(
         default_factory=lambda: {
             contract.TOKENIZER_MODEL: 1,
@@ -236,7 +250,8 @@ def ensemble_config(
     own candidates) or `rerank` (the caller's CANDIDATE_IDS go to the ranker)."""
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
     for spec in inputs:
-        _io(config.input, spec, ragged=False, optional=spec in contract.OPTIONAL_INPUTS)
+        optional = spec in contract.OPTIONAL_INPUTS or spec in contract.MODEL_VALIDATED_INPUTS
+        _io(config.input, spec, ragged=False, optional=optional)
     for spec in contract.ALL_OUTPUTS:
         _io(config.output, spec)
 
@@ -249,7 +264,8 @@ def ensemble_config(
         for spec in outputs:
             s.output_map[spec.name] = spec.name
 
-    step(contract.TOKENIZER_MODEL, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS)
+    tokenizer_inputs = [s for s in contract.TOKENIZER_INPUTS if s in inputs]
+    step(contract.TOKENIZER_MODEL, tokenizer_inputs, contract.TOKENIZER_OUTPUTS)
     step(contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS)
     between = (contract.QUERY_EMBEDDING, contract.ADMISSION_TICKET)  # from earlier steps
     ranker_inputs = [s for s in contract.RANKER_INPUTS if s in inputs or s in between]
@@ -263,7 +279,8 @@ def recommend_ensemble_config(serving: ServingConfig) -> mc.ModelConfig:
         name=contract.RECOMMEND_MODEL, platform="ensemble", max_batch_size=serving.max_batch_size
     )
     for spec in contract.RECOMMEND_INPUTS:
-        _io(config.input, spec, ragged=False, optional=spec in contract.RECOMMENDER_OPTIONAL)
+        optional = spec in contract.RECOMMENDER_OPTIONAL
+        _io(config.input, spec, ragged=False, optional=optional)
     for spec in contract.RECOMMENDER_OUTPUTS:
         _io(config.output, spec)
     s = config.ensemble_scheduling.step.add()
@@ -276,10 +293,10 @@ def recommend_ensemble_config(serving: ServingConfig) -> mc.ModelConfig:
 
 def _admission(cfg: mc.ModelConfig, serving: ServingConfig) -> None:
     """The in-flight limits of a model that admits an ensemble's requests."""
-    cfg.parameters["max_in_flight"].string_value = str(serving.max_in_flight)
-    cfg.parameters["admission_stale_s"].string_value = str(serving.admission_stale_s)
+    cfg.parameters[contract.PARAM_MAX_IN_FLIGHT].string_value = str(serving.max_in_flight)
+    cfg.parameters[contract.PARAM_ADMISSION_STALE_S].string_value = str(serving.admission_stale_s)
     shed = serving.shed_in_flight if 0 < serving.shed_in_flight < serving.max_in_flight else 0
-    cfg.parameters["shed_in_flight"].string_value = str(shed)
+    cfg.parameters[contract.PARAM_SHED_IN_FLIGHT].string_value = str(shed)
 
 
 def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> None:
@@ -294,7 +311,7 @@ def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: Servin
     )
     cfg.backend = "python"
     threads = serving.ort_threads[contract.RECOMMENDER_MODEL]
-    cfg.parameters["threads"].string_value = str(threads)
+    cfg.parameters[contract.PARAM_THREADS].string_value = str(threads)
     _admission(cfg, serving)
     _warmup(cfg, {contract.TOP_K.name: (contract.TOP_K, (1,), "top_k")})
     files = {
@@ -339,6 +356,191 @@ def encoder_gpu_config(
     return config
 
 
+def check_inputs(paths: contract.ArtifactPaths, encoder_onnx: Path) -> bool:
+    """Fail early, naming the step to run, when an input file is missing; return whether the
+    ranker serves the sequential shopper vector (training weighed it for search)."""
+    for needed in (encoder_onnx, paths.ranker_onnx, paths.dense_index):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} missing: run `make convert` first")
+    for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} missing: run `make train` first")
+    sequential_in_search = RetrievalConfig.load(paths.retrieval_config).sequential_weight != 0
+    if sequential_in_search:
+        for needed in (paths.sequential_onnx, paths.item_vectors):
+            if not needed.exists():
+                raise FileNotFoundError(
+                    f"{needed} missing: {paths.retrieval_config} weighs the sequential "
+                    "shopper vector in search; run `make convert` first"
+                )
+    return sequential_in_search
+
+
+def write_tokenizer(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> Path:
+    """The `tokenizer` model: the encoder's fast tokenizer, and the search admission gate."""
+    cfg = _base(
+        contract.TOKENIZER_MODEL,
+        serving,
+        contract.TOKENIZER_INPUTS,
+        contract.TOKENIZER_OUTPUTS,
+        {},
+        optional=contract.TOKENIZER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    cfg.parameters[contract.PARAM_TOKENIZER_FILE].string_value = contract.TOKENIZER_FILE
+    _admission(cfg, serving)
+    _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
+    files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
+    model_dir = _write_model(repo, cfg, serving.version, files, python_source="tokenizer")
+    _write_warmup(model_dir, {"query": _bytes_tensor(contract.SAMPLE_QUERY.encode())})
+    return model_dir
+
+
+def write_encoder(
+    repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig, encoder_onnx: Path, dim: int
+) -> dict:
+    """The `encoder` model for the target, warmed up with the tokenizer's own ids for the
+    sample query; returns what the build record adds about it (the TensorRT plan, if any)."""
+    sample, sample_mask = QueryTokenizer(tokenizer_file(paths.encoder)).encode(
+        [contract.SAMPLE_QUERY]
+    )[0]
+    record: dict = {}
+    source: str | None = "encoder"
+    if serving.target in ("cpu", "gpu-embedded"):
+        cfg = _base(
+            contract.ENCODER_MODEL,
+            serving,
+            contract.ENCODER_INPUTS,
+            contract.ENCODER_OUTPUTS,
+            {contract.QUERY_EMBEDDING.name: (dim,)},
+        )
+        cfg.backend = "python"
+        if serving.target == "cpu":
+            cfg.parameters[contract.PARAM_ONNX_FILE].string_value = contract.ENCODER_ONNX_FILE
+            threads = serving.ort_threads[contract.ENCODER_MODEL]
+            cfg.parameters[contract.PARAM_THREADS].string_value = str(threads)
+            files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
+        else:
+            cfg.parameters[contract.PARAM_RUNTIME].string_value = contract.TORCH_RUNTIME
+            cfg.parameters[contract.PARAM_ENCODER_DIR].string_value = GPU_ENCODER_DIR
+            cfg.parameters[contract.PARAM_DTYPE].string_value = serving.dtype
+            files = {GPU_ENCODER_DIR: paths.encoder}
+    else:
+        engine = served_plan(paths)
+        profile = read_plan_profile(engine) if engine is not None else None
+        cfg = encoder_gpu_config(serving, dim, engine, profile)
+        files = {cfg.default_model_filename: engine or encoder_onnx}
+        source = None
+        if engine is not None:
+            record = {
+                "encoder_plan": str(engine),
+                "tensorrt_profile": asdict(profile or OptimizationProfile()),
+            }
+    _warmup(
+        cfg,
+        {
+            contract.INPUT_IDS.name: (contract.INPUT_IDS, sample.shape, "input_ids"),
+            contract.ATTENTION_MASK.name: (contract.ATTENTION_MASK, sample.shape, "mask"),
+        },
+    )
+    model_dir = _write_model(repo, cfg, serving.version, files, python_source=source)
+    _write_warmup(model_dir, {"input_ids": sample.tobytes(), "mask": sample_mask.tobytes()})
+    return record
+
+
+def write_catalog(paths: contract.ArtifactPaths) -> Path:
+    """`catalog.npz`: ids, titles and facets of the product table, what the ranker and the
+    recommender answer with and filter on."""
+    catalog = pd.read_parquet(paths.catalog)
+    CatalogIndex(
+        product_ids=catalog["product_id"].to_numpy(np.int64),
+        titles=catalog["title"].to_numpy(object),
+        categories=catalog["category"].fillna("").astype(str).to_numpy(str),
+        prices=pd.to_numeric(catalog["price"], errors="coerce").to_numpy(np.float64),
+        in_stock=catalog[datasets.IN_STOCK].fillna(True).to_numpy(bool)
+        if datasets.IN_STOCK in catalog
+        else None,
+    ).save(paths.catalog_npz)
+    return paths.catalog_npz
+
+
+def ranker_files(
+    paths: contract.ArtifactPaths, target: str, sequential_in_search: bool
+) -> dict[str, Path]:
+    """The ranker's version folder: file name there → source artifact."""
+    dense_meta = meta_path(Path(contract.DENSE_INDEX_FILE)).name
+    files = {
+        contract.RANKER_ONNX_FILE: paths.ranker_onnx,
+        contract.DENSE_INDEX_FILE: paths.dense_index,
+        dense_meta: meta_path(paths.dense_index),
+        contract.LEXICAL_INDEX_FILE: paths.lexical_index,
+        search_dir(Path(contract.LEXICAL_INDEX_FILE)).name: search_dir(paths.lexical_index),
+        contract.ITEM_TABLES_FILE: paths.item_tables,
+        contract.CATALOG_FILE: paths.catalog_npz,
+        contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
+    }
+    if sequential_in_search:
+        files[contract.SEQUENTIAL_ONNX_FILE] = paths.sequential_onnx
+        files[contract.ITEM_VECTORS_FILE] = paths.item_vectors
+    if target == "gpu-embedded":  # the exact scan on the GPU reads the item index instead
+        del files[contract.DENSE_INDEX_FILE], files[dense_meta]
+        files[paths.item_index.name] = paths.item_index
+    return files
+
+
+def write_ranker(
+    repo: Path,
+    paths: contract.ArtifactPaths,
+    serving: ServingConfig,
+    dim: int,
+    sequential_in_search: bool,
+) -> Path:
+    """The `ranker` model: retrieval (dense ANN + BM25) and the fusion ranker."""
+    cfg = _base(
+        contract.RANKER_MODEL,
+        serving,
+        contract.RANKER_INPUTS,
+        contract.RANKER_OUTPUTS,
+        {contract.QUERY_EMBEDDING.name: (dim,)},
+        optional=contract.RANKER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    threads = serving.ort_threads[contract.RANKER_MODEL]
+    cfg.parameters[contract.PARAM_THREADS].string_value = str(threads)
+    if serving.target == "gpu-embedded":
+        cfg.parameters[contract.PARAM_RUNTIME].string_value = contract.TORCH_RUNTIME
+        cfg.parameters[contract.PARAM_ITEM_INDEX].string_value = paths.item_index.name
+        cfg.parameters[contract.PARAM_DTYPE].string_value = serving.dtype
+    _warmup(
+        cfg,
+        {
+            contract.QUERY.name: (contract.QUERY, (1,), "query"),
+            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "embedding"),
+            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
+        },
+    )
+    files = ranker_files(paths, serving.target, sequential_in_search)
+    model_dir = _write_model(repo, cfg, serving.version, files, python_source="ranker")
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    _write_warmup(
+        model_dir,
+        {
+            "query": _bytes_tensor(contract.SAMPLE_QUERY.encode()),
+            "embedding": query.tobytes(),
+            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
+        },
+    )
+    return model_dir
+
+
+def write_ensembles(repo: Path, serving: ServingConfig) -> None:
+    """`search` and `rerank` (each needs an empty version folder)."""
+    _write_model(repo, ensemble_config(serving), serving.version, {})
+    rerank = ensemble_config(serving, contract.RERANK_MODEL, contract.RERANK_INPUTS)
+    _write_model(repo, rerank, serving.version, {})
+
+
 def build(
     paths: contract.ArtifactPaths,
     serving: ServingConfig,
@@ -350,220 +552,47 @@ def build(
     if serving.target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {serving.target!r}")
     encoder_onnx = encoder_onnx or selected_encoder_path(paths)
-    for needed in (encoder_onnx, paths.ranker_onnx, paths.dense_index):
-        if not needed.exists():
-            raise FileNotFoundError(f"{needed} missing: run `make convert` first")
-    for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
-        if not needed.exists():
-            raise FileNotFoundError(f"{needed} missing: run `make train` first")
-    # The sequential shopper vector, when training weighed it for search, is served by the ranker.
-    sequential_in_search = RetrievalConfig.load(paths.retrieval_config).sequential_weight != 0
-    if sequential_in_search:
-        for needed in (paths.sequential_onnx, paths.item_vectors):
-            if not needed.exists():
-                raise FileNotFoundError(
-                    f"{needed} missing: {paths.retrieval_config} weighs the sequential "
-                    "shopper vector in search; run `make convert` first"
-                )
+    sequential_in_search = check_inputs(paths, encoder_onnx)
     repo = Path(repo) if repo is not None else paths.repository(serving.target)
     repo.mkdir(parents=True, exist_ok=True)
     dim = embedding_dim(encoder_onnx)
-    emb_dims = {contract.QUERY_EMBEDDING.name: (dim,)}
-    v = serving.version
-
-    # tokenizer
-    cfg = _base(
-        contract.TOKENIZER_MODEL, serving, contract.TOKENIZER_INPUTS, contract.TOKENIZER_OUTPUTS, {}
-    )
-    cfg.backend = "python"
-    cfg.parameters["tokenizer_file"].string_value = contract.TOKENIZER_FILE
-    _admission(cfg, serving)
-    _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
-    files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
-    model_dir = _write_model(repo, cfg, v, files, python_source="tokenizer")
-    _write_warmup(model_dir, {"query": _bytes_tensor(WARMUP_QUERY.encode())})
-
-    # encoder: warmed up with the tokenizer's own ids for the tokenizer's warm-up query
-    build_extra: dict = {}
-    sample, sample_mask = QueryTokenizer(tokenizer_file(paths.encoder)).encode([WARMUP_QUERY])[0]
-    if serving.target in ("cpu", "gpu-embedded"):
-        cfg = _base(
-            contract.ENCODER_MODEL,
-            serving,
-            contract.ENCODER_INPUTS,
-            contract.ENCODER_OUTPUTS,
-            emb_dims,
-        )
-        cfg.backend = "python"
-        if serving.target == "cpu":
-            cfg.parameters["onnx_file"].string_value = contract.ENCODER_ONNX_FILE
-            threads = serving.ort_threads[contract.ENCODER_MODEL]
-            cfg.parameters["threads"].string_value = str(threads)
-            files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
-        else:
-            cfg.parameters["runtime"].string_value = contract.TORCH_RUNTIME
-            cfg.parameters["encoder_dir"].string_value = GPU_ENCODER_DIR
-            cfg.parameters["dtype"].string_value = serving.dtype
-            files = {GPU_ENCODER_DIR: paths.encoder}
-        source: str | None = "encoder"
-    else:
-        engine = served_plan(paths)
-        profile = read_plan_profile(engine) if engine is not None else None
-        cfg = encoder_gpu_config(serving, dim, engine, profile)
-        files = {cfg.default_model_filename: engine or encoder_onnx}
-        source = None
-        if engine is not None:
-            build_extra = {
-                "encoder_plan": str(engine),
-                "tensorrt_profile": asdict(profile or OptimizationProfile()),
-            }
-    _warmup(
-        cfg,
-        {
-            contract.INPUT_IDS.name: (contract.INPUT_IDS, sample.shape, "input_ids"),
-            contract.ATTENTION_MASK.name: (contract.ATTENTION_MASK, sample.shape, "mask"),
-        },
-    )
-    model_dir = _write_model(repo, cfg, v, files, python_source=source)
-    _write_warmup(model_dir, {"input_ids": sample.tobytes(), "mask": sample_mask.tobytes()})
-
-    # ranker: retrieval (dense ANN + BM25) and the fusion ranker over the candidates
-    cfg = _base(
-        contract.RANKER_MODEL,
-        serving,
-        contract.RANKER_INPUTS,
-        contract.RANKER_OUTPUTS,
-        emb_dims,
-        optional=contract.RANKER_OPTIONAL,
-    )
-    cfg.backend = "python"
-    cfg.parameters["threads"].string_value = str(serving.ort_threads[contract.RANKER_MODEL])
-    _warmup(
-        cfg,
-        {
-            contract.QUERY.name: (contract.QUERY, (1,), "query"),
-            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "embedding"),
-            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
-        },
-    )
-    catalog = pd.read_parquet(paths.catalog)
-    CatalogIndex(
-        product_ids=catalog["product_id"].to_numpy(np.int64),
-        titles=catalog["title"].to_numpy(object),
-        categories=catalog["category"].fillna("").astype(str).to_numpy(str),
-        prices=pd.to_numeric(catalog["price"], errors="coerce").to_numpy(np.float64),
-        in_stock=catalog[datasets.IN_STOCK].fillna(True).to_numpy(bool)
-        if datasets.IN_STOCK in catalog
-        else None,
-    ).save(paths.catalog_npz)
-    ranker_files = {
-        contract.RANKER_ONNX_FILE: paths.ranker_onnx,
-        contract.DENSE_INDEX_FILE: paths.dense_index,
-        meta_path(Path(contract.DENSE_INDEX_FILE)).name: meta_path(paths.dense_index),
-        contract.LEXICAL_INDEX_FILE: paths.lexical_index,
-        search_dir(Path(contract.LEXICAL_INDEX_FILE)).name: search_dir(paths.lexical_index),
-        contract.ITEM_TABLES_FILE: paths.item_tables,
-        contract.CATALOG_FILE: paths.catalog_npz,
-        contract.RETRIEVAL_CONFIG_FILE: paths.retrieval_config,
-    }
-    if sequential_in_search:
-        ranker_files[contract.SEQUENTIAL_ONNX_FILE] = paths.sequential_onnx
-        ranker_files[contract.ITEM_VECTORS_FILE] = paths.item_vectors
-    if serving.target == "gpu-embedded":
-        cfg.parameters["runtime"].string_value = contract.TORCH_RUNTIME
-        cfg.parameters["item_index"].string_value = paths.item_index.name
-        cfg.parameters["dtype"].string_value = serving.dtype
-        del ranker_files[contract.DENSE_INDEX_FILE]
-        del ranker_files[meta_path(Path(contract.DENSE_INDEX_FILE)).name]
-        ranker_files[paths.item_index.name] = paths.item_index
-    model_dir = _write_model(repo, cfg, v, ranker_files, python_source="ranker")
-    query = np.zeros(dim, dtype=np.float32)
-    query[0] = 1.0
-    _write_warmup(
-        model_dir,
-        {
-            "query": _bytes_tensor(WARMUP_QUERY.encode()),
-            "embedding": query.tobytes(),
-            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
-        },
-    )
-
-    # ensembles (each needs an empty version folder)
-    _write_model(repo, ensemble_config(serving), v, {})
-    _write_model(
-        repo, ensemble_config(serving, contract.RERANK_MODEL, contract.RERANK_INPUTS), v, {}
-    )
+    write_tokenizer(repo, paths, serving)
+    encoder_record = write_encoder(repo, paths, serving, encoder_onnx, dim)
+    write_catalog(paths)
+    write_ranker(repo, paths, serving, dim, sequential_in_search)
+    write_ensembles(repo, serving)
     # Recommend mode, when training had event logs to learn it from.
     recommend = paths.sequential_onnx.exists() and paths.item_vectors.exists()
     if recommend:
         write_recommender(repo, paths, serving)
-    (repo / contract.REPOSITORY_BUILD_FILE).write_text(
-        json.dumps(
-            {
-                "target": serving.target,
-                "version": v,
-                "encoder_onnx": str(encoder_onnx),
-                "embedding_dim": dim,
-                "recommend": recommend,
-                "serving": asdict(serving),  # a deploy builds the next version alike
-                **build_extra,
-            },
-            indent=2,
-        )
-    )
+    record = {
+        "target": serving.target,
+        "version": serving.version,
+        "encoder_onnx": str(encoder_onnx),
+        "embedding_dim": dim,
+        "recommend": recommend,
+        "serving": asdict(serving),  # a deploy builds the next version alike
+        **encoder_record,
+    }
+    (repo / contract.REPOSITORY_BUILD_FILE).write_text(json.dumps(record, indent=2))
     return repo
+
+
+@dataclass
+class BuildConfig(ServingConfig):
+    """The repository builder's command line: the artifacts folder and every serving knob."""
+
+    out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifacts folder"})
+
+    def serving(self) -> ServingConfig:
+        return ServingConfig(**{f.name: getattr(self, f.name) for f in fields(ServingConfig)})
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m shoprank.model_repository.build --out DIR --target TARGET`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=contract.DEFAULT_ARTIFACTS)
-    parser.add_argument("--target", choices=TARGETS, default="cpu")
-    parser.add_argument("--version", type=int, default=1)
-    defaults = ServingConfig()
-    parser.add_argument(
-        "--device", choices=("gpu", "cpu"), default=defaults.device, help="gpu-embedded"
-    )
-    parser.add_argument("--dtype", default=defaults.dtype, help="gpu-embedded: float16|...")
-    parser.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us)
-    parser.add_argument(
-        "--max-queue-size",
-        type=int,
-        default=defaults.max_queue_size,
-        help="refuse beyond this many queued requests per model (0: no limit; see ServingConfig)",
-    )
-    parser.add_argument(
-        "--queue-timeout-us",
-        type=int,
-        default=defaults.queue_timeout_us,
-        help="refuse requests queued longer than this (0: no timeout)",
-    )
-    parser.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=defaults.max_in_flight,
-        help="refuse search/rerank requests beyond this many in flight (0: no limit)",
-    )
-    parser.add_argument(
-        "--shed-in-flight",
-        type=int,
-        default=defaults.shed_in_flight,
-        help="the lower in-flight limit while demand exceeds --max-in-flight (0: none)",
-    )
-    args = parser.parse_args(argv)
-    serving = ServingConfig(
-        target=args.target,
-        version=args.version,
-        device=args.device,
-        dtype=args.dtype,
-        max_queue_delay_us=args.max_queue_delay_us,
-        max_queue_size=args.max_queue_size,
-        queue_timeout_us=args.queue_timeout_us,
-        max_in_flight=args.max_in_flight,
-        shed_in_flight=args.shed_in_flight,
-    )
-    repo = build(contract.ArtifactPaths(args.out), serving)
-    print(f"wrote {serving.target} repository: {repo}")
+    config = parse_config(BuildConfig, argv, description=__doc__ or "")
+    repo = build(contract.ArtifactPaths(config.out), config.serving())
+    print(f"wrote {config.target} repository: {repo}")
 
 
 if __name__ == "__main__":

@@ -57,8 +57,6 @@ from shoprank.ops.tritonserver import (
 
 log = logging.getLogger(__name__)
 
-PROBE_QUERY = "red leather sofa"
-
 
 @dataclass
 class SupervisorConfig:
@@ -238,7 +236,7 @@ class Supervisor:
                         return Problem("failed", f"model {model} is not ready")
                 return None
             values = {
-                contract.QUERY: np.array([[PROBE_QUERY.encode()]], dtype=object),
+                contract.QUERY: np.array([[contract.SAMPLE_QUERY.encode()]], dtype=object),
                 contract.TOP_K: np.array([[1]], dtype=np.int32),
             }
             inputs = []

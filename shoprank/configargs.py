@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
+import types
 import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,8 +37,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         else:
-            caster = Path if kind is Path else kind
-            parser.add_argument(flag, type=caster, default=default, help=help_text)
+            choices = field.metadata.get("choices")
+            parser.add_argument(
+                flag, type=caster_of(kind), default=default, help=help_text, choices=choices
+            )
+
+
+def caster_of(kind: Any) -> Any:
+    """The argparse `type` of a field's type: dicts as JSON (`--instances '{"ranker": 2}'`),
+    `X | None` as X."""
+    origin = typing.get_origin(kind)
+    if origin is dict:
+        return json.loads
+    if origin in (typing.Union, types.UnionType):
+        return caster_of(next(a for a in typing.get_args(kind) if a is not type(None)))
+    return kind
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

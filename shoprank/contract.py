@@ -144,7 +144,15 @@ QUERY_EMBEDDING = TensorSpec(ONNX_SENTENCE_EMBEDDING, "TYPE_FP32", (EMBEDDING_DI
 # The admission ticket the tokenizer hands out and the ranker gives back (shoprank.core.admission).
 ADMISSION_TICKET = TensorSpec("ADMISSION_TICKET", "TYPE_INT64", (1,))
 
-TOKENIZER_INPUTS = (QUERY,)
+# Required inputs that the configs declare optional from the ensembles down to the model
+# that reads each: Triton 2.51's ensembles check only how many inputs a request has, so a
+# request missing one of these would stall the ensemble ("unexpected deadlock, at least one
+# output is not set") or reach a step with no input at all; the models name it instead.
+MODEL_VALIDATED_INPUTS = (QUERY, TOP_K)
+# The tokenizer reads QUERY. It is handed every other input of search and rerank too
+# (optional, unread: a few bytes), so that a request without QUERY still reaches it.
+TOKENIZER_INPUTS = (QUERY, *(spec for spec in RERANK_INPUTS if spec != QUERY))
+TOKENIZER_OPTIONAL = TOKENIZER_INPUTS
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, ADMISSION_TICKET)
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 ENCODER_OUTPUTS = (QUERY_EMBEDDING,)
@@ -159,11 +167,12 @@ RANKER_INPUTS = (
     EXPLAIN,
     ADMISSION_TICKET,
 )
-# omitted: empty history / retrieve candidates / no filters / no explanation / not admitted
-RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN, ADMISSION_TICKET)
+# omitted: empty history / retrieve candidates / no filters / no explanation / not admitted;
+# TOP_K: see MODEL_VALIDATED_INPUTS
+RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN, ADMISSION_TICKET, TOP_K)
 RANKER_OUTPUTS = ALL_OUTPUTS
 RECOMMENDER_INPUTS = RECOMMEND_INPUTS
-RECOMMENDER_OPTIONAL = OPTIONAL_INPUTS  # omitted: cold start, no filters
+RECOMMENDER_OPTIONAL = (*OPTIONAL_INPUTS, TOP_K)  # omitted: cold start, no filters; TOP_K: above
 RECOMMENDER_OUTPUTS = RANKER_OUTPUTS
 
 
@@ -425,8 +434,22 @@ HEALTH_PORT = 8003
 # Header carrying the admin key when the model-control and other admin APIs are restricted
 # (the server listens beyond localhost).
 ADMIN_KEY_HEADER = "shoprank-admin-key"
-# The `runtime` parameter of Python-backend models that run PyTorch (gpu-embedded target).
+
+# Keys of the config.pbtxt `parameters` the repository builder writes and the Python-backend
+# models read (model_repository/build.py, model_repository/models/).
+PARAM_THREADS = "threads"  # ONNX Runtime intra-op threads
+PARAM_TOKENIZER_FILE = "tokenizer_file"
+PARAM_ONNX_FILE = "onnx_file"
+PARAM_RUNTIME = "runtime"  # TORCH_RUNTIME: the model runs PyTorch (gpu-embedded target)
+PARAM_ENCODER_DIR = "encoder_dir"
+PARAM_DTYPE = "dtype"
+PARAM_ITEM_INDEX = "item_index"
+PARAM_MAX_IN_FLIGHT = "max_in_flight"  # admission (shoprank.core.admission)
+PARAM_SHED_IN_FLIGHT = "shed_in_flight"
+PARAM_ADMISSION_STALE_S = "admission_stale_s"
 TORCH_RUNTIME = "torch"
+# The query every model is warmed up with, the supervisor probes with, and conversion times.
+SAMPLE_QUERY = "red leather sofa"
 # gRPC clients send it under Triton's prefix for restricted protocols.
 ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
 # A deploy holds this file (its pid inside) in the live repository; the supervisor does

@@ -49,8 +49,11 @@ def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
         assert ins == {s.name: (s.triton_dtype, s.dims) for s in inputs}
         assert outs == {s.name: (s.triton_dtype, s.dims) for s in contract.ALL_OUTPUTS}
         optional = {i.name for i in load_config(repo, ensemble).input if i.optional}
-        # history, filters and EXPLAIN; never QUERY, TOP_K or CANDIDATE_IDS (rerank's point)
-        assert optional == {s.name for s in contract.OPTIONAL_INPUTS}
+        # history, filters and EXPLAIN; QUERY and TOP_K are validated by the models
+        # (contract.MODEL_VALIDATED_INPUTS); never CANDIDATE_IDS (rerank's point)
+        validated = {s.name for s in contract.MODEL_VALIDATED_INPUTS if s in inputs}
+        assert optional == {s.name for s in contract.OPTIONAL_INPUTS} | validated
+        assert contract.CANDIDATE_IDS.name not in optional
     ranker_in, _ = _io(load_config(repo, contract.RANKER_MODEL))
     assert ranker_in[contract.QUERY_EMBEDDING.name] == ("TYPE_FP32", (dim,))
     for name in MODELS[:3]:

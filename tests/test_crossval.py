@@ -118,11 +118,11 @@ def test_tiny_crossval_end_to_end(relevance_shop, tmp_path):
 
 
 def test_resume_reuses_folds_only_with_the_same_settings(tmp_path):
-    config = CrossvalConfig(data="x.csv", out=tmp_path, max_steps=5, resume=True)
+    config = CrossvalConfig(data="x.csv", out=tmp_path, max_steps=5, resume_folds=True)
     path = tmp_path / PARTIAL
     assert _finished_folds(path, config) == []
     folds = [{"fold": 0, "test_query_ids": [1, 2]}]
     path.write_text(json.dumps({"config": config_to_dict(config), "folds": folds}))
     assert _finished_folds(path, config) == folds
-    other = CrossvalConfig(data="x.csv", out=tmp_path, max_steps=6, resume=True)
+    other = CrossvalConfig(data="x.csv", out=tmp_path, max_steps=6, resume_folds=True)
     assert _finished_folds(path, other) == []

@@ -8,8 +8,8 @@ noisy to trust. The queries are dealt into `folds` groups; in fold i the test qu
 group i and the rest train the encoder, a `val_fraction` of them held out as val for the
 validation NDCG@10 that keeps the best checkpoint and stops early. A query's judgements
 therefore never appear on both sides of a fold. Each fold fine-tunes a fresh copy of the
-base encoder with the recipe of `python -m shoprank.training` (`finetune.training_pairs`, hard
-negatives mined with the zero-shot encoder, the graded margin loss, `finetune.finetune`);
+base encoder with the recipe and defaults of `python -m shoprank.training` (`finetune.finetune`;
+`--hard-negatives` mines them with the zero-shot encoder, `--graded-loss` adds the margin loss);
 BM25 and the zero-shot encoder need no training and are scored on the same test queries.
 The hybrid is the relevance model of `python -m shoprank.training` (training/hybrid.py: dense
 cosine + lexical features over the union of dense and BM25 candidates), fitted on the
@@ -47,7 +47,7 @@ from shoprank import contract
 from shoprank.configargs import config_to_dict, parse_config, setup_logging, user_errors
 from shoprank.core.ann import DenseConfig, DenseIndex
 from shoprank.core.lexical import LexicalIndex
-from shoprank.core.ranking import RetrievalConfig
+from shoprank.core.ranking import CandidateConfig
 from shoprank.data.datasets import DataError, ShopData, judgement_grades, product_text, validate
 from shoprank.data.metrics import (
     MRR,
@@ -60,6 +60,8 @@ from shoprank.data.metrics import (
 from shoprank.models.encoder import embed, load_encoder
 from shoprank.training import finetune, hybrid
 from shoprank.training.encoder import base_encoder_path
+from shoprank.training.finetune import FinetuneConfig
+from shoprank.training.sources import DataSource, EncoderSource
 
 # Named, not __name__: under `python -m` that would be "__main__", outside setup_logging.
 log = logging.getLogger("training.crossval")
@@ -71,37 +73,17 @@ PARTIAL = "crossval.partial.json"  # folds finished so far, removed when the run
 
 
 @dataclass
-class CrossvalConfig:
-    """Every knob of the cross-validation; each is a command-line flag."""
+class CrossvalConfig(DataSource, EncoderSource, FinetuneConfig, CandidateConfig):
+    """Every knob of the cross-validation; each is a command-line flag. Data, base encoder,
+    fine-tuning and candidate counts are declared by the configs it extends (`--data` is
+    required here)."""
 
-    data: str = field(default="", metadata={"help": "relevance data file/folder (required)"})
-    data_format: str = field(default="auto", metadata={"help": "format of --data"})
-    data_encoding: str = field(
-        default="", metadata={"help": "text encoding of --data (e.g. latin-1); default: detected"}
-    )
     out: Path = field(default=Path("artifacts/crossval"), metadata={"help": "output folder"})
     folds: int = 5
-    dense_k: int = field(default=200, metadata={"help": "hybrid: dense candidates per query"})
-    lexical_k: int = field(default=100, metadata={"help": "hybrid: BM25 candidates per query"})
     val_fraction: float = field(
         default=0.1, metadata={"help": "share of each fold's training queries held out as val"}
     )
-    seed: int = 0
-    encoder_path: str = field(
-        default="", metadata={"help": "HF/ST encoder folder; default: packaged all-MiniLM-L6-v2"}
-    )
-    tiny_encoder: bool = field(default=False, metadata={"help": "random tiny BERT (tests)"})
-    max_steps: int = 300
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    hard_negatives: bool = field(default=True, metadata={"help": "mine encoder hard negatives"})
-    graded_loss: bool = field(default=True, metadata={"help": "add the graded margin loss"})
-    eval_steps: int = field(default=100, metadata={"help": "validation NDCG@10 every N steps"})
-    patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
-    max_product_tokens: int = contract.MAX_PRODUCT_TOKENS
-    embed_batch_size: int = 64
-    resume: bool = field(
+    resume_folds: bool = field(
         default=False,
         metadata={"help": "reuse folds finished by a stopped run (OUT/crossval.partial.json)"},
     )
@@ -252,7 +234,7 @@ def _hybrid_metrics(
     candidates (catalog) and over each query's judged products (judged)."""
     q_emb = _embed_queries(model, fd.queries["query"].tolist(), config)
     exact = DenseIndex.build(items, DenseConfig(kind="flat"))
-    retrieval = RetrievalConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
+    retrieval = CandidateConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
     sets = {
         split: hybrid.build_query_set(fd, split, q_emb, items, exact, lexical, retrieval)
         for split in ("train", "val", "test")
@@ -290,13 +272,13 @@ def _hybrid_metrics(
 # The run
 # ---------------------------------------------------------------------------------------
 def _settings(config: CrossvalConfig | Mapping) -> dict:
-    """The settings that decide the results (all but `resume`), JSON-friendly."""
+    """The settings that decide the results (all but the resume switches), JSON-friendly."""
     values = config if isinstance(config, Mapping) else config_to_dict(config)
-    return {k: v for k, v in values.items() if k != "resume"}
+    return {k: v for k, v in values.items() if k not in ("resume", "resume_folds")}
 
 
 def _finished_folds(path: Path, config: CrossvalConfig) -> list[dict]:
-    """Folds a stopped run with the same settings finished (see `resume`)."""
+    """Folds a stopped run with the same settings finished (see `resume_folds`)."""
     if not path.exists():
         return []
     partial = json.loads(path.read_text())
@@ -324,9 +306,9 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
     base_path = base_encoder_path(config.encoder_path, config.tiny_encoder, work_dir, config.seed)
     torch.manual_seed(config.seed)
     model = load_encoder(base_path, config.max_product_tokens)
-    cache = work_dir / "zero_shot.npz"  # kept for --resume; removed with work_dir at the end
+    cache = work_dir / "zero_shot.npz"  # kept for --resume-folds; removed with work_dir at the end
     settings = json.dumps(_settings(config), sort_keys=True)
-    saved = dict(np.load(cache)) if config.resume and cache.exists() else {}
+    saved = dict(np.load(cache)) if config.resume_folds and cache.exists() else {}
     if str(saved.get("settings", "")) == settings:
         zs_items, zs_q = saved["items"], saved["queries"]
     else:
@@ -338,7 +320,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
     del model
 
     results: list[dict] = []
-    done = _finished_folds(out / PARTIAL, config) if config.resume else []
+    done = _finished_folds(out / PARTIAL, config) if config.resume_folds else []
     for f, test_ids in enumerate(tqdm(folds, desc="folds")):
         if f < len(done) and done[f]["test_query_ids"] == [int(q) for q in test_ids]:
             log.info("fold %d/%d: reused from %s", f + 1, len(folds), out / PARTIAL)
@@ -363,7 +345,7 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
             fd, zs_queries, zs_items, config.hard_negatives, config.graded_loss, config.seed
         )
         curve = finetune.finetune_with_validation(
-            model, fd, train_sets, finetune.config_from(config), work_dir / f"fold{f}"
+            model, fd, train_sets, config, work_dir / f"fold{f}"
         )
         items = _embed_catalog(model, texts, config, f"embed catalog (fold {f + 1})")
         q_emb = _embed_queries(model, [query_text[q] for q in test + val], config)

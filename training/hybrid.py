@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from shoprank.core.ann import DenseIndex
 from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, tokenize
-from shoprank.core.ranking import RetrievalConfig, union_candidates
+from shoprank.core.ranking import CandidateConfig, union_candidates
 from shoprank.data import datasets
 from shoprank.data.metrics import NDCG_AT_10, mean_metrics, ndcg_at_k
 from shoprank.models.fusion import Relevance, as_tensors
@@ -63,7 +63,7 @@ def build_query_set(
     item_embeddings: np.ndarray,
     dense: DenseIndex,
     lexical: LexicalIndex,
-    config: RetrievalConfig,
+    config: CandidateConfig,
 ) -> QuerySet:
     """Candidates and relevance inputs of every `split` query (embeddings in query order)."""
     queries = data.queries[data.queries["split"] == split]

@@ -250,7 +250,9 @@ def train_sequential(
         model.train()
         order = rng.permutation(len(windows))
         total, count = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
+        # Progress within the epoch too: on real logs one epoch takes minutes.
+        starts = range(0, len(order), config.batch_size)
+        for start in tqdm(starts, desc=f"epoch {epoch + 1}", unit="batch", leave=False):
             batch = [windows[i] for i in order[start : start + config.batch_size]]
             rows, mask = left_pad([w[:-1] for w in batch], max_len)
             targets, target_mask = left_pad([w[1:] for w in batch], max_len)

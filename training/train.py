@@ -31,7 +31,7 @@ from shoprank.configargs import config_to_dict, parse_config, setup_logging, use
 from shoprank.core.ann import DenseConfig, DenseIndex
 from shoprank.core.features import USER_ITEM_FEATURES, ItemTables
 from shoprank.core.lexical import LexicalIndex, tokenize
-from shoprank.core.ranking import RetrievalConfig
+from shoprank.core.ranking import CandidateConfig, RetrievalConfig
 from shoprank.core.scoring import combine
 from shoprank.data import datasets
 from shoprank.data.artifacts import save_item_index
@@ -51,34 +51,24 @@ from shoprank.models.fusion import FusionRanker, as_tensors, save_ranker
 from shoprank.models.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.encoder import base_encoder_path, embed_onnx
+from shoprank.training.finetune import FinetuneConfig
 from shoprank.training.seq_in_search import fit_sequential_weight, parse_lambdas
+from shoprank.training.sources import DataSource, EncoderSource
 
 log = logging.getLogger(__name__)
 
+# Held-out queries every retrieval metric of training is reported on.
+EVAL_SPLIT = "test"
+
 
 @dataclass
-class TrainConfig:
-    """Every knob of the training stage; each is a command-line flag."""
+class TrainConfig(DataSource, EncoderSource, FinetuneConfig, CandidateConfig):
+    """Every knob of the training stage; each is a command-line flag. Data, base encoder,
+    fine-tuning and candidate counts are declared by the configs it extends."""
 
     out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "output folder"})
     scale: str = field(default="demo", metadata={"help": "synthetic data scale: tiny|demo|full"})
-    data: str = field(default="", metadata={"help": "bring-your-own data file/folder"})
-    data_format: str = field(default="auto", metadata={"help": "format of --data"})
-    data_encoding: str = field(
-        default="", metadata={"help": "text encoding of --data (e.g. latin-1); default: detected"}
-    )
     regenerate: bool = field(default=False, metadata={"help": "rebuild data even if present"})
-    seed: int = 0
-    encoder_path: str = field(
-        default="", metadata={"help": "HF/ST encoder folder; default: packaged all-MiniLM-L6-v2"}
-    )
-    tiny_encoder: bool = field(default=False, metadata={"help": "random tiny BERT (tests)"})
-    max_steps: int = 200
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    max_product_tokens: int = contract.MAX_PRODUCT_TOKENS
-    embed_batch_size: int = 64
     embed_backend: str = field(default="onnx", metadata={"help": "catalog embedding: onnx|torch"})
     fusion_negatives: int = field(
         default=4, metadata={"help": "random catalog negatives per impression"}
@@ -87,14 +77,6 @@ class TrainConfig:
     fusion_batch_size: int = 1024
     fusion_lr: float = 0.02
     mlm_steps: int = field(default=0, metadata={"help": "domain-adaptive MLM steps (0 = off)"})
-    # Both measured on the demo data: test NDCG@10 0.845 with them vs 0.867 without (the
-    # synthetic judgements are capped at 200 per query, so "hard negatives" include
-    # unjudged true matches). Off by default, kept for data with complete judgements.
-    hard_negatives: bool = field(default=False, metadata={"help": "mine encoder hard negatives"})
-    graded_loss: bool = field(default=False, metadata={"help": "add the graded margin loss"})
-    eval_steps: int = field(default=50, metadata={"help": "validation NDCG@10 every N steps"})
-    patience: int = field(default=2, metadata={"help": "early-stopping patience (evaluations)"})
-    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint"})
     reuse_encoder: bool = field(
         default=False,
         metadata={"help": "keep OUT's fine-tuned encoder; retrain only retrieval and ranking"},
@@ -120,8 +102,6 @@ class TrainConfig:
         default="weighted,concat_mlp,target_attention",
         metadata={"help": "comma-separated fusion variants to train"},
     )
-    dense_k: int = field(default=200, metadata={"help": "dense candidates per query"})
-    lexical_k: int = field(default=100, metadata={"help": "BM25 candidates per query"})
     relevance_kinds: str = field(
         default="0,16", metadata={"help": "relevance models to try: 0 linear, N MLP width"}
     )
@@ -322,10 +302,264 @@ def train_encoder(
         data, query_emb, item_emb, config.hard_negatives, config.graded_loss, config.seed
     )
     encoder_curve = finetune.finetune_with_validation(
-        model, data, train_sets, finetune.config_from(config), paths.model / "trainer"
+        model, data, train_sets, config, paths.model / "trainer"
     )
     model.save(str(paths.encoder))
     return model, encoder_curve, mlm_curve
+
+
+@dataclass
+class Encoded:
+    """The fine-tuned encoder and what it embeds: the catalog and every query."""
+
+    model: object
+    items: np.ndarray  # (N, D) catalog order
+    queries: np.ndarray  # (Q, D) data.queries order
+    fine_tuned: dict[str, float]  # its full-catalog retrieval metrics on the eval split
+    encoder_curve: list
+    mlm_curve: list
+
+
+@dataclass
+class Relevance:
+    """Stage A: the lexical index, the hybrid candidates per split, the relevance model."""
+
+    lexical: LexicalIndex
+    qsets: dict[str, hybrid.QuerySet]
+    model: object
+    report: dict
+    stages: dict[str, dict]  # every retrieval stage's metrics on the eval split
+
+
+@dataclass
+class Fusion:
+    """Stage B: the served fusion ranker (re-rank depths set) and its report."""
+
+    ranker: FusionRanker
+    report: dict
+    examples: dict | None  # per split, None without event logs
+
+
+@dataclass
+class Recommendation:
+    """Recommend mode: its metrics, and the sequential signal fitted for search."""
+
+    metrics: dict
+    sequential_in_search: RetrievalConfig | None  # the fitted weight and normalisation
+
+
+def encode(data: datasets.ShopData, paths: contract.ArtifactPaths, config: TrainConfig) -> Encoded:
+    """Fine-tune (or reuse) the encoder; embed the catalog and the queries."""
+    if config.reuse_encoder:
+        model, encoder_curve, mlm_curve = reused_encoder(paths, config)
+    else:
+        model, encoder_curve, mlm_curve = train_encoder(data, paths, config)
+    items = embed_catalog(model, paths.encoder, data, config, "embed catalog (fine-tuned)")
+    fine_tuned = judged_metrics(model, data, items, EVAL_SPLIT, config.embed_batch_size)
+    log.info("fine-tuned %s", fine_tuned)
+    queries = embed(
+        model,
+        data.queries["query"].tolist(),
+        batch_size=config.embed_batch_size,
+        max_seq_length=contract.MAX_QUERY_TOKENS,
+    )
+    return Encoded(model, items, queries, fine_tuned, encoder_curve, mlm_curve)
+
+
+def fit_relevance(
+    data: datasets.ShopData, enc: Encoded, paths: contract.ArtifactPaths, config: TrainConfig
+) -> Relevance:
+    """Stage A: lexical index (saved), hybrid candidates, the learned relevance model."""
+    lexical = LexicalIndex.build(data.catalog, progress=True)
+    lexical.save(paths.lexical_index)
+    exact = DenseIndex.build(enc.items, DenseConfig(kind="flat"))
+    candidates = CandidateConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
+    qsets = {
+        split: hybrid.build_query_set(
+            data, split, enc.queries, enc.items, exact, lexical, candidates
+        )
+        for split in datasets.SPLITS
+    }
+    model, report = hybrid.fit_relevance(
+        data,
+        qsets["train"],
+        qsets["val"],
+        tuple(int(h) for h in config.relevance_kinds.split(",")),
+        seed=config.seed,
+    )
+    product_ids = data.catalog["product_id"].to_numpy(np.int64)
+    stages = hybrid.stage_metrics(data, qsets[EVAL_SPLIT], model, product_ids)
+    log.info("retrieval stages %s", {k: round(v[NDCG_AT_10], 4) for k, v in stages.items()})
+    return Relevance(lexical, qsets, model, report, stages)
+
+
+def item_tables(data: datasets.ShopData, enc: Encoded, paths: contract.ArtifactPaths) -> ItemTables:
+    """Attributes and behaviour features the ranker gathers (saved, with the item index)."""
+    events = data.events
+    product_ids = data.catalog["product_id"].to_numpy(np.int64)
+    feats = (
+        behaviour.item_features(events[events["split"] == "train"], product_ids)
+        if events is not None
+        else None
+    )
+    tables = ItemTables.from_catalog(data.catalog, feats)
+    tables.save(paths.item_tables)
+    save_item_index(paths.item_index, product_ids, enc.items, tables.item_features)
+    return tables
+
+
+def session_examples(
+    data: datasets.ShopData, rel: Relevance, tables: ItemTables, config: TrainConfig
+) -> dict:
+    """Per split, the logged impressions with their features (train: plus negatives)."""
+    events = data.events
+    product_ids = data.catalog["product_id"].to_numpy(np.int64)
+    query_row_of = {int(q): i for i, q in enumerate(data.queries["query_id"].to_numpy())}
+    row_of = {int(p): i for i, p in enumerate(product_ids)}
+    query_tokens = [tokenize(q) for q in data.queries["query"]]
+    histories = behaviour.session_histories(events, row_of)
+    return {
+        split: behaviour.attach_features(
+            behaviour.build_examples(events, split, query_row_of, row_of, histories),
+            query_tokens,
+            rel.lexical,
+            tables,
+            negatives=config.fusion_negatives if split == "train" else 0,
+            seed=config.seed,
+        )
+        for split in datasets.SPLITS
+    }
+
+
+def fit_fusion(
+    data: datasets.ShopData,
+    enc: Encoded,
+    rel: Relevance,
+    tables: ItemTables,
+    config: TrainConfig,
+) -> Fusion:
+    """Stage B: the fusion variants on the click logs, the best on validation sessions
+    served, its re-rank depths chosen on validation queries. Without logs: relevance and
+    the item prior alone."""
+    val = rel.qsets["val"]
+    # Made (and its weights drawn) with logs too, so the seeded runs draw the same numbers.
+    ranker = behaviour.make_ranker(config.fusions.split(",")[0], enc.items.shape[1], rel.model)
+    if data.events is None:
+        choose_rerank_depth(ranker, val, enc.items, tables, data, config.max_relevance_loss)
+        return Fusion(ranker, {"trained": False}, None)
+    examples = session_examples(data, rel, tables, config)
+    results = behaviour.train_fusions(
+        tuple(config.fusions.split(",")),
+        rel.model,
+        enc.queries,
+        enc.items,
+        tables,
+        examples["train"],
+        examples["val"],
+        examples["test"],
+        epochs=config.fusion_epochs,
+        batch_size=config.fusion_batch_size,
+        lr=config.fusion_lr,
+        seed=config.seed,
+    )
+    # Served variant: best purchase-NDCG@10 on *validation* sessions (test stays unseen).
+    best = max(results, key=lambda f: results[f].val[PURCHASE_NDCG_AT_10])
+    ranker = results[best].ranker
+    depth = choose_rerank_depth(ranker, val, enc.items, tables, data, config.max_relevance_loss)
+    relevance_only, base = behaviour.score_sessions(
+        ranker, enc.queries, enc.items, tables, examples["test"], relevance_only=True
+    )
+    report = {
+        "trained": True,
+        "served": best,
+        "rerank_depth": depth,
+        "alpha": ranker.alpha,
+        "train_impressions": len(examples["train"]),
+        "relevance_only": relevance_only,
+        **{name: r.summary() for name, r in results.items()},
+    }
+    # How sure is "better than relevance alone"? Paired bootstrap over test sessions.
+    if len(base) and base.mean() > 0:
+        for name, result in results.items():
+            report[name]["gain_vs_relevance_only"] = paired_bootstrap_gain(
+                base, result.test_session_ndcgs, seed=config.seed
+            )
+    log.info("served fusion %s: %s", best, results[best].test)
+    return Fusion(ranker, report, examples)
+
+
+def fit_recommender(
+    data: datasets.ShopData,
+    enc: Encoded,
+    fusion: Fusion,
+    tables: ItemTables,
+    paths: contract.ArtifactPaths,
+    config: TrainConfig,
+) -> Recommendation:
+    """Recommend mode: the sequential model over the shoppers' ordered histories (saved with
+    the popularity counts), and its shopper vector as a search signal where validation
+    sessions say it helps (recorded in the fusion report)."""
+    if data.events is None or fusion.examples is None:
+        return Recommendation({}, None)
+    product_ids = data.catalog["product_id"].to_numpy(np.int64)
+    sequential, counts, metrics = recommend.train_and_evaluate(
+        data.events,
+        {int(p): i for i, p in enumerate(product_ids)},
+        enc.items,
+        recommend.SequentialTraining(
+            layers=config.seq_layers,
+            epochs=config.seq_epochs,
+            batch_size=config.seq_batch_size,
+            negatives=config.seq_negatives,
+            seed=config.seed,
+        ),
+        max_len=contract.MAX_HISTORY,
+    )
+    save_sequential(sequential, paths.sequential)
+    np.save(paths.popularity, counts)
+    fitted, fusion.report["sequential_in_search"] = fit_sequential_weight(
+        sequential,
+        fusion.ranker,
+        enc.queries,
+        enc.items,
+        tables,
+        fusion.examples["val"],
+        fusion.examples["test"],
+        parse_lambdas(config.seq_in_search),
+        seed=config.seed,
+    )
+    log.info("sequential shopper vector in search: %s", fusion.report["sequential_in_search"])
+    log.info(
+        "recommendation (HR@10): %s",
+        {
+            k: round(v[HIT_RATE_AT_10], 4)
+            for k, v in metrics.items()
+            if isinstance(v, dict) and HIT_RATE_AT_10 in v
+        },
+    )
+    return Recommendation(metrics, fitted)
+
+
+def retrieval_config(
+    config: TrainConfig, ranker: FusionRanker, rec: Recommendation
+) -> RetrievalConfig:
+    """What the ranker serves: the candidate counts, the chosen re-rank depths and the
+    fitted sequential signal (off without one)."""
+    sequential = {}
+    if rec.sequential_in_search is not None:
+        fitted = rec.sequential_in_search
+        sequential = {
+            "sequential_weight": fitted.sequential_weight,
+            "sequential_mean": fitted.sequential_mean,
+            "sequential_std": fitted.sequential_std,
+        }
+    return RetrievalConfig(
+        dense_k=config.dense_k,
+        lexical_k=config.lexical_k,
+        depth=ranker.config.depth,
+        cold_start_depth=ranker.config.cold_start_depth,
+        **sequential,
+    )
 
 
 def run(config: TrainConfig) -> dict:
@@ -342,187 +576,39 @@ def run(config: TrainConfig) -> dict:
         len(data.judgements),
         "no" if data.events is None else len(data.events),
     )
-
-    if config.reuse_encoder:
-        model, encoder_curve, mlm_curve = reused_encoder(paths, config)
-    else:
-        model, encoder_curve, mlm_curve = train_encoder(data, paths, config)
-
-    item_emb = embed_catalog(model, paths.encoder, data, config, "embed catalog (fine-tuned)")
-    eval_split = "test"
-    fine_tuned = judged_metrics(model, data, item_emb, eval_split, config.embed_batch_size)
-    log.info("fine-tuned %s", fine_tuned)
-
-    # Stage A: lexical index, hybrid candidates, the learned relevance model.
-    lexical = LexicalIndex.build(data.catalog, progress=True)
-    lexical.save(paths.lexical_index)
-    q_emb = embed(
-        model,
-        data.queries["query"].tolist(),
-        batch_size=config.embed_batch_size,
-        max_seq_length=contract.MAX_QUERY_TOKENS,
-    )
-    exact = DenseIndex.build(item_emb, DenseConfig(kind="flat"))
-    retrieval = RetrievalConfig(dense_k=config.dense_k, lexical_k=config.lexical_k)
-    qsets = {
-        split: hybrid.build_query_set(data, split, q_emb, item_emb, exact, lexical, retrieval)
-        for split in datasets.SPLITS
-    }
-    relevance, relevance_report = hybrid.fit_relevance(
+    enc = encode(data, paths, config)
+    rel = fit_relevance(data, enc, paths, config)
+    tables = item_tables(data, enc, paths)
+    fusion = fit_fusion(data, enc, rel, tables, config)
+    fusion.report["judged_cold_start"] = served_judged_metrics(
+        fusion.ranker,
+        rel.qsets[EVAL_SPLIT],
+        enc.items,
+        tables,
         data,
-        qsets["train"],
-        qsets["val"],
-        tuple(int(h) for h in config.relevance_kinds.split(",")),
-        seed=config.seed,
+        fusion.ranker.config.cold_start_depth,
     )
-    product_ids = data.catalog["product_id"].to_numpy(np.int64)
-    stages = hybrid.stage_metrics(data, qsets[eval_split], relevance, product_ids)
-    log.info("retrieval stages %s", {k: round(v[NDCG_AT_10], 4) for k, v in stages.items()})
-
-    # Item tables: attributes and behaviour features the ranker gathers.
-    events = data.events
-    feats = (
-        behaviour.item_features(events[events["split"] == "train"], product_ids)
-        if events is not None
-        else None
-    )
-    tables = ItemTables.from_catalog(data.catalog, feats)
-    tables.save(paths.item_tables)
-    save_item_index(paths.item_index, product_ids, item_emb, tables.item_features)
-
-    # Stage B: the behaviour part of the fusion ranker, on the click logs.
-    ranker = behaviour.make_ranker(config.fusions.split(",")[0], item_emb.shape[1], relevance)
-    fusion_report: dict = {"trained": False}
-    if events is not None:
-        query_ids = data.queries["query_id"].to_numpy()
-        query_row_of = {int(q): i for i, q in enumerate(query_ids)}
-        row_of = {int(p): i for i, p in enumerate(product_ids)}
-        query_tokens = [tokenize(q) for q in data.queries["query"]]
-        histories = behaviour.session_histories(events, row_of)
-        examples = {
-            split: behaviour.attach_features(
-                behaviour.build_examples(events, split, query_row_of, row_of, histories),
-                query_tokens,
-                lexical,
-                tables,
-                negatives=config.fusion_negatives if split == "train" else 0,
-                seed=config.seed,
-            )
-            for split in datasets.SPLITS
-        }
-        results = behaviour.train_fusions(
-            tuple(config.fusions.split(",")),
-            relevance,
-            q_emb,
-            item_emb,
-            tables,
-            examples["train"],
-            examples["val"],
-            examples["test"],
-            epochs=config.fusion_epochs,
-            batch_size=config.fusion_batch_size,
-            lr=config.fusion_lr,
-            seed=config.seed,
-        )
-        # Served variant: best purchase-NDCG@10 on *validation* sessions (test stays unseen).
-        best = max(results, key=lambda f: results[f].val[PURCHASE_NDCG_AT_10])
-        ranker = results[best].ranker
-        depth = choose_rerank_depth(
-            ranker, qsets["val"], item_emb, tables, data, config.max_relevance_loss
-        )
-        relevance_only, base = behaviour.score_sessions(
-            ranker, q_emb, item_emb, tables, examples["test"], relevance_only=True
-        )
-        fusion_report = {
-            "trained": True,
-            "served": best,
-            "rerank_depth": depth,
-            "alpha": ranker.alpha,
-            "train_impressions": len(examples["train"]),
-            "relevance_only": relevance_only,
-            **{name: r.summary() for name, r in results.items()},
-        }
-        # How sure is "better than relevance alone"? Paired bootstrap over test sessions.
-        if len(base) and base.mean() > 0:
-            for name, result in results.items():
-                fusion_report[name]["gain_vs_relevance_only"] = paired_bootstrap_gain(
-                    base, result.test_session_ndcgs, seed=config.seed
-                )
-        log.info("served fusion %s: %s", best, results[best].test)
-    else:
-        depth = choose_rerank_depth(
-            ranker, qsets["val"], item_emb, tables, data, config.max_relevance_loss
-        )
-    fusion_report["judged_cold_start"] = served_judged_metrics(
-        ranker, qsets[eval_split], item_emb, tables, data, ranker.config.cold_start_depth
-    )
-    save_ranker(ranker, paths.ranker)
-    retrieval.depth = ranker.config.depth
-    retrieval.cold_start_depth = ranker.config.cold_start_depth
-    retrieval.save(paths.retrieval_config)
-
-    # Recommend mode: the sequential model over the shoppers' ordered histories.
-    recommendation: dict = {}
-    if events is not None:
-        sequential, counts, recommendation = recommend.train_and_evaluate(
-            events,
-            {int(p): i for i, p in enumerate(product_ids)},
-            item_emb,
-            recommend.SequentialTraining(
-                layers=config.seq_layers,
-                epochs=config.seq_epochs,
-                batch_size=config.seq_batch_size,
-                negatives=config.seq_negatives,
-                seed=config.seed,
-            ),
-            max_len=contract.MAX_HISTORY,
-        )
-        save_sequential(sequential, paths.sequential)
-        np.save(paths.popularity, counts)
-        # The same shopper vector as a search signal, where validation sessions say it helps.
-        lambdas = parse_lambdas(config.seq_in_search)
-        fitted, fusion_report["sequential_in_search"] = fit_sequential_weight(
-            sequential,
-            ranker,
-            q_emb,
-            item_emb,
-            tables,
-            examples["val"],
-            examples["test"],
-            lambdas,
-            seed=config.seed,
-        )
-        for name in ("sequential_weight", "sequential_mean", "sequential_std"):
-            setattr(retrieval, name, getattr(fitted, name))
-        retrieval.save(paths.retrieval_config)
-        log.info("sequential shopper vector in search: %s", fusion_report["sequential_in_search"])
-        log.info(
-            "recommendation (HR@10): %s",
-            {
-                k: round(v[HIT_RATE_AT_10], 4)
-                for k, v in recommendation.items()
-                if isinstance(v, dict) and HIT_RATE_AT_10 in v
-            },
-        )
-
+    save_ranker(fusion.ranker, paths.ranker)
+    rec = fit_recommender(data, enc, fusion, tables, paths, config)
+    retrieval_config(config, fusion.ranker, rec).save(paths.retrieval_config)
     metrics = {
         "config": config_to_dict(config),
         "data": {
             "products": len(data.catalog),
             "queries": len(data.queries),
             "judgements": len(data.judgements),
-            "events": 0 if events is None else len(events),
+            "events": 0 if data.events is None else len(data.events),
         },
         "retrieval": {
-            "split": eval_split,
-            "fine_tuned": fine_tuned,
-            **{name: m for name, m in stages.items() if name != "dense"},
+            "split": EVAL_SPLIT,
+            "fine_tuned": enc.fine_tuned,
+            **{name: m for name, m in rel.stages.items() if name != "dense"},
         },
-        "relevance_model": relevance_report,
-        "encoder_loss_curve": encoder_curve,
-        "mlm_loss_curve": mlm_curve,
-        "fusion": fusion_report,
-        "recommendation": recommendation,
+        "relevance_model": rel.report,
+        "encoder_loss_curve": enc.encoder_curve,
+        "mlm_loss_curve": enc.mlm_curve,
+        "fusion": fusion.report,
+        "recommendation": rec.metrics,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     paths.metrics.write_text(json.dumps(metrics, indent=2))

@@ -40,8 +40,12 @@ def internal(message: str) -> Any:
 
 
 def input_array(request: Any, name: str) -> Any:
-    """The numpy value of input `name` of `request`."""
-    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+    """The numpy value of required input `name` of `request`; a request without it is
+    refused naming it (contract.MODEL_VALIDATED_INPUTS: Triton lets it through)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidInput(f"{name} is missing: the request must carry it", "missing_input")
+    return tensor.as_numpy()
 
 
 def optional_array(request: Any, name: str) -> Any:
@@ -100,17 +104,16 @@ class AdmissionGate:
     server, so every entry point counts against the same cores.
 
     Triton's warm-up requests come first, before the model serves anything: they pass
-    without a slot. Under load every slot may be taken, and a refused warm-up fails the
-    load (found when a hot deploy under 8 users failed).
+    without a slot. Under load every slot may be taken, and a refused warm-up would fail the
+    model's load, and with it a hot deploy under traffic.
     """
 
     def __init__(self, args: dict[str, Any], params: dict[str, str]) -> None:
         self.table = AdmissionTable(
             table_path(),
-            int(params["max_in_flight"]),
-            float(params["admission_stale_s"]),
-            # Repositories built before the lower limit existed have none (0).
-            shed_limit=int(params.get("shed_in_flight", 0)),
+            int(params[contract.PARAM_MAX_IN_FLIGHT]),
+            float(params[contract.PARAM_ADMISSION_STALE_S]),
+            shed_limit=int(params[contract.PARAM_SHED_IN_FLIGHT]),  # 0: no lower limit
         )
         self.warmups_left = warmup_requests(json.loads(args["model_config"]))
 

@@ -18,17 +18,21 @@ from shoprank.model_repository.models.common import input_array, parameters, ver
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: PyTorch, CUDA graphs
+        # The gpu-embedded target: PyTorch with CUDA graphs instead of ONNX Runtime.
+        if params.get(contract.PARAM_RUNTIME) == contract.TORCH_RUNTIME:
             from shoprank.models.gpu import TorchEncoder, device_of
 
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
             self.session = TorchEncoder(
-                version_dir(args) / params["encoder_dir"], device, params["dtype"]
+                version_dir(args) / params[contract.PARAM_ENCODER_DIR],
+                device,
+                params[contract.PARAM_DTYPE],
             )
             self.session.warm_up()
         else:
             self.session = cpu_session(
-                version_dir(args) / params["onnx_file"], threads=int(params["threads"])
+                version_dir(args) / params[contract.PARAM_ONNX_FILE],
+                threads=int(params[contract.PARAM_THREADS]),
             )
 
     def execute(self, requests):

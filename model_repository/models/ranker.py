@@ -30,15 +30,18 @@ class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
         dense = None
-        if params.get("runtime") == contract.TORCH_RUNTIME:  # gpu-embedded: scan on the device
+        # The gpu-embedded target: the exact dense scan on the device.
+        if params.get(contract.PARAM_RUNTIME) == contract.TORCH_RUNTIME:
             from shoprank.data.artifacts import load_item_index
             from shoprank.models.gpu import TorchDenseIndex, device_of
 
-            embeddings = load_item_index(version_dir(args) / params["item_index"])["embeddings"]
+            embeddings = load_item_index(version_dir(args) / params[contract.PARAM_ITEM_INDEX])[
+                "embeddings"
+            ]
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
-            dense = TorchDenseIndex(embeddings, device, params["dtype"])
+            dense = TorchDenseIndex(embeddings, device, params[contract.PARAM_DTYPE])
         self.ranker = CandidateRanker.load(
-            version_dir(args), threads=int(params["threads"]), dense=dense
+            version_dir(args), threads=int(params[contract.PARAM_THREADS]), dense=dense
         )
         self.logger = pb_utils.Logger
         self.admission = AdmissionTable(table_path(), limit=0)  # releases only

@@ -28,7 +28,9 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        self.recommender = Recommender.load(version_dir(args), threads=int(params["threads"]))
+        self.recommender = Recommender.load(
+            version_dir(args), threads=int(params[contract.PARAM_THREADS])
+        )
         self.admission = AdmissionGate(args, params)
         self.metrics = ServingMetrics()
 

@@ -29,7 +29,7 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        self.tokenizer = QueryTokenizer(version_dir(args) / params["tokenizer_file"])
+        self.tokenizer = QueryTokenizer(version_dir(args) / params[contract.PARAM_TOKENIZER_FILE])
         self.admission = AdmissionGate(args, params)
         self.metrics = ServingMetrics()
 

@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +45,18 @@ from shoprank.core.shopper_vectors import ShopperVectors
 
 
 @dataclass
-class RetrievalConfig:
-    """How many candidates each retriever contributes, and the re-rank depth."""
+class CandidateConfig:
+    """How many candidates each retriever contributes (training's and cross-validation's
+    configs extend it, so the served values are the trained ones)."""
 
-    dense_k: int = 200
-    lexical_k: int = 100
+    dense_k: int = field(default=200, metadata={"help": "dense candidates per query"})
+    lexical_k: int = field(default=100, metadata={"help": "BM25 candidates per query"})
+
+
+@dataclass
+class RetrievalConfig(CandidateConfig):
+    """The candidates, the re-rank depth and the sequential search signal the ranker serves."""
+
     depth: int = 10  # behaviour reorders only the `depth` most relevant candidates
     cold_start_depth: int | None = None  # the same for an empty history; None: `depth`
     # The sequential model's shopper vector as a search signal (0: off; chosen on validation
@@ -202,6 +209,29 @@ class Request:
     explain: bool = False  # also answer each result's score broken into its parts
 
 
+@dataclass
+class Scored:
+    """The ranker's outputs for a batch (B, C), or for one request's row (C,) (`row`)."""
+
+    relevance: np.ndarray
+    scores: np.ndarray  # served: relevance + behaviour inside the re-rank depth
+    within_depth: np.ndarray | None  # computed when explaining or with the sequential signal
+    sequential: np.ndarray | None  # the sequential shopper vector's part; None: off
+    parts: np.ndarray | None  # (..., parts) score parts; None unless a request explains
+
+    def row(self, i: int) -> Scored:
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[i]
+
+        return Scored(
+            self.relevance[i],
+            self.scores[i],
+            pick(self.within_depth),
+            pick(self.sequential),
+            pick(self.parts),
+        )
+
+
 class CandidateRanker:
     """Retrieval + re-ranking over one catalog: the work of the Triton `ranker` model."""
 
@@ -264,19 +294,19 @@ class CandidateRanker:
         )
 
     def sequential_scores(
-        self, requests: Sequence[Request], rows: np.ndarray, kept: np.ndarray | None
+        self, requests: Sequence[Request], rows: np.ndarray, within: np.ndarray | None
     ) -> np.ndarray | None:
-        """(B, C) `sequential_part` of each candidate within its row's re-rank depth (`kept`)
+        """(B, C) `sequential_part` of each candidate within its row's re-rank depth (`within`)
         for rows with a history, 0 elsewhere; None when the signal is off. Like the rest of
         behaviour, it reorders only the depth's most relevant candidates."""
-        if self.shoppers is None or kept is None:
+        if self.shoppers is None or within is None:
             return None
         out = np.zeros(rows.shape, np.float32)
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
             users = self.shoppers.users([requests[i].history for i in warm])  # (W, d)
             raw = np.einsum("wd,wcd->wc", users, self.shoppers.items[rows[warm]])  # (W, C)
-            out[warm] = np.where(kept[warm], sequential_part(raw, self.config), 0.0)
+            out[warm] = np.where(within[warm], sequential_part(raw, self.config), 0.0)
         return out
 
     def rank(self, requests: Sequence[Request]) -> list[Ranked]:
@@ -294,6 +324,33 @@ class CandidateRanker:
 
         tokens = [tokenize(r.query) for r in requests]
         embeddings = np.stack([r.embedding for r in requests]).astype(np.float32)
+        candidates = self.candidates(requests, tokens, embeddings)
+        lap("retrieve")
+        features = gather_features(
+            self.dense.vectors,
+            self.lexical,
+            self.tables,
+            embeddings,
+            tokens,
+            [r.history for r in requests],
+            candidates,
+        )
+        lap("features")
+        scored = self.score(requests, features)
+        lap("score")
+        out = [
+            self.answer(r, candidates[i], scored.row(i), features, i)
+            for i, r in enumerate(requests)
+        ]
+        lap("select")
+        self.last_timings = timings
+        return out
+
+    def candidates(
+        self, requests: Sequence[Request], tokens: list[list[str]], embeddings: np.ndarray
+    ) -> list[np.ndarray]:
+        """Catalog rows to score per request: the caller's (re-rank) or retrieved (search),
+        then filtered; a filtered search short of its k widens the dense search."""
         to_retrieve = [i for i, r in enumerate(requests) if r.candidates is None]
         candidates: list[np.ndarray] = [
             r.candidates if r.candidates is not None else np.zeros(0, np.int64) for r in requests
@@ -311,24 +368,17 @@ class CandidateRanker:
                 candidates[i] = rows
         for i, r in enumerate(requests):
             allowed = self.facets.allowed(r.filters) if r.filters is not None else None
-            if allowed is not None:
-                kept = candidates[i][allowed[candidates[i]]]
-                if r.candidates is None and len(kept) < r.k:
-                    depth = max(self.config.dense_k, r.k)
-                    more = widen(self.dense, embeddings[i], allowed, depth)
-                    kept = union_candidates(kept, more)
-                candidates[i] = kept
-        lap("retrieve")
-        features = gather_features(
-            self.dense.vectors,
-            self.lexical,
-            self.tables,
-            embeddings,
-            tokens,
-            [r.history for r in requests],
-            candidates,
-        )
-        lap("features")
+            if allowed is None:
+                continue
+            passed = candidates[i][allowed[candidates[i]]]
+            if r.candidates is None and len(passed) < r.k:
+                more = widen(self.dense, embeddings[i], allowed, max(self.config.dense_k, r.k))
+                passed = union_candidates(passed, more)
+            candidates[i] = passed
+        return candidates
+
+    def score(self, requests: Sequence[Request], features: Features) -> Scored:
+        """One ONNX call for the batch; the served score after the re-rank depth."""
         explain = any(r.explain for r in requests)
         names = [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES]
         relevance, full, *parts = self.session.run(
@@ -339,59 +389,55 @@ class CandidateRanker:
             self.config.depth,
             self.config.cold_start_depth,
         )
-        kept = (
+        within = (
             in_depth(relevance, depths, features.valid)
             if explain or self.shoppers is not None
             else None
         )
-        sequential = self.sequential_scores(requests, features.rows, kept)
+        sequential = self.sequential_scores(requests, features.rows, within)
         scores = combine(relevance, full, depths, features.valid, sequential)
-        lap("score")
-        out = []
-        for i, r in enumerate(requests):
-            n = len(candidates[i])
-            k = min(r.k, n)
-            if k == 0:
-                out.append(
-                    Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, object))
-                )
-                continue
-            row_scores = scores[i, :n]
-            best = np.argpartition(-row_scores, k - 1)[:k]
-            best = best[np.lexsort((candidates[i][best], -row_scores[best]))]
-            picked = candidates[i][best]
-            explained = None
-            if r.explain:
-                history_ids = self.catalog.product_ids[r.history]
-                explained = np.array(
-                    [
-                        explanation(
-                            row_scores[j],
-                            explained_parts(
-                                parts[0][i, j],
-                                bool(kept[i, j]),
-                                float(sequential[i, j])
-                                if sequential is not None and len(r.history)
-                                else None,
-                                float(row_scores[j] - relevance[i, j]),
-                            ),
-                            history_ids,
-                            features.history[i, : len(r.history)],
-                            features.candidates[i, j],
-                        )
-                        for j in best
-                    ],
-                    dtype=object,
-                )
-            out.append(
-                Ranked(
-                    self.catalog.product_ids[picked],
-                    row_scores[best].astype(np.float32),
-                    self.catalog.titles[picked],
-                    n,
-                    explained,
-                )
+        return Scored(relevance, scores, within, sequential, parts[0] if parts else None)
+
+    def answer(
+        self, r: Request, candidates: np.ndarray, scored: Scored, features: Features, i: int
+    ) -> Ranked:
+        """Request `r`'s top k (row `i` of the batch), best first, ties by catalog row; with
+        each result's explanation when asked."""
+        n = len(candidates)
+        k = min(r.k, n)
+        if k == 0:
+            return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, object))
+        row_scores = scored.scores[:n]
+        best = np.argpartition(-row_scores, k - 1)[:k]
+        best = best[np.lexsort((candidates[best], -row_scores[best]))]
+        picked = candidates[best]
+        explained = None
+        if r.explain:
+            history_ids = self.catalog.product_ids[r.history]
+            explained = np.array(
+                [
+                    explanation(
+                        row_scores[j],
+                        explained_parts(
+                            scored.parts[j],
+                            bool(scored.within_depth[j]),
+                            float(scored.sequential[j])
+                            if scored.sequential is not None and len(r.history)
+                            else None,
+                            float(row_scores[j] - scored.relevance[j]),
+                        ),
+                        history_ids,
+                        features.history[i, : len(r.history)],
+                        features.candidates[i, j],
+                    )
+                    for j in best
+                ],
+                dtype=object,
             )
-        lap("select")
-        self.last_timings = timings
-        return out
+        return Ranked(
+            self.catalog.product_ids[picked],
+            row_scores[best].astype(np.float32),
+            self.catalog.titles[picked],
+            n,
+            explained,
+        )
