@@ -76,6 +76,17 @@ def test_the_sequential_model_learns_what_comes_next(cyclic):
     assert curve[-1]["loss"] < curve[0]["loss"]
 
 
+def test_training_shows_progress_within_each_epoch(cyclic, capsys):
+    """On real logs one epoch takes minutes: a bar over batches, not only over epochs."""
+    text, seqs = cyclic
+    config = recommend.SequentialTraining(dim=16, heads=2, epochs=2, batch_size=64)
+    recommend.train_sequential(seqs, text, config, max_len=8)
+    err = capsys.readouterr().err
+    batches = -(-len(recommend.training_windows(seqs.train, 8)) // config.batch_size)
+    for epoch in (1, 2):
+        assert f"epoch {epoch}: 100%" in err and f"{batches}/{batches}" in err
+
+
 def test_new_products_are_their_text_alone():
     model = SequentialRecommender(SequentialConfig(text_dim=8, num_items=3, dim=8))
     with torch.no_grad():
