@@ -18,6 +18,7 @@ beside the pid file. `--tls-cert/--tls-key` serve gRPC over TLS.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -58,7 +59,14 @@ from shoprank.ops.tritonserver import (
 DEFAULT_PATHS = ArtifactPaths(DEFAULT_ARTIFACTS)
 PROG = "python -m shoprank.model_repository.server"
 SUPERVISOR_MODULE = "shoprank.model_repository.supervisor"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _read_pidfile(pidfile: Path) -> int | None:
@@ -93,7 +101,7 @@ def health(url: str, path: str, timeout: float = 2.0) -> tuple[int, str]:
 
 def admin_key(args: argparse.Namespace) -> str:
     """The admin key when the server listens beyond localhost (generated if not given)."""
-    if args.host in LOOPBACK:
+    if is_loopback(args.host):
         return ""
     if args.admin_key_file is not None:
         return args.admin_key_file.read_text().strip()
@@ -238,12 +246,12 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     # The supervisor stops its tritonserver on SIGTERM; should it be killed instead, the
     # servers it ran on its repository (children in sessions of their own) are stopped here.
     supervised = is_supervisor(pid)
-    repository = _supervised_repository(pid) if supervised else None
+    server = _supervised_server(pid) if supervised else None
     servers = {c.pid for c in _children(pid) if is_tritonserver(c.pid)} if supervised else set()
     try:
         stop_process_group(pid, timeout=args.timeout)
-        if repository is not None:
-            servers |= set(_servers_on(repository))
+        if server is not None:
+            servers |= set(_servers_matching(server))
         for server_pid in sorted(servers):
             if pid_alive(server_pid):
                 stop_process_group(server_pid, timeout=args.timeout)
@@ -255,21 +263,26 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _supervised_repository(pid: int) -> str | None:
-    for arg in psutil.Process(pid).cmdline():
-        if arg.startswith("--repository="):
-            return arg.split("=", 1)[1]
-    return None
+def _supervised_server(pid: int) -> dict[str, str]:
+    """The tritonserver options that identify the server of supervisor `pid`: its
+    repository, and its gRPC address and port (replicas on other addresses or ports may
+    serve the same repository)."""
+    options = server_options(pid)
+    return {
+        "model-repository": options.get("repository", ""),
+        "grpc-address": options.get("host", DEFAULT_HOST),
+        "grpc-port": options.get("grpc-port", str(GRPC_PORT)),
+    }
 
 
-def _servers_on(repository: str) -> list[int]:
-    """tritonserver processes serving `repository` (an absolute path)."""
-    flag = f"--model-repository={repository}"
+def _servers_matching(wanted: dict[str, str]) -> list[int]:
+    """tritonserver processes started with every option in `wanted`."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if flag in cmdline and is_tritonserver(proc.pid):
-            found.append(proc.pid)
+    for proc in psutil.process_iter():
+        if is_tritonserver(proc.pid):
+            options = server_options(proc.pid)
+            if all(options.get(key) == value for key, value in wanted.items()):
+                found.append(proc.pid)
     return found
 
 

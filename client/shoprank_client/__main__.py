@@ -5,6 +5,7 @@
     python -m shoprank_client rerank "red leather sofa" --candidates 100012,100055,100077
     python -m shoprank_client recommend --history 100012,100055 --top-k 5
     python -m shoprank_client health
+    python -m shoprank_client search "red leather sofa" --url dns:///search-grpc.shop:8001
 
 Exit codes: 0 success, 2 bad arguments, server error or server not ready.
 """
@@ -66,7 +67,12 @@ def format_table(results: list[SearchResult]) -> str:
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="gRPC host:port (%(default)s)")
+    parser.add_argument(
+        "--url",
+        default=DEFAULT_GRPC_URL,
+        help="gRPC target: host:port, or replicas balanced per request as dns:///name:port "
+        "or ipv4:a.b.c.d:port,a.b.c.e:port (%(default)s)",
+    )
     parser.add_argument("--model", default=ENSEMBLE_MODEL, help="model name (%(default)s)")
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (%(default)s)"

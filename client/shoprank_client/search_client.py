@@ -42,6 +42,7 @@ from shoprank_client.protocol import (
     TITLES,
     TOP_K,
 )
+from shoprank_client.target import channel_args, parse_target
 from shoprank_client.throttle import AdaptiveThrottle
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -282,6 +283,12 @@ def parse_response(response: grpcclient.InferResult) -> list[SearchResult]:
 class SearchClient:
     """Search the shoprank ensemble over gRPC.
 
+    `url` is a gRPC target (`shoprank_client.target`): "host:port", or several replicas as
+    "dns:///name:port" (every address of the name) or "ipv4:a:port,b:port". Requests are
+    balanced per request over every replica that is up (gRPC's round_robin); a request
+    that fails with UNAVAILABLE because its replica went down is retried (`retries`) and
+    goes to another.
+
     >>> with SearchClient("localhost:8001") as client:
     ...     results = client.search("red leather sofa", history=[12, 55], top_k=5)
     """
@@ -301,6 +308,7 @@ class SearchClient:
         throttle_window_s: float = DEFAULT_THROTTLE_WINDOW_S,
     ) -> None:
         self.url = url
+        self.target = parse_target(url)  # ValueError before any channel is made
         self.model = model
         self.rerank_model = rerank_model
         self.timeout_s = timeout_s
@@ -308,7 +316,12 @@ class SearchClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.throttle = AdaptiveThrottle(throttle_k, throttle_window_s) if throttle_k else None
-        self._client = _InferenceClient(url=url, ssl=ssl, root_certificates=root_certificates)
+        self._client = _InferenceClient(
+            url=self.target.text,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            channel_args=channel_args(),
+        )
 
     def _infer(self, model: str, inputs: list, explain: bool = False) -> grpcclient.InferResult:
         """One request with a deadline of `timeout_s` in all; an overloaded or restarting

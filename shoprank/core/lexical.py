@@ -23,20 +23,21 @@ from those it computes, for any candidate rows, the features in LEXICAL_FEATURES
 top documents for a query come from a tantivy index over the same tokens (`BM25Search`).
 
 Why tantivy for top-k: scoring every posting of every query token costs O(postings),
-which grows with the catalog: 11.4 ms per query at 1M synthesized products (81k postings
-per query at the median), 0.32 ms at 20k. tantivy's block-max WAND skips the blocks that
-cannot reach the top k and answered the same queries in 1.7 ms at 1M (0.2 ms at 20k),
-2026-11-30, README "Retrieval". Both score with Lucene's BM25
-and the same k1 and b, so retrieval and the BM25 feature agree (up to tantivy's one-byte
-document-length norms).
+which grows with the catalog (tens of thousands of postings per query at a million
+products), while tantivy's block-max WAND skips the blocks that cannot reach the top k.
+Both score with Lucene's BM25 and the same k1 and b, so retrieval and the BM25 feature
+agree (up to tantivy's one-byte document-length norms).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import os
 import re
 import shutil
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -325,6 +326,18 @@ def search_dir(index_path: Path) -> Path:
     return Path(index_path).with_suffix(".tantivy")
 
 
+def writable(folder: Path) -> Path:
+    """`folder`, or a private copy of it when it is read-only: tantivy takes a lock file in
+    the index folder even to read, and a fleet mounts its model repository read-only. The
+    copy lives as long as the process (removed at exit)."""
+    if os.access(folder, os.W_OK):
+        return folder
+    copy = Path(tempfile.mkdtemp(prefix="shoprank-bm25-")) / folder.name
+    shutil.copytree(folder, copy)
+    atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
+    return copy
+
+
 class BM25Search:
     """Top-k BM25 over pre-tokenized documents with tantivy (block-max WAND); row = catalog
     row. Documents are `tokenize` output joined by spaces, split again on whitespace."""
@@ -365,7 +378,7 @@ class BM25Search:
         try:
             if not tantivy.Index.exists(str(folder)):
                 raise ValueError("no tantivy index there")
-            index = tantivy.Index.open(str(folder))
+            index = tantivy.Index.open(str(writable(folder)))
             index.reload()
         except (OSError, ValueError) as exc:
             raise ValueError(f"BM25 search index {folder} is missing or corrupt: {exc}") from None
@@ -518,11 +531,8 @@ class LexicalIndex:
         """Inverse of `save`; raises ValueError naming the file when it is corrupt."""
         try:
             with np.load(path, allow_pickle=False) as z:
-                if "vocab_utf8" in z.files:
-                    text = z["vocab_utf8"].tobytes().decode("utf-8")
-                    words = text.split("\n") if text else []
-                else:  # written before session 6
-                    words = z["vocab"].tolist()
+                text = z["vocab_utf8"].tobytes().decode("utf-8")
+                words = text.split("\n") if text else []
                 bm25 = _Postings(z["bm25_indptr"], z["bm25_rows"], z["bm25_weights"])
                 fields = {
                     key[len("field_") : -len("_indptr")]: _Postings(
