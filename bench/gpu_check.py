@@ -1,5 +1,5 @@
 """`python -m shoprank.bench.gpu_check` (`make gpu-check`): the gpu-embedded target served and
-measured on the machine it runs on, in one prepared run (issue 12).
+measured on the machine it runs on, in one prepared run.
 
 1. Builds the `gpu-embedded` repository from OUT's artifacts (`--device gpu`: encoder and
    dense scan on CUDA; `--device cpu` runs the same code on CPU instances).
@@ -12,13 +12,11 @@ measured on the machine it runs on, in one prepared run (issue 12).
 4. Writes `<report-dir>/gpu_check.json` and `.md`, with the date, the machine (GPU name,
    CUDA, torch, CPU cores) and the command.
 
-What the GPU host needs (not yet run there: no GPU host was lent to the session that
-wrote this): the embedded server from an unzipped nvidia-pytriton wheel with the venv's
-`bin/` first on PATH (the stub ignores PYTHONPATH), numpy<2 shadowing the image's numpy 2
-(the Python backend's BYTES deserializer is the suspect of the crash seen there), and
-this project's run-time dependencies that image lacks (faiss-cpu, bm25s, tritonclient,
-pandas/pyarrow are to be checked), all within the 64 MiB a call may carry.
-Nothing here invents a figure: a run that could not measure something says so.
+What the GPU host needs: the embedded server from an unzipped nvidia-pytriton wheel with
+the venv's `bin/` first on PATH (the stub ignores PYTHONPATH), numpy<2 ahead of any numpy 2
+the host ships (nvidia-pytriton pins numpy<2), and this project's run-time dependencies
+(faiss-cpu, bm25s, tantivy, tritonclient, pandas, pyarrow). A run that could not measure
+something says so in the report instead of giving a figure.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Ratios:
   held against the naive pipeline in process, served rows against the naive HTTP server
   at the same concurrency, so each compares like with like.
 - throughput ratio = this req/s / the naive HTTP server's best req/s over all measured
-  concurrencies (the baseline's best effort, as the issue defines it).
+  concurrencies (the baseline's best effort).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shoprank.bench.flops import FlopFloor
 from shoprank.bench.measure import Summary
 from shoprank.bench.systems import LABELS, NAIVE, NAIVE_HTTP, TRANSPORT, TRITON, TRITON_RECOMMEND
 
-# The issue's targets (benchmarks, not timed tests).
+# Targets (measured by the benchmark, not asserted by timed tests).
 TARGET_TRITON_P50_MS = 5.0
 TARGET_TRITON_P50_CONCURRENCY = 1
 TARGET_THROUGHPUT_RATIO = 5.0
@@ -71,7 +71,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Target:
-    """One of the issue's targets and whether this run met it (None: not measured)."""
+    """One target and whether this run met it (None: not measured)."""
 
     name: str
     measured: str
@@ -108,7 +108,7 @@ def add_ratios(rows: Sequence[Row]) -> None:
 
 
 def targets(rows: Sequence[Row]) -> list[Target]:
-    """The issue's two targets, evaluated on this run's rows."""
+    """The targets, evaluated on this run's rows."""
     out = []
     triton1 = _find(rows, TRITON, TARGET_TRITON_P50_CONCURRENCY)
     name = (

@@ -70,18 +70,15 @@ class ServingConfig:
     )
     max_batch_size: int = contract.MAX_BATCH_SIZE
     # On 2 CPU cores waiting for company only adds latency: requests that arrive while a
-    # model is busy are batched anyway (measured: p50 7.3 ms → 4.5 ms at concurrency 1,
-    # 502 → 562 req/s at concurrency 8).
+    # model is busy are batched anyway.
     max_queue_delay_us: int = 0
     # Overload: a request that cannot start within queue_timeout_us, or finds
     # max_queue_size requests already waiting, is refused at once (UNAVAILABLE); clients
     # retry with backoff. Off (0) by default: with any queue policy, the dynamic batcher
     # of Triton 2.51 (pytriton 0.7.0) leaves about 2% of back-to-back requests waiting
     # ~500 ms even at concurrency 1 (with the 300 ms timeout they are refused instead;
-    # cf. triton-inference-server/server#5783, #6796). Measured with the demo repository
-    # (`make bench`, search / recommend): policy 64 deep, 300 ms: c1 p99 23 / 596 ms, c8
-    # p99 171 / 684 ms, c8 98.5 / 75.5 req/s; no policy: c1 p99 22 / 24 ms, c8 p99
-    # 133 / 75 ms, c8 107 / 160 req/s.
+    # cf. triton-inference-server/server#5783, #6796); docs/benchmarks.md "Overload" has
+    # the measured p99 with and without a policy.
     max_queue_size: int = field(
         default=0, metadata={"help": "refuse beyond this many queued requests per model (0: off)"}
     )
@@ -99,7 +96,7 @@ class ServingConfig:
     )
     # While demand exceeds max_in_flight (sustained overload), the limit drops to this many,
     # so that answers keep their latency (Little's law) rather than all waiting; 0 or
-    # >= max_in_flight: one limit. README "Overload" has the measured trade-off.
+    # >= max_in_flight: one limit. docs/benchmarks.md "Overload" has the measured trade-off.
     shed_in_flight: int = field(
         default=6,
         metadata={"help": "the lower in-flight limit while demand exceeds --max-in-flight"},

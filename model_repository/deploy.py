@@ -165,8 +165,8 @@ class Deployer:
 
 
 def live_serving(repo: Path, version: int) -> ServingConfig:
-    """The serving settings the live repository was built with (its BUILD.json; defaults
-    for one built before they were recorded), for `version`."""
+    """The serving settings the live repository was built with (its BUILD.json; the
+    defaults where it records none), for `version`."""
     build_file = repo / contract.REPOSITORY_BUILD_FILE
     recorded = json.loads(build_file.read_text()).get("serving", {}) if build_file.exists() else {}
     known = {k: v for k, v in recorded.items() if k in ServingConfig.__dataclass_fields__}

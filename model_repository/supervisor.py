@@ -20,7 +20,7 @@ the server process exists (restarting counts as alive), `/ready` is 200 only whe
 last probe passed; `/status` is the JSON state and `/metrics` the same in Prometheus
 form (shoprank_supervisor_*: ready, probes, failed probes, repairs, restarts). A
 Kubernetes deployment points its readinessProbe at /ready and its livenessProbe at /live
-(README "Operations", deploy/).
+(README "Serving and operations", deploy/).
 
     python -m shoprank.model_repository.supervisor --repository DIR [--grpc-port 8001 ...]
 

@@ -35,7 +35,8 @@ from shoprank.data.metrics import (
 
 REPORT_DIR = "reports"
 REPORT_NAME = "eval.md"
-# Targets: "Relevance that earns its keep" and "Two-stage hybrid retrieval".
+# Targets: fine-tuning must beat the packaged encoder, the served two-stage pipeline must
+# beat BM25 and dense retrieval alone, behaviour must beat relevance alone.
 MIN_FINETUNE_GAIN = 0.05  # fine-tuned NDCG@10 >= zero-shot + this
 MIN_FUSION_GAIN = 0.10  # best fusion purchase-NDCG@10 >= relevance-only x (1 + this)
 MIN_SERVED_VS_BM25 = 1.10  # served NDCG@10 >= BM25 x this
@@ -178,7 +179,7 @@ def _fusion_note(best: str | None, metrics: Mapping) -> str:
 
 @dataclass
 class Target:
-    """One target of the issue: what is measured, against what, and whether it holds."""
+    """One target: what is measured, against what, and whether it holds."""
 
     name: str
     value: float | None
@@ -203,7 +204,7 @@ def recommenders(metrics: Mapping) -> dict[str, dict]:
 
 
 def targets(metrics: Mapping) -> list[Target]:
-    """The issue's targets evaluated on `metrics` ("n/a" where an input is missing)."""
+    """The targets evaluated on `metrics` ("n/a" where an input is missing)."""
     systems = retrieval_systems(metrics)
 
     def value(system: str, key: str = NDCG_AT_10) -> float | None:
@@ -367,6 +368,8 @@ def _data_line(metrics: Mapping) -> str:
     return f"Data: {source}" + (f"; {sizes}." if sizes else ".")
 
 
+# Long on purpose: the report's sections in reading order, one block each; they share
+# nothing but `lines`, and reading the document top to bottom is the point.
 def report_markdown(metrics: Mapping, plots: Mapping[str, str]) -> str:
     """The Markdown text of the report; `plots` maps a caption to a PNG file name."""
     split = (metrics.get("retrieval") or {}).get("split") or (metrics.get("baselines") or {}).get(

@@ -7,16 +7,16 @@ and normalisation cannot drift from the CPU path) in PyTorch:
 
 - `TorchEncoder`: fp16 (or bf16/fp32) weights; each call is padded up to a (batch,
   sequence) bucket and replayed from a CUDA graph captured once per bucket. At batch 1 a
-  MiniLM-L6 forward is launch-bound (eager fp16 4.0 ms vs 0.32 ms replayed on an H200,
-  issue 12), which is what graphs remove. Padding is masked, so buckets do not change the
-  embeddings. Same `run(output_names, feeds)` call as an ONNX Runtime session, so the
-  Triton model and `runtime.encode_requests` use either.
+  MiniLM-L6 forward is bound by kernel launches, not arithmetic, which is what graphs
+  remove. Padding is masked, so buckets do not change the embeddings. Same
+  `run(output_names, feeds)` call as an ONNX Runtime session, so the Triton model and
+  `sessions.encode_requests` use either.
 - `TorchDenseIndex`: the exact scan + top-k over the catalog embeddings on the device,
   with the `search`/`vectors` of `ann.DenseIndex` (the ranker gathers candidate vectors
   from a host copy).
 
-On a host without CUDA both run on the CPU (eager, no graphs): that is how the target is
-built and tested here.
+On a host without CUDA both run on the CPU (eager, no graphs): that is how the tests build
+and serve the target.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class TorchEncoder:
                 self.embed(ids, np.ones_like(ids))
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The ONNX Runtime session call, so `runtime.encode_requests` takes either."""
+        """The ONNX Runtime session call, so `sessions.encode_requests` takes either."""
         return [self.embed(feeds[contract.ONNX_INPUT_IDS], feeds[contract.ONNX_ATTENTION_MASK])]
 
 
