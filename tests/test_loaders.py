@@ -421,3 +421,36 @@ def test_cli_reports_a_data_error_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "export.csv" in err[0]
+
+
+def test_undecodable_cp1252_bytes_fall_back_to_latin1(tmp_path, caplog):
+    """Bytes Windows-1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d) beside accented
+    Latin-1 text: the file is read as Latin-1 and the accents come out right."""
+    text = (
+        "query,product_title,product_description,median_relevance\n"
+        "négligé,Négligé en soie,Soie véritable \x81,4\n"
+        "bureau,Bureau en chêne \x8d,Été \x8f\x90,3\n"
+        "bureau,Lampe à poser,Laiton \x9d,1\n"
+    )
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode("latin-1"))
+    with caplog.at_level(logging.WARNING, logger="shoprank.training.loaders"):
+        data = load_any(path)
+    validate(data)
+    assert set(data.catalog["title"]) == {
+        "Négligé en soie",
+        "Bureau en chêne \x8d",
+        "Lampe à poser",
+    }
+    assert "Été \x8f\x90" in set(data.catalog["description"])
+    assert set(data.queries["query"]) == {"négligé", "bureau"}
+    assert any("reading it as latin-1" in r.getMessage() for r in caplog.records)
+
+
+def test_windows_1252_is_preferred_where_it_decodes(tmp_path):
+    """The euro sign and curly quotes are Windows-1252 bytes that Latin-1 would read as
+    control characters."""
+    text = "query,product_title,relevance\nthé,Théière \x93Nara\x94 à 25 €,3\n"
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.replace("\x93", "“").replace("\x94", "”").encode("cp1252"))
+    assert load_any(path).catalog["title"].tolist() == ["Théière “Nara” à 25 €"]

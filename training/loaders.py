@@ -6,7 +6,7 @@ the same rules:
 - product ids: numeric source ids are kept as int64; string ids (ESCI's ASINs) or
   products without ids get 1, 2, 3, ... in order of first appearance. Query ids likewise.
 - queries are split train/val/test by query (never by row), 70/15/15, deterministic for
-  a given `seed` (`training.datasets.split_by_key`), unless the source has its own split.
+  a given `seed` (`shoprank.data.datasets.split_by_key`), unless the source has its own split.
 - missing text becomes ""; a missing price is NaN. Rows are kept: duplicates of a
   (query, product) pair are averaged (then rounded), and anything merged or filtered
   is counted in a logged warning, never dropped silently.
@@ -38,6 +38,7 @@ Formats
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import logging
@@ -139,35 +140,40 @@ def _raw(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def detect_encoding(path: Path, sample_bytes: int = 1 << 22) -> str:
-    """The text encoding of a file: UTF-8 when its bytes decode as such (the common case,
-    and a BOM is honoured), else charset_normalizer's best guess (public Kaggle and shop
-    exports are often Latin-1 / Windows-1252), else Latin-1, which decodes anything.
-    The guess is logged, so a wrong one can be overridden with `encoding=`."""
-    with _raw(path) as fh:
-        sample = fh.read(sample_bytes)
-    if sample.startswith(b"\xef\xbb\xbf"):
-        return "utf-8-sig"
-    try:
-        sample.decode("utf-8")
-        return "utf-8"
-    except UnicodeDecodeError as exc:
-        if exc.start >= len(sample) - 3:  # a character cut by the sample's end
-            return "utf-8"
-    from charset_normalizer import from_bytes
+# Tried in this order on the whole file. Shop exports that are not UTF-8 are nearly always
+# Windows-1252 (Latin-1 plus curly quotes, the euro sign, ...), which leaves five bytes
+# undefined; Latin-1 decodes every byte, so a Western catalog always loads. No statistical
+# guesser (charset-normalizer): on short product text it picks among dozens of single-byte
+# code pages and can land on a Baltic or Arabic one, which garbles the accented letters.
+# Other encodings are named with --data-encoding.
+ENCODINGS = ("utf-8", "cp1252", "latin-1")
 
-    matches = from_bytes(sample)
-    best = matches.best()
-    guess = best.encoding if best is not None else "latin-1"
-    # Short samples often tie between the single-byte code pages; shop exports that are
-    # not UTF-8 are most often Windows-1252, so it wins a tie.
-    if best is not None and any(
-        m.encoding == "cp1252" and m.chaos <= best.chaos and m.coherence >= best.coherence
-        for m in matches
-    ):
-        guess = "cp1252"
-    logger.warning("%s is not UTF-8; reading it as %s (--data-encoding chooses)", path, guess)
-    return guess
+
+def _decodes(path: Path, encoding: str, chunk_bytes: int = 1 << 22) -> bool:
+    """Whether the whole file decodes as `encoding` (read in chunks: files may be large)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with _raw(path) as fh:
+        try:
+            while chunk := fh.read(chunk_bytes):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def detect_encoding(path: Path) -> str:
+    """The text encoding of a file: UTF-8 with a BOM, else the first of `ENCODINGS` that
+    decodes the whole file. Anything but UTF-8 is logged, so a wrong choice can be
+    overridden with `encoding=` (--data-encoding)."""
+    with _raw(path) as fh:
+        if fh.read(3) == codecs.BOM_UTF8:
+            return "utf-8-sig"
+    *tried, last = ENCODINGS
+    chosen = next((enc for enc in tried if _decodes(path, enc)), last)
+    if chosen != "utf-8":
+        logger.warning("%s is not UTF-8; reading it as %s (--data-encoding chooses)", path, chosen)
+    return chosen
 
 
 def _encoding_error(path: Path, exc: UnicodeDecodeError | LookupError) -> DataError:
@@ -373,6 +379,8 @@ def _disagreements(frame: pd.DataFrame, key: str, column: str) -> int:
     return int((frame[column] != first).sum())
 
 
+# Long on purpose: the one place every loader's string-keyed rows become the ShopData
+# schema (ids, dedup, splits, grades); each step's checks read the previous step's frames.
 def _build(
     source: str,
     products: pd.DataFrame,
@@ -605,6 +613,8 @@ def load_jsonl(
     return load_table(path, grade_range=grade_range, seed=seed, encoding=encoding)
 
 
+# Long on purpose: ESCI's columns, locales and splits are mapped in the order the files
+# are read; split, each part would re-read or re-filter the same large frames.
 def load_esci(
     examples_path: str | Path,
     products_path: str | Path,
@@ -828,7 +838,7 @@ def load_any(
 ) -> ShopData:
     """Load any supported source; `fmt` one of `FORMATS`, "auto" guesses from the path.
 
-    A folder is a saved shoprank run (see `training.datasets.save`), an ESCI folder
+    A folder is a saved shoprank run (see `shoprank.data.datasets.save`), an ESCI folder
     (shopping_queries_dataset_examples/_products files) or a WANDS folder (query.csv,
     product.csv, label.csv, directly or under dataset/). A file is a relevance CSV when it
     has a `product_title` column, `load_table` otherwise. `options` go to the loader; text
