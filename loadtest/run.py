@@ -2,9 +2,14 @@
 
     python -m shoprank.loadtest.run --users 8 --run-time 30s --out artifacts/demo/loadtest
     python -m shoprank.loadtest.run --url localhost:8001 --workload workload.json
+    python -m shoprank.loadtest.run --users 32 --workers 2   # Locust master + 2 workers
 
-Writes <out>/locust_*.csv, <out>/report.html, <out>/locust.log and <out>/summary.json and
-prints "p50 … ms, p95 … ms, p99 … ms, … req/s, failures …".
+Writes <out>/locust_*.csv, <out>/report.html, <out>/locust.log, <out>/requests.csv (every
+request) and <out>/summary.json and prints "p50 … ms, p95 … ms, p99 … ms, … req/s, failures …".
+With --workers N, Locust runs distributed on localhost: a master (the stats, CSVs and HTML
+report, from the workers' reports) and N worker processes (the users), each writing its own
+request log (<out>/locust_worker<i>.log its output); the runner merges the request logs into
+<out>/requests.csv in time order, with a `worker` column.
 Exit codes: 0 clean run, 1 failures or no requests, 2 could not run.
 """
 
@@ -20,6 +25,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from shoprank.contract import (
     DEFAULT_ARTIFACTS,
@@ -40,7 +47,7 @@ from shoprank.loadtest import (
     USER_RPS_ENV,
     WORKLOAD_ENV,
 )
-from shoprank.ops.tritonserver import log_tail
+from shoprank.ops.tritonserver import DEFAULT_HOST, free_ports, log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
@@ -48,6 +55,12 @@ CSV_PREFIX = "locust"
 TIMEOUT_MARGIN_S = 60.0
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 SKIP_MONKEY_PATCH = "LOCUST_SKIP_MONKEY_PATCH"  # read by locust/__init__.py
+# How long the master waits for its workers to connect before giving up (Locust's default
+# is forever, which would turn a worker that failed to start into a hung run).
+WORKERS_CONNECT_S = 60
+# Workers quit when the master tells them to; after the master has exited, this long.
+WORKERS_EXIT_S = 30.0
+WORKER_COLUMN = "worker"  # added to the merged request log of a distributed run
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,129 @@ def locust_command(
     return command
 
 
+def master_options(workers: int, port: int) -> list[str]:
+    """Flags that turn `locust_command` into the master of `workers` workers, bound to
+    loopback only."""
+    return [
+        "--master",
+        "--master-bind-host",
+        DEFAULT_HOST,
+        "--master-bind-port",
+        str(port),
+        "--expect-workers",
+        str(workers),
+        "--expect-workers-max-wait",
+        str(WORKERS_CONNECT_S),
+    ]
+
+
+def worker_command(port: int) -> list[str]:
+    """A locust worker of the master on loopback `port`: runs the users, reports to it."""
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--worker",
+        "--master-host",
+        DEFAULT_HOST,
+        "--master-port",
+        str(port),
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def worker_request_log(out: Path, index: int) -> Path:
+    """Where worker `index` writes its own request log before the runner merges them."""
+    name = Path(LOADTEST_REQUESTS_FILE)
+    return Path(out) / f"{name.stem}.worker{index}{name.suffix}"
+
+
+def merge_request_logs(parts: list[Path], merged: Path) -> int:
+    """Concatenate the workers' request logs into `merged` in time order, each row tagged
+    with its worker's index (stable: a tie keeps the workers' order); the row count.
+
+    Raises:
+        RuntimeError: a worker wrote no log (it did not start or did not quit cleanly).
+    """
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise RuntimeError(f"no request log from worker(s): {', '.join(missing)}")
+    # Read as text: the rows are written back exactly as the workers wrote them.
+    frames = [pd.read_csv(p, dtype=str).assign(**{WORKER_COLUMN: i}) for i, p in enumerate(parts)]
+    log = pd.concat(frames, ignore_index=True)
+    log = log.sort_values("time", key=lambda t: t.astype(float), kind="stable")
+    log.to_csv(merged, index=False)
+    for part in parts:
+        part.unlink()
+    return len(log)
+
+
+def _stop(proc: subprocess.Popen, wait_s: float) -> int | None:
+    # The exit code of a process that ended within `wait_s`, else None (then killed).
+    try:
+        return proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def run_distributed(
+    command: list[str], env: dict[str, str], out: Path, workers: int, timeout: float
+) -> int:
+    """Run `command` as a Locust master with `workers` local worker processes; return the
+    master's exit code once every worker has quit and their request logs are merged.
+
+    Raises:
+        RuntimeError: the master hung past `timeout`, or a worker wrote no request log.
+    """
+    port = free_ports(1)[0]
+    env = dict(env)
+    # The master runs no users: only the workers log requests.
+    request_log = env.pop(REQUEST_LOG_ENV, None)
+    parts = [worker_request_log(out, i) for i in range(workers)]
+    for part in parts:
+        part.unlink(missing_ok=True)
+    procs = []
+    try:
+        for i, part in enumerate(parts):
+            # A file per worker: each process writes its own log at exit, none shares one.
+            worker_env = dict(env, **{REQUEST_LOG_ENV: str(part.resolve())})
+            with open(out / f"locust_worker{i}.log", "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        worker_command(port),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=worker_env,
+                    )
+                )
+        with open(out / "locust.log", "wb") as log:
+            master = subprocess.run(
+                command + master_options(workers, port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                check=False,
+            )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"locust did not finish within {timeout:.0f} s (killed); see {out / 'locust.log'}"
+        ) from None
+    finally:
+        for proc in procs:
+            _stop(proc, WORKERS_EXIT_S)
+    if request_log:
+        merge_request_logs(parts, Path(request_log))
+    return master.returncode
+
+
 def run_loadtest(
     *,
     url: str = DEFAULT_GRPC_URL,
@@ -178,8 +314,12 @@ def run_loadtest(
     retries: int | None = None,
     user_rps: float | None = None,
     throttle_k: float | None = None,
+    workers: int = 0,
 ) -> tuple[LoadSummary, int]:
     """Run locust as a subprocess against `url`; return the summary and locust's exit code.
+
+    `workers` > 0 runs Locust's distributed mode on localhost: a master and that many
+    worker processes sharing the users (`run_distributed`).
 
     Raises:
         RuntimeError: locust hung past --run-time plus a margin, or wrote no stats.
@@ -210,6 +350,23 @@ def run_loadtest(
     # The final stats file is the one to trust; drop any from an earlier run.
     final_stats = out / f"{CSV_PREFIX}{FINAL_STATS_SUFFIX}"
     final_stats.unlink(missing_ok=True)
+    if workers > 0:
+        returncode = run_distributed(command, env, out, workers, timeout)
+    else:
+        returncode = _run_single(command, env, log_path, timeout)
+    stats = stats_file(out)
+    try:
+        summary = summarize(stats)
+    except (OSError, ValueError) as err:
+        tail = log_tail(log_path, 30)
+        raise RuntimeError(
+            f"locust exited with code {returncode} and wrote no usable stats "
+            f"({err})\n--- last lines of {log_path} ---\n{tail}"
+        ) from None
+    return summary, returncode
+
+
+def _run_single(command: list[str], env: dict[str, str], log_path: Path, timeout: float) -> int:
     with open(log_path, "wb") as log:
         try:
             completed = subprocess.run(
@@ -225,16 +382,7 @@ def run_loadtest(
             raise RuntimeError(
                 f"locust did not finish within {timeout:.0f} s (killed); see {log_path}"
             ) from None
-    stats = stats_file(out)
-    try:
-        summary = summarize(stats)
-    except (OSError, ValueError) as err:
-        tail = log_tail(log_path, 30)
-        raise RuntimeError(
-            f"locust exited with code {completed.returncode} and wrote no usable stats "
-            f"({err})\n--- last lines of {log_path} ---\n{tail}"
-        ) from None
-    return summary, completed.returncode
+    return completed.returncode
 
 
 def _summary_of(stats: Path, name: str) -> LoadSummary | None:
@@ -292,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the client's adaptive throttling k (its default; 0: off)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Locust worker processes on localhost under a master (%(default)s: one process)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -300,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.users < 1:
         parser.error("--users must be at least 1")
+    if args.workers < 0:
+        parser.error("--workers must be 0 (one process) or more")
+    if args.workers > args.users:
+        parser.error("--workers must not exceed --users (a worker without users sends nothing)")
     if args.workload is not None and not args.workload.is_file():
         parser.error(f"workload file {args.workload} does not exist")
     problem = _preflight(args.url)
@@ -320,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             retries=args.retries,
             user_rps=args.user_rps,
             throttle_k=args.throttle_k,
+            workers=args.workers,
         )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -329,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "failure_rate": summary.failure_rate,
         "url": args.url,
         "users": args.users,
+        "workers": args.workers,
         "spawn_rate": args.spawn_rate if args.spawn_rate is not None else args.users,
         "run_time": args.run_time,
         "workload": str(args.workload) if args.workload else None,
@@ -341,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     refused, throttled = (_summary_of(stats, name) for name in (REFUSED_NAME, THROTTLED_NAME))
     report["refused"] = asdict(refused) if refused else None
     report["throttled"] = asdict(throttled) if throttled else None
-    lines = [f"{summary.line()} ({args.users} users, {args.run_time})"]
+    workers = f", {args.workers} workers" if args.workers else ""
+    lines = [f"{summary.line()} ({args.users} users{workers}, {args.run_time})"]
     if refused is not None:
         lines.append(f"refused for overload: {refused.requests} ({refused.line()})")
     if throttled is not None:

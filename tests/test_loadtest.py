@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from shoprank.contract import LOADTEST_REQUESTS_FILE
-from shoprank.loadtest.run import LoadSummary, main, parse_run_time, summarize
+from shoprank.loadtest import REQUEST_LOG_COLUMNS
+from shoprank.loadtest.run import (
+    LoadSummary,
+    main,
+    merge_request_logs,
+    parse_run_time,
+    summarize,
+    worker_request_log,
+)
 
 _COLUMNS = [
     "Type", "Name", "Request Count", "Failure Count", "Median Response Time",
@@ -100,3 +108,71 @@ def test_short_locust_run(
     log = pd.read_csv(out / LOADTEST_REQUESTS_FILE)
     assert len(log) == report["requests"] and log["ok"].all()
     assert (log["ms"] > 0).all() and log["time"].is_monotonic_increasing
+
+
+def _write_request_log(path: Path, rows: list[tuple[str, str, str, int]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUEST_LOG_COLUMNS)
+        writer.writerows(rows)
+    return path
+
+
+def test_merge_request_logs_interleaves_the_workers_in_time_order(tmp_path: Path) -> None:
+    name = "search_ensemble (history)"
+    parts = [
+        _write_request_log(
+            worker_request_log(tmp_path, 0),
+            [("100.000", name, "5.10", 1), ("100.500", name, "4.00", 1), ("102.250", name, "9", 0)],
+        ),
+        _write_request_log(
+            worker_request_log(tmp_path, 1),
+            [("99.999", name, "7.25", 1), ("100.500", name, "3.50", 1)],
+        ),
+    ]
+    merged = tmp_path / LOADTEST_REQUESTS_FILE
+    assert merge_request_logs(parts, merged) == 5
+    log = pd.read_csv(merged, dtype={"time": str, "ms": str})
+    assert log["time"].tolist() == ["99.999", "100.000", "100.500", "100.500", "102.250"]
+    # A tie keeps the workers' order; every row keeps its worker and its values as written.
+    assert log["worker"].tolist() == [1, 0, 0, 1, 0]
+    assert log["ms"].tolist() == ["7.25", "5.10", "4.00", "3.50", "9"]
+    assert log["ok"].tolist() == [1, 1, 1, 1, 0]
+    assert not any(p.exists() for p in parts)
+
+
+def test_merge_request_logs_names_a_worker_without_a_log(tmp_path: Path) -> None:
+    parts = [
+        _write_request_log(worker_request_log(tmp_path, 0), [("1.000", "x", "1.00", 1)]),
+        worker_request_log(tmp_path, 1),
+    ]
+    with pytest.raises(RuntimeError, match="worker1"):
+        merge_request_logs(parts, tmp_path / LOADTEST_REQUESTS_FILE)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_distributed_locust_run_merges_the_workers_request_logs(
+    ensemble_server, search_workload: list[dict], tmp_path: Path
+) -> None:
+    workload = tmp_path / "workload.json"
+    workload.write_text(json.dumps(search_workload))
+    out = tmp_path / "loadtest"
+    code = main(
+        [
+            "--users", "2", "--spawn-rate", "2", "--run-time", "5s", "--workers", "2",
+            "--url", ensemble_server.grpc_url, "--workload", str(workload), "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0, (out / "locust.log").read_text()
+    report = json.loads((out / "summary.json").read_text())
+    assert report["workers"] == 2
+    assert report["requests"] > 0 and report["failures"] == 0
+    assert (out / "locust_stats.csv").exists() and (out / "report.html").exists()
+    # One log of every request, merged from both workers: the master's totals are the sum of
+    # what each worker sent.
+    log = pd.read_csv(out / LOADTEST_REQUESTS_FILE)
+    assert sorted(log["worker"].unique()) == [0, 1]
+    assert len(log) == report["requests"]
+    assert log["ok"].all() and log["time"].is_monotonic_increasing
+    assert not list(out.glob("requests.worker*.csv"))

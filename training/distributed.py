@@ -116,7 +116,9 @@ def _read_evaluator(raw: dict):
 
 def write_launch(model, train_sets: dict[str, pd.DataFrame], config, work_dir: Path, evaluator):
     """Everything the ranks read, in `<work_dir>/distributed/`; the spec file's path."""
-    launch = Path(work_dir) / LAUNCH_DIR
+    from shoprank.training.finetune import FinetuneConfig
+
+    launch = (Path(work_dir) / LAUNCH_DIR).resolve()
     shutil.rmtree(launch, ignore_errors=True)
     launch.mkdir(parents=True)
     model.save(str(launch / INPUT_MODEL))
@@ -124,18 +126,16 @@ def write_launch(model, train_sets: dict[str, pd.DataFrame], config, work_dir: P
     for name, rows in train_sets.items():
         sets[name] = str(launch / f"{name}.parquet")
         rows.to_parquet(sets[name], index=False)
-    from shoprank.training.finetune import FinetuneConfig
-
     # Only the fine-tuning knobs: `config` may be a stage config that extends them.
     spec = {
         "config": {f.name: getattr(config, f.name) for f in fields(FinetuneConfig)},
         "work_dir": str(Path(work_dir).resolve()),
-        "model": str((launch / INPUT_MODEL).resolve()),
+        "model": str(launch / INPUT_MODEL),
         "max_seq_length": model.max_seq_length,
         "sets": sets,
         "evaluator": _evaluator_json(evaluator) if evaluator is not None else None,
-        "output": str((launch / OUTPUT_MODEL).resolve()),
-        "result": str((launch / RESULT_FILE).resolve()),
+        "output": str(launch / OUTPUT_MODEL),
+        "result": str(launch / RESULT_FILE),
     }
     path = launch / SPEC_FILE
     path.write_text(json.dumps(spec, indent=1) + "\n")

@@ -294,7 +294,7 @@ def finetune(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    losses = relevance_losses(model, gather_across_devices=False)
+    losses = relevance_losses(model, gather_across_devices=config.nproc > 1)
     sets = {k: v for k, v in train_sets.items() if len(v)}
     rows = sum(len(v) for v in sets.values())
     max_steps = min(config.max_steps, max(1, rows // config.batch_size) * 50)
