@@ -63,6 +63,8 @@ def embed_feeds(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> 
     return np.concatenate(out, axis=0)
 
 
+# Long on purpose: the search is one loop over exclusion candidates that quantizes,
+# measures and keeps the best; its bookkeeping (trials, best, timing) is shared state.
 def search_exclusions(
     fp32_path: Path,
     out_path: Path,

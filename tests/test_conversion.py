@@ -107,7 +107,7 @@ def test_the_export_is_the_saved_sentence_transformer(tmp_path, pooling):
     from sentence_transformers.sentence_transformer import modules
 
     from shoprank.models.encoder import embed, export_fused_encoder
-    from shoprank.training.encoder import make_tiny_encoder
+    from shoprank.training.base_encoder import make_tiny_encoder
 
     encoder_dir = make_tiny_encoder(tmp_path / "enc", pooling=pooling)
     graph = tmp_path / "encoder.onnx"

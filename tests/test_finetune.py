@@ -71,7 +71,7 @@ def test_graded_pairs_put_the_better_product_first(shop):
 
 def test_validation_evaluator_scores_a_model(shop, tmp_path):
     from shoprank.models.encoder import load_encoder
-    from shoprank.training.encoder import make_tiny_encoder
+    from shoprank.training.base_encoder import make_tiny_encoder
 
     model = load_encoder(make_tiny_encoder(tmp_path / "enc"))
     evaluator = finetune.validation_evaluator(shop, "val", distractors=50)
@@ -81,7 +81,7 @@ def test_validation_evaluator_scores_a_model(shop, tmp_path):
 
 def test_embed_does_not_change_the_training_length(tmp_path):
     from shoprank.models.encoder import embed, load_encoder
-    from shoprank.training.encoder import make_tiny_encoder
+    from shoprank.training.base_encoder import make_tiny_encoder
 
     model = load_encoder(make_tiny_encoder(tmp_path / "enc"), max_seq_length=64)
     embed(model, ["red sofa"], max_seq_length=8)
@@ -91,7 +91,7 @@ def test_embed_does_not_change_the_training_length(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from shoprank.models.encoder import load_encoder
-    from shoprank.training.encoder import make_tiny_encoder
+    from shoprank.training.base_encoder import make_tiny_encoder
 
     model = load_encoder(make_tiny_encoder(tmp_path_factory.mktemp("enc")))
     return model.eval()  # no dropout: the same text embeds the same way twice
@@ -131,7 +131,7 @@ def test_graded_loss_is_squared_error_of_the_cosine_gap_against_the_grade_margin
 def test_graded_loss_pulls_the_better_product_ahead(tmp_path):
     """A few steps on one (query, grade-3, grade-1) row move the cosine gap towards 0.2."""
     from shoprank.models.encoder import load_encoder
-    from shoprank.training.encoder import make_tiny_encoder
+    from shoprank.training.base_encoder import make_tiny_encoder
 
     torch.manual_seed(0)
     model = load_encoder(make_tiny_encoder(tmp_path / "enc"))

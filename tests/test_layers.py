@@ -192,7 +192,7 @@ def test_imports_point_only_into_the_bottom_layer(graph):
 @pytest.mark.parametrize(
     "importer, imported",
     [
-        ("shoprank.training.encoder", "shoprank.conversion.export"),  # up the pipeline
+        ("shoprank.training.base_encoder", "shoprank.conversion.export"),  # up the pipeline
         ("shoprank.conversion.convert", "shoprank.training.train"),  # down, but code
         ("shoprank.loadtest.workload", "shoprank.training.behaviour"),
         ("shoprank.core.catalog", "shoprank.model_repository.build"),  # bottom -> stage

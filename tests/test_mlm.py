@@ -7,7 +7,7 @@ import pytest
 
 from shoprank.data.datasets import product_text
 from shoprank.models.encoder import load_encoder
-from shoprank.training.encoder import make_tiny_encoder
+from shoprank.training.base_encoder import make_tiny_encoder
 from shoprank.training.mlm import domain_adapt
 from shoprank.training.synthetic import generate
 

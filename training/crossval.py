@@ -59,7 +59,7 @@ from shoprank.data.metrics import (
 )
 from shoprank.models.encoder import embed, load_encoder
 from shoprank.training import finetune, hybrid
-from shoprank.training.encoder import base_encoder_path
+from shoprank.training.base_encoder import base_encoder_path
 from shoprank.training.finetune import FinetuneConfig
 from shoprank.training.sources import DataSource, EncoderSource
 
@@ -288,21 +288,26 @@ def _finished_folds(path: Path, config: CrossvalConfig) -> list[dict]:
     return list(partial.get("folds", []))
 
 
-def crossval(data: ShopData, config: CrossvalConfig) -> dict:
-    """Run the k-fold comparison on `data`; return the results (see module docstring)."""
-    started = time.perf_counter()
-    data = ShopData(catalog=data.catalog, queries=data.queries, judgements=data.judgements)
-    validate(data)
-    out = Path(config.out)
-    work_dir = out / "work"
-    folds = query_folds(data.queries["query_id"].to_numpy(), config.folds, config.seed)
-    texts = product_text(data.catalog)
+@dataclass
+class Shared:
+    """What every fold reads: the data, BM25, and the zero-shot encoder's embeddings (the
+    systems that do not train, scored once), and where the base encoder is."""
+
+    data: ShopData
+    texts: list[str]  # product texts, catalog order
+    query_text: dict[int, str]
+    lexical: LexicalIndex
+    base_path: Path
+    zs_items: np.ndarray
+    zs_queries: dict[int, np.ndarray]
+
+
+def shared_inputs(data: ShopData, config: CrossvalConfig, work_dir: Path) -> Shared:
+    """BM25 over the catalog and the zero-shot embeddings (cached for --resume-folds)."""
+    texts = list(product_text(data.catalog))
     query_ids = data.queries["query_id"].to_numpy(np.int64)
     query_text = dict(zip(query_ids.tolist(), data.queries["query"].tolist(), strict=True))
-
-    # BM25 and the zero-shot encoder do not train: score every query once.
     lexical = LexicalIndex.build(data.catalog)
-    # The encoder every fold starts from.
     base_path = base_encoder_path(config.encoder_path, config.tiny_encoder, work_dir, config.seed)
     torch.manual_seed(config.seed)
     model = load_encoder(base_path, config.max_product_tokens)
@@ -317,8 +322,63 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
         work_dir.mkdir(parents=True, exist_ok=True)
         np.savez(cache, items=zs_items, queries=zs_q, settings=np.array(settings))
     zs_queries = dict(zip(query_ids.tolist(), zs_q, strict=True))
-    del model
+    return Shared(data, texts, query_text, lexical, base_path, zs_items, zs_queries)
 
+
+def run_fold(
+    f: int, test_ids: np.ndarray, sh: Shared, config: CrossvalConfig, work_dir: Path
+) -> dict:
+    """Fold `f`: BM25 and zero-shot scored on its test queries, a fresh copy of the base
+    encoder fine-tuned on the rest, then the fine-tuned and hybrid systems scored."""
+    started = time.perf_counter()
+    data, query_text = sh.data, sh.query_text
+    fd = fold_data(data, test_ids, config.val_fraction, config.seed + f)
+    split_of = dict(zip(fd.queries["query_id"].tolist(), fd.queries["split"], strict=True))
+    test = [int(q) for q in test_ids]
+    val = [q for q, s in split_of.items() if s == "val"]
+    test_text = [query_text[q] for q in test]
+    systems = {
+        "bm25": score_metrics(sh.lexical.score_matrix(test_text), test, data),
+        "zero_shot": score_metrics(
+            np.stack([sh.zs_queries[q] for q in test]) @ sh.zs_items.T, test, data
+        ),
+    }
+    torch.manual_seed(config.seed)
+    model = load_encoder(sh.base_path, config.max_product_tokens)
+    train_sets = finetune.training_sets(
+        fd, sh.zs_queries, sh.zs_items, config.hard_negatives, config.graded_loss, config.seed
+    )
+    curve = finetune.finetune_with_validation(model, fd, train_sets, config, work_dir / f"fold{f}")
+    items = _embed_catalog(model, sh.texts, config, f"embed catalog (fold {f + 1})")
+    q_emb = _embed_queries(model, [query_text[q] for q in test + val], config)
+    systems["fine_tuned"] = score_metrics(q_emb[: len(test)] @ items.T, test, data)
+    systems["hybrid"] = _hybrid_metrics(model, fd, items, sh.lexical, test, config)
+    return {
+        "fold": f,
+        "queries": {
+            s: sum(1 for v in split_of.values() if v == s) for s in ("train", "val", "test")
+        },
+        "test_query_ids": test,
+        "training_rows": {k: len(v) for k, v in train_sets.items()},
+        "systems": systems,
+        # Val queries picked the checkpoint: a sanity check, not an unbiased estimate.
+        "fine_tuned_val": (
+            score_metrics(q_emb[len(test) :] @ items.T, val, data)["catalog"] if val else None
+        ),
+        "loss_curve": curve,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def crossval(data: ShopData, config: CrossvalConfig) -> dict:
+    """Run the k-fold comparison on `data`; return the results (see module docstring)."""
+    started = time.perf_counter()
+    data = ShopData(catalog=data.catalog, queries=data.queries, judgements=data.judgements)
+    validate(data)
+    out = Path(config.out)
+    work_dir = out / "work"
+    folds = query_folds(data.queries["query_id"].to_numpy(), config.folds, config.seed)
+    shared = shared_inputs(data, config, work_dir)
     results: list[dict] = []
     done = _finished_folds(out / PARTIAL, config) if config.resume_folds else []
     for f, test_ids in enumerate(tqdm(folds, desc="folds")):
@@ -326,71 +386,28 @@ def crossval(data: ShopData, config: CrossvalConfig) -> dict:
             log.info("fold %d/%d: reused from %s", f + 1, len(folds), out / PARTIAL)
             results.append(done[f])
             continue
-        fold_started = time.perf_counter()
-        fd = fold_data(data, test_ids, config.val_fraction, config.seed + f)
-        split_of = dict(zip(fd.queries["query_id"].tolist(), fd.queries["split"], strict=True))
-        test = [int(q) for q in test_ids]
-        val = [q for q, s in split_of.items() if s == "val"]
-        test_text = [query_text[q] for q in test]
-        systems = {
-            "bm25": score_metrics(lexical.score_matrix(test_text), test, data),
-            "zero_shot": score_metrics(
-                np.stack([zs_queries[q] for q in test]) @ zs_items.T, test, data
-            ),
-        }
-
-        torch.manual_seed(config.seed)
-        model = load_encoder(base_path, config.max_product_tokens)
-        train_sets = finetune.training_sets(
-            fd, zs_queries, zs_items, config.hard_negatives, config.graded_loss, config.seed
-        )
-        curve = finetune.finetune_with_validation(
-            model, fd, train_sets, config, work_dir / f"fold{f}"
-        )
-        items = _embed_catalog(model, texts, config, f"embed catalog (fold {f + 1})")
-        q_emb = _embed_queries(model, [query_text[q] for q in test + val], config)
-        systems["fine_tuned"] = score_metrics(q_emb[: len(test)] @ items.T, test, data)
-        systems["hybrid"] = _hybrid_metrics(model, fd, items, lexical, test, config)
-        fold = {
-            "fold": f,
-            "queries": {
-                s: sum(1 for v in split_of.values() if v == s) for s in ("train", "val", "test")
-            },
-            "test_query_ids": test,
-            "training_rows": {k: len(v) for k, v in train_sets.items()},
-            "systems": systems,
-            # Val queries picked the checkpoint: a sanity check, not an unbiased estimate.
-            "fine_tuned_val": (
-                score_metrics(q_emb[len(test) :] @ items.T, val, data)["catalog"] if val else None
-            ),
-            "loss_curve": curve,
-            "seconds": round(time.perf_counter() - fold_started, 1),
-        }
+        fold = run_fold(f, test_ids, shared, config, work_dir)
         log.info(
             "fold %d/%d NDCG@10 (catalog): %s",
             f + 1,
             len(folds),
-            {s: round(m["catalog"][NDCG_AT_10], 4) for s, m in systems.items()},
+            {s: round(m["catalog"][NDCG_AT_10], 4) for s, m in fold["systems"].items()},
         )
         results.append(fold)
-        del model
         # A real run takes minutes per fold: keep what is done readable if it is stopped.
         out.mkdir(parents=True, exist_ok=True)
         partial = {"config": config_to_dict(config), "folds": results}
         (out / PARTIAL).write_text(json.dumps(partial, indent=2))
     shutil.rmtree(work_dir, ignore_errors=True)
     (out / PARTIAL).unlink(missing_ok=True)
-
+    grades = data.judgements["relevance"].value_counts().sort_index()
     return {
         "config": config_to_dict(config),
         "data": {
             "products": len(data.catalog),
             "queries": len(data.queries),
             "judgements": len(data.judgements),
-            "grades": {
-                str(int(g)): int(n)
-                for g, n in data.judgements["relevance"].value_counts().sort_index().items()
-            },
+            "grades": {str(int(g)): int(n) for g, n in grades.items()},
             "catalog": "every distinct product in the data, shared by all folds and queries",
         },
         "folds": results,

@@ -52,7 +52,7 @@ def zero_shot_metrics(data: datasets.ShopData, run_config: dict, split: str) -> 
     """Full-catalog retrieval of the encoder as shipped (before MLM and fine-tuning), with
     the same embedding settings training used."""
     from shoprank.models.encoder import load_encoder
-    from shoprank.training.encoder import base_encoder_path
+    from shoprank.training.base_encoder import base_encoder_path
     from shoprank.training.train import TrainConfig, embed_catalog, judged_metrics
 
     config = TrainConfig(

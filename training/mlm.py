@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shoprank import contract
-from shoprank.training.encoder import save_sentence_encoder
+from shoprank.training.base_encoder import save_sentence_encoder
 
 log = logging.getLogger(__name__)
 

@@ -429,6 +429,8 @@ def _model_codes(rng: np.random.Generator, brands: list[str]) -> list[str]:
     ]
 
 
+# Long on purpose: one pass that draws every attribute of every product from one RNG in a
+# fixed order; split, the draws would move and the deterministic shop would change.
 def _make_catalog(
     rng: np.random.Generator, scale: Scale, popularity: np.ndarray, lexical: np.random.Generator
 ) -> _Catalog:
@@ -612,6 +614,8 @@ def _feature_query(leaf: int, feature: int, lexical: np.random.Generator) -> str
     return (f"{noun} {phrase}", f"{noun} with {phrase}", f"{phrase} {noun}")[form]
 
 
+# Long on purpose: the query kinds are drawn from one RNG in a fixed order (the
+# deterministic shop depends on it) and share the dedup state.
 def _make_queries(
     rng: np.random.Generator,
     scale: Scale,
@@ -903,6 +907,8 @@ def _missions(rng: np.random.Generator, user: np.ndarray, by_shopper: np.ndarray
     return source
 
 
+# Long on purpose: the session simulation is one loop over shoppers drawing from one RNG
+# in a fixed order (the deterministic logs depend on it); its steps share that loop's state.
 def _simulate_sessions(
     rng: np.random.Generator,
     scale: Scale,

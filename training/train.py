@@ -50,7 +50,7 @@ from shoprank.models.encoder import embed, load_encoder
 from shoprank.models.fusion import FusionRanker, as_tensors, save_ranker
 from shoprank.models.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
-from shoprank.training.encoder import base_encoder_path, embed_onnx
+from shoprank.training.base_encoder import base_encoder_path, embed_onnx
 from shoprank.training.finetune import FinetuneConfig
 from shoprank.training.seq_in_search import fit_sequential_weight, parse_lambdas
 from shoprank.training.sources import DataSource, EncoderSource
