@@ -280,26 +280,15 @@ def run_distributed(
                         env=worker_env,
                     )
                 )
-        with open(out / "locust.log", "wb") as log:
-            master = subprocess.run(
-                command + master_options(workers, port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout,
-                check=False,
-            )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(
-            f"locust did not finish within {timeout:.0f} s (killed); see {out / 'locust.log'}"
-        ) from None
+        master = _run_single(
+            command + master_options(workers, port), env, out / "locust.log", timeout
+        )
     finally:
         for proc in procs:
             _stop(proc, WORKERS_EXIT_S)
     if request_log:
         merge_request_logs(parts, Path(request_log))
-    return master.returncode
+    return master
 
 
 def run_loadtest(
