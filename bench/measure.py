@@ -126,12 +126,16 @@ def measure(
     workload: Sequence[dict],
     concurrency: int,
     config: MeasureConfig,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Measurement:
     """Drive `concurrency` closed-loop workers over `workload` and measure them.
 
     `make_caller` is called once per worker (one client/connection per worker thread, as
     perf_analyzer and real frontends do); a caller with a `close()` method is closed at
-    the end. Requests are dicts {"query", "history", "top_k"}.
+    the end. Requests are dicts {"query", "history", "top_k"}. `clock` (seconds) times the
+    requests and cuts the windows, `sleep` waits for a window's end: the real ones unless
+    a test drives virtual time.
 
     Raises:
         BenchError: no request succeeded in the measured windows.
@@ -153,16 +157,16 @@ def measure(
         while not stop.is_set():
             request = workload[i % n]
             i += 1
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 call(request)
             except Exception as exc:  # any failure counts as an error, not a crash
-                t1 = time.perf_counter()
+                t1 = clock()
                 if len(errors) < 5:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 records.append((t1, None))
                 continue
-            t1 = time.perf_counter()
+            t1 = clock()
             records.append((t1, t1 - t0))
 
     threads = [
@@ -173,11 +177,11 @@ def measure(
         t.start()
     windows: list[Window] = []
     try:
-        time.sleep(config.warmup_s)
-        start_index, start = len(records), time.perf_counter()
+        sleep(config.warmup_s)
+        start_index, start = len(records), clock()
         for _ in range(max(config.max_windows, 1)):
-            time.sleep(max(0.0, start + config.window_s - time.perf_counter()))
-            end_index, end = len(records), time.perf_counter()
+            sleep(max(0.0, start + config.window_s - clock()))
+            end_index, end = len(records), clock()
             chunk = records[start_index:end_index]
             windows.append(
                 Window(

@@ -1,22 +1,39 @@
-"""The in-flight limit shared by the admitters (tokenizer, recommender) and the ranker."""
+"""The in-flight limit shared by the admitters (tokenizer, recommender) and the ranker.
 
-import time
+Time is a `Clock` the tests move by hand: staleness and the overload hold are checked at
+their exact edges, whatever the machine's speed."""
+
+import os
 
 import pytest
 
 from shoprank.core.admission import NO_TICKET, AdmissionTable, overloaded_message, table_path
 
 
+class Clock:
+    """Monotonic nanoseconds (what AdmissionTable reads) that move only when told to."""
+
+    def __init__(self) -> None:
+        self.ns = 10**15  # any point of a long-running host's monotonic clock
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def advance(self, seconds: float) -> None:
+        self.ns += round(seconds * 1e9)
+
+
 def test_admits_up_to_the_limit_and_releases_across_handles(tmp_path):
-    path = tmp_path / "table"
-    tokenizer = AdmissionTable(path, limit=2)
-    ranker = AdmissionTable(path, limit=0)  # another process's view of the same table
+    path, clock = tmp_path / "table", Clock()
+    tokenizer = AdmissionTable(path, limit=2, clock=clock)
+    ranker = AdmissionTable(path, limit=0, clock=clock)  # another process's view of the table
     first, second = tokenizer.admit(), tokenizer.admit()
     assert first is not None and second is not None and first != second
     assert tokenizer.admit() is None  # full: refused
     assert tokenizer.in_flight() == 2 and ranker.in_flight() == 2
     ranker.release(first)
     assert tokenizer.in_flight() == 1
+    clock.advance(0.001)  # the next request arrives later, into the freed slot
     third = tokenizer.admit()
     assert third is not None
     ranker.release(first)  # released twice: the slot now holds another request, kept
@@ -26,10 +43,14 @@ def test_admits_up_to_the_limit_and_releases_across_handles(tmp_path):
 
 
 def test_a_lost_request_frees_its_slot_once_stale(tmp_path):
-    table = AdmissionTable(tmp_path / "table", limit=1, stale_s=0.2)
+    clock = Clock()
+    table = AdmissionTable(tmp_path / "table", limit=1, stale_s=0.2, clock=clock)
     lost = table.admit()
     assert lost is not None and table.admit() is None
-    time.sleep(0.3)  # its ranker never answered (a stub died): taken back
+    clock.advance(0.2)  # exactly stale_s old: still in flight
+    assert table.in_flight() == 1 and table.admit() is None
+    clock.advance(0.000_001)  # older than stale_s: its ranker never answered, taken back
+    assert table.in_flight() == 0
     again = table.admit()
     assert again is not None
     table.release(lost)  # the late release of the lost request does not free the new one
@@ -50,7 +71,8 @@ def test_the_table_belongs_to_one_server():
 
 
 def test_sustained_overload_sheds_down_to_the_lower_limit_then_recovers(tmp_path):
-    table = AdmissionTable(tmp_path / "table", limit=4, shed_limit=2, shed_hold_s=0.3)
+    clock = Clock()
+    table = AdmissionTable(tmp_path / "table", limit=4, shed_limit=2, shed_hold_s=0.3, clock=clock)
     # Demand within the limit (a closed loop of 4 clients): the full limit, no shedding.
     tickets = [table.admit() for _ in range(4)]
     assert None not in tickets and table.current_limit() == 4
@@ -65,7 +87,9 @@ def test_sustained_overload_sheds_down_to_the_lower_limit_then_recovers(tmp_path
     assert table.in_flight() == 1
     assert table.admit() is not None  # 2 in flight: the lower limit
     assert table.admit() is None  # a third would fit in 4, not while shedding
-    time.sleep(0.4)  # demand gone for longer than the hold
+    clock.advance(0.299)  # demand gone, but not yet for the whole hold
+    assert table.current_limit() == 2
+    clock.advance(0.001)  # gone for the hold
     assert table.current_limit() == 4 and table.admit() is not None
 
 
@@ -92,6 +116,14 @@ def test_tables_of_servers_that_are_gone_are_removed(tmp_path):
     assert not dead.exists() and alive.exists() and other.exists()
 
 
+def _lock_waiters(path) -> int:
+    """How many lock requests on `path` the kernel holds blocked (`->` lines of /proc/locks)."""
+    st = os.stat(path)
+    inode = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    with open("/proc/locks") as f:
+        return sum(" -> " in line and inode in line for line in f)
+
+
 def test_admitters_in_other_processes_take_turns(tmp_path):
     """The tokenizer and the recommender admit into one table: an admission waits while
     another admitter holds the table (or both could take the same free slot)."""
@@ -105,9 +137,12 @@ def test_admitters_in_other_processes_take_turns(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX)
         waiting = threading.Thread(target=lambda: tickets.append(recommender.admit()))
         waiting.start()
-        waiting.join(0.5)
-        assert waiting.is_alive() and tickets == []  # waits for its turn
+        # Until the kernel lists the admission as blocked on the table's lock, or it ends
+        # without waiting (then the assertion below fails).
+        while waiting.is_alive() and _lock_waiters(path) == 0:
+            os.sched_yield()
+        assert _lock_waiters(path) == 1 and tickets == []  # waits for its turn
         fcntl.flock(other, fcntl.LOCK_UN)
-    waiting.join(5)
+    waiting.join()
     assert len(tickets) == 1 and tickets[0] is not None
     assert recommender.in_flight() == 1

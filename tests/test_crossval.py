@@ -78,6 +78,7 @@ def test_judged_rankings_reorder_only_judged_products():
     assert judged_rankings(scores, [7], grades, row_of) == {7: [11, 13, 12]}
 
 
+@pytest.mark.slow  # trains and evaluates every fold
 def test_tiny_crossval_end_to_end(relevance_shop, tmp_path):
     config = CrossvalConfig(
         data="tiny",

@@ -29,7 +29,9 @@ def _feeds(paths: contract.ArtifactPaths, queries: list[str]) -> tuple[np.ndarra
     return pad_rows([r[0] for r in rows]), pad_rows([r[1] for r in rows])
 
 
-def test_torch_encoder_matches_the_onnx_export_and_buckets_change_nothing(tiny_artifacts):
+def test_torch_encoder_on_cpu_matches_the_onnx_export_and_buckets_change_nothing(tiny_artifacts):
+    """The gpu-embedded encoder's torch code run on the CPU, in float32, so it agrees with
+    the ONNX export (float16 on CUDA is compared by `make gpu-check` on a GPU host)."""
     from shoprank.core.sessions import cpu_session
 
     ids, mask = _feeds(tiny_artifacts, QUERIES)
@@ -49,7 +51,8 @@ def test_buckets() -> None:
     assert bucket(SEQUENCE_BUCKETS[-1] + 1, SEQUENCE_BUCKETS) is None  # runs eagerly
 
 
-def test_torch_dense_index_is_the_exact_scan() -> None:
+def test_torch_dense_index_on_cpu_is_the_exact_scan() -> None:
+    """The gpu-embedded scan's torch code on the CPU (float32; float16 only on CUDA)."""
     rng = np.random.default_rng(0)
     items = rng.normal(size=(500, 16)).astype(np.float32)
     queries = rng.normal(size=(3, 16)).astype(np.float32)
@@ -60,7 +63,8 @@ def test_torch_dense_index_is_the_exact_scan() -> None:
     np.testing.assert_array_equal(index.vectors(rows[0]), items[rows[0]])
 
 
-def test_gpu_embedded_repository_puts_encoder_and_scan_on_the_gpu(tiny_artifacts, tmp_path):
+def test_gpu_embedded_repository_config_puts_encoder_and_scan_on_the_gpu(tiny_artifacts, tmp_path):
+    """The generated configs only (KIND_GPU instances, torch float16): nothing is loaded."""
     from shoprank.model_repository.build import GPU_ENCODER_DIR, ServingConfig, build
 
     repo = build(tiny_artifacts, ServingConfig(target="gpu-embedded"), repo=tmp_path / "repo")
@@ -88,9 +92,12 @@ def test_gpu_embedded_repository_puts_encoder_and_scan_on_the_gpu(tiny_artifacts
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a repository built and a server of its own
 def test_gpu_embedded_served_on_cpu_instances_answers_like_the_cpu_pipeline(
     tiny_artifacts, tmp_path
 ):
+    """The gpu-embedded repository built with `device=cpu` (KIND_CPU instances, float32)
+    and served by the real Triton server on the CPU."""
     from shoprank.core.ann import DenseConfig, DenseIndex
     from shoprank.core.pipeline import InProcessPipeline
     from shoprank.core.ranking import RetrievalConfig
@@ -129,7 +136,11 @@ def test_gpu_embedded_served_on_cpu_instances_answers_like_the_cpu_pipeline(
 
 
 @pytest.mark.integration
-def test_gpu_check_runs_end_to_end_and_reports_what_it_measured(tiny_artifacts, tmp_path):
+@pytest.mark.slow  # a repository built and a server of its own
+def test_gpu_check_on_cpu_instances_runs_end_to_end_and_reports_what_it_measured(
+    tiny_artifacts, tmp_path
+):
+    """`make gpu-check` with `device=cpu`: served on the CPU, it reports no GPU."""
     from shoprank.bench.gpu_check import GpuCheckConfig, run
 
     report = run(

@@ -2,7 +2,7 @@
 
 import json
 import re
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -98,6 +98,12 @@ def burst(url: str, requests: list[dict], top_k: int = 10) -> list:
     """All `requests` in flight at once (gRPC async), so the dynamic batcher can batch them."""
     client = grpcclient.InferenceServerClient(url)
     done: dict[int, object] = {}
+    answered = threading.Semaphore(0)
+
+    def finish(i: int, result, error) -> None:
+        done[i] = error or result
+        answered.release()
+
     try:
         for i, r in enumerate(requests):
             values = {
@@ -110,14 +116,16 @@ def burst(url: str, requests: list[dict], top_k: int = 10) -> list:
                 inp = grpcclient.InferInput(spec.name, list(value.shape), spec.client_dtype)
                 inp.set_data_from_numpy(value)
                 inputs.append(inp)
+            # Each request's deadline ends it with an error if it is never answered, so
+            # every callback runs and the wait below ends.
             client.async_infer(
                 contract.ENSEMBLE_MODEL,
                 inputs,
-                callback=lambda result, error, i=i: done.__setitem__(i, error or result),
+                callback=lambda result, error, i=i: finish(i, result, error),
+                client_timeout=60,
             )
-        deadline = time.monotonic() + 60
-        while len(done) < len(requests) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        for _ in requests:
+            answered.acquire()
     finally:
         client.close()
     assert len(done) == len(requests), "requests lost"
@@ -223,6 +231,7 @@ def test_too_many_candidates_is_invalid_argument(ensemble_server):
     assert infer(ensemble_server.grpc_url, "red sofa", [], 5)[0].size == 5  # still serving
 
 
+@pytest.mark.slow  # a server of its own, which waits for the load to fail
 @pytest.mark.parametrize("file", [contract.DENSE_INDEX_FILE, contract.LEXICAL_INDEX_FILE])
 def test_a_corrupt_index_fails_the_load_naming_the_file(tiny_artifacts, tmp_path, file):
     import shutil

@@ -24,6 +24,7 @@ def test_domain_adapt_writes_a_trained_bi_encoder(tmp_path):
     assert not np.allclose(before, after, atol=1e-4)  # the body was trained
 
 
+@pytest.mark.slow  # a whole tiny training run, MLM adaptation included
 def test_zero_shot_baseline_is_measured_before_domain_adaptation(tmp_path, tiny_artifacts):
     """With MLM on, "zero-shot" must still be the encoder as shipped (the fixture's run),
     not the adapted one the run fine-tuned from."""

