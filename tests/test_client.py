@@ -6,14 +6,17 @@ Answers are held against the same repository's files run in-process (`in_process
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 from pipeline_fixtures import assert_same_ranking
 
 from shoprank.contract import DEFAULT_TOP_K, MAX_TOP_K
+from shoprank.core.filters import Filters as CoreFilters
 from shoprank.core.pipeline import Answer
 from shoprank.ops.tritonserver import free_ports
 from shoprank_client import Filters, SearchClient, SearchError, SearchResult
@@ -347,8 +350,89 @@ def test_filters_are_checked_before_sending(filters, message) -> None:
         client.search("sofa", filters=filters)
 
 
+@dataclass(frozen=True)
+class FilterCase:
+    """Filters that each leave out part of the tiny catalog, and requests they apply to."""
+
+    query: str
+    category: str  # the department of the query's best product
+    exclude: int  # the query's best product
+    candidates: list[int]  # for rerank: the query's top 30
+    history: list[int]  # for recommend
+    # About the middle half of the department's in-stock prices. Each bound lies halfway
+    # between two catalog prices: the wire carries bounds as float32, which moves a bound
+    # typed as a price by up to 2e-4 (see test_a_price_bound_equal_to_a_price_keeps_it).
+    price_min: float = -math.inf
+    price_max: float = math.inf
+
+    def client_filters(self, price: bool = True) -> Filters:
+        return Filters(
+            category_prefix=self.category,
+            price_min=self.price_min if price else None,
+            price_max=self.price_max if price else None,
+            exclude_ids=[self.exclude],
+            in_stock_only=True,
+        )
+
+    def core_filters(self, catalog, price: bool = True) -> CoreFilters:
+        """The same filters as the in-process pipeline takes them (excluded rows, not ids)."""
+        return CoreFilters(
+            category_prefix=self.category,
+            price_min=self.price_min if price else -math.inf,
+            price_max=self.price_max if price else math.inf,
+            exclude_rows=catalog.known_rows([self.exclude]),
+            in_stock_only=True,
+        )
+
+    def allowed(self, catalog, price: bool = True) -> np.ndarray:
+        """(N,) bool: the catalog rows these filters let through, from the facets by hand."""
+        categories = [c.lower() for c in catalog.categories.astype(str)]
+        ok = np.array([c.startswith(self.category.lower()) for c in categories])
+        if price:
+            ok &= (catalog.prices >= self.price_min) & (catalog.prices <= self.price_max)
+        return ok & catalog.in_stock.astype(bool) & (catalog.product_ids != self.exclude)
+
+
+@pytest.fixture(scope="module")
+def filter_case(in_process, shopper: dict) -> FilterCase:
+    catalog = in_process.catalog
+    query = "sofa"
+    found = [int(p) for p in in_process.search(query, [], 30).product_ids]
+    (row,) = catalog.known_rows(found[:1])
+    department = str(catalog.categories[row]).split(" > ")[0]
+    case = FilterCase(query, department, found[0], found, shopper["history"])
+    prices = np.unique(catalog.prices[case.allowed(catalog, price=False)])
+    low, high = len(prices) // 4, 3 * len(prices) // 4
+    case = replace(
+        case,
+        price_min=float(prices[low - 1] + prices[low]) / 2,
+        price_max=float(prices[high] + prices[high + 1]) / 2,
+    )
+    # Each filter leaves something out of the catalog, and something is left.
+    assert case.allowed(catalog).sum() < case.allowed(catalog, price=False).sum()
+    assert (catalog.prices[case.allowed(catalog, price=False)] < case.price_min).any()
+    assert (catalog.prices[case.allowed(catalog, price=False)] > case.price_max).any()
+    assert not all(c.startswith(department) for c in catalog.categories.astype(str))
+    assert not catalog.in_stock.all()
+    assert case.allowed(catalog).sum() > 0
+    return case
+
+
+def assert_obeys(catalog, case: FilterCase, ids: list[int], want: int, price: bool = True):
+    """`ids` are `want` products that all pass the filters (checked on the catalog's facets)."""
+    rows = catalog.known_rows(ids)
+    assert len(rows) == len(ids) == want > 0
+    assert case.allowed(catalog, price)[rows].all(), ids
+    assert case.exclude not in ids
+
+
 @pytest.mark.integration
-def test_filters_reach_every_mode(search_client: SearchClient, in_process, shopper: dict):
+def test_filters_reach_every_mode(
+    search_client: SearchClient, in_process, shopper: dict, filter_case: FilterCase
+):
+    """Category, price range, in stock and an excluded id, in search, rerank and recommend,
+    against the real server: every product obeys every filter, answers are as long as the
+    catalog allows, and ranked like the in-process pipeline with the same filters."""
     first = search_client.search("sofa", top_k=5)
     skip = [first[0].product_id]
     again = search_client.search("sofa", top_k=5, filters=Filters(exclude_ids=skip))
@@ -359,6 +443,90 @@ def test_filters_reach_every_mode(search_client: SearchClient, in_process, shopp
     catalog = in_process.recommender.catalog
     rows = catalog.known_rows([r.product_id for r in cheap])
     assert len(cheap) == 5 and (catalog.prices[rows] <= 50).all() and catalog.in_stock[rows].all()
+
+    case, k = filter_case, 8
+    catalog = in_process.catalog
+    # search: all five filters; it widens past retrieval, so k whenever k products match.
+    unfiltered = search_client.search(case.query, top_k=k)
+    assert not case.allowed(catalog)[catalog.known_rows([r.product_id for r in unfiltered])].all()
+    got = search_client.search(case.query, top_k=k, filters=case.client_filters())
+    assert_obeys(catalog, case, [r.product_id for r in got], min(k, case.allowed(catalog).sum()))
+    assert_same_results(got, in_process.search(case.query, [], k, case.core_filters(catalog)))
+    # rerank: only the caller's candidates that pass.
+    got = search_client.rerank(
+        case.query, case.candidates, top_k=k, filters=case.client_filters(price=False)
+    )
+    passing = case.allowed(catalog, price=False)[catalog.known_rows(case.candidates)].sum()
+    assert_obeys(catalog, case, [r.product_id for r in got], min(k, passing), price=False)
+    assert {r.product_id for r in got} <= set(case.candidates)
+    want = in_process.rerank(case.query, case.candidates, [], k, case.core_filters(catalog, False))
+    assert_same_results(got, want)
+    # recommend: the whole catalog but the shopper's history.
+    catalog = in_process.recommender.catalog
+    got = search_client.recommend(case.history, k, case.client_filters(price=False))
+    allowed = case.allowed(catalog, price=False)
+    allowed[catalog.known_rows(case.history)] = False
+    assert_obeys(catalog, case, [r.product_id for r in got], min(k, allowed.sum()), price=False)
+    want = in_process.recommend(case.history, k, case.core_filters(catalog, price=False))
+    assert_same_results(got, want)
+
+
+@pytest.mark.integration
+def test_a_price_bound_equal_to_a_price_keeps_it(search_client: SearchClient, in_process):
+    catalog = in_process.recommender.catalog
+    price = next(float(p) for p in catalog.prices if float(np.float32(p)) != p)
+    at_price = set(catalog.product_ids[catalog.prices == price].tolist())
+    got = search_client.recommend([], len(at_price), Filters(price_min=price, price_max=price))
+    assert {r.product_id for r in got} == at_price
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["search", "rerank", "recommend"])
+def test_cli_filters_reach_every_mode(
+    grpc_url: str, in_process, filter_case: FilterCase, mode: str
+) -> None:
+    """`python -m shoprank_client <mode> ... --category --price-min --price-max --exclude
+    --in-stock --json` against the real server: the printed results obey every filter, are
+    as many as the catalog allows, and are the in-process pipeline's filtered answer."""
+    case, k = filter_case, 6
+    catalog = in_process.recommender.catalog if mode == "recommend" else in_process.catalog
+    filters = case.core_filters(catalog)
+    allowed = case.allowed(catalog)
+    if mode == "search":
+        args = [case.query]
+        want = in_process.search(case.query, [], k, filters)
+    elif mode == "rerank":
+        args = [case.query, "--candidates", ",".join(map(str, case.candidates))]
+        want = in_process.rerank(case.query, case.candidates, [], k, filters)
+        allowed &= np.isin(catalog.product_ids, case.candidates)
+    else:
+        args = ["--history", ",".join(map(str, case.history))]
+        want = in_process.recommend(case.history, k, filters)
+        allowed[catalog.known_rows(case.history)] = False
+    result = _cli(
+        mode,
+        *args,
+        "--category",
+        case.category,
+        "--price-min",
+        repr(case.price_min),
+        "--price-max",
+        repr(case.price_max),
+        "--exclude",
+        str(case.exclude),
+        "--in-stock",
+        "--top-k",
+        str(k),
+        "--json",
+        "--url",
+        grpc_url,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)["results"]
+    ids = [r["product_id"] for r in printed]
+    assert_obeys(catalog, case, ids, min(k, allowed.sum()))
+    results = [SearchResult(**r) for r in printed]
+    assert_same_results(results, want)
 
 
 @pytest.mark.integration
@@ -392,3 +560,75 @@ def test_backoff_between_retries_is_capped(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(pauses) == 8
     assert 0.1 <= pauses[0] <= 0.2 and pauses[-1] >= 0.4  # grew to the cap
     assert max(pauses) <= 0.8  # 0.4 with at most 2x jitter: uncapped, the 8th is 12.8+ s
+
+
+# --- gRPC targets: one server, or replicas balanced per request (shoprank_client.target) ---
+@pytest.mark.parametrize(
+    ("text", "scheme", "endpoints"),
+    [
+        ("localhost:8001", "", ("localhost:8001",)),
+        ("[::1]:8001", "", ("[::1]:8001",)),
+        ("dns:///search.shop.svc.local:8001", "dns", ("search.shop.svc.local:8001",)),
+        ("dns://127.0.0.1:5353/search.test:8001", "dns", ("search.test:8001",)),
+        ("ipv4:127.0.0.2:8001,127.0.0.3:8001", "ipv4", ("127.0.0.2:8001", "127.0.0.3:8001")),
+        ("ipv6:[::1]:8001", "ipv6", ("[::1]:8001",)),
+    ],
+)  # fmt: skip
+def test_target_forms_are_parsed(text: str, scheme: str, endpoints: tuple) -> None:
+    from shoprank_client.target import parse_target
+
+    target = parse_target(text)
+    assert (target.text, target.scheme, target.endpoints) == (text, scheme, endpoints)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("localhost", "needs host:port"),
+        ("dns:///search.test", "needs host:port"),  # gRPC would pick port 443
+        ("dns://search.test:8001", "dns:///name:port"),
+        ("ipv4:127.0.0.2", "needs host:port"),
+        ("ipv4:127.0.0.2:8001,localhost:8001", "no IPv4 address"),
+        ("ipv6:::1:8001", r"\[addr\]:port"),
+        ("ipv4:127.0.0.2:0", "port 1..65535"),
+        ("http://localhost:8001", "unsupported gRPC target"),
+        ("127.0.0.2:8001,127.0.0.3:8001", "unsupported gRPC target"),
+    ],
+)
+def test_bad_targets_are_refused_before_a_channel_is_made(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SearchClient(text)
+
+
+def test_cli_bad_target_exits_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["health", "--url", "ipv4:127.0.0.2"]) == 2
+    assert "error: gRPC target 'ipv4:127.0.0.2' needs host:port" in capsys.readouterr().err
+
+
+def test_channel_balances_per_request_and_keeps_tritonclient_defaults() -> None:
+    """tritonclient uses only the channel options it is given once given any, so the
+    client passes tritonclient's defaults (unlimited message size: a 4 MB gRPC default
+    would fail large batches) alongside round_robin."""
+    import tritonclient.grpc as grpcclient
+
+    from shoprank_client.target import channel_args
+
+    options = dict(channel_args())
+    assert options["grpc.lb_policy_name"] == "round_robin"
+    assert options["grpc.max_receive_message_length"] == grpcclient.MAX_GRPC_MESSAGE_SIZE
+    assert options["grpc.max_send_message_length"] == grpcclient.MAX_GRPC_MESSAGE_SIZE
+    keepalive = grpcclient.KeepAliveOptions()
+    assert options["grpc.keepalive_time_ms"] == keepalive.keepalive_time_ms
+    assert options["grpc.keepalive_timeout_ms"] == keepalive.keepalive_timeout_ms
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("form", ["ipv4:127.0.0.1:{port}", "dns:///localhost:{port}"])
+def test_target_forms_reach_the_server(grpc_url: str, form: str, shopper: dict) -> None:
+    """The balanced forms of one server's address answer as its host:port does."""
+    port = grpc_url.rpartition(":")[2]
+    request = (shopper["query"], shopper["history"], 5)
+    with SearchClient(grpc_url) as plain, SearchClient(form.format(port=port)) as balanced:
+        assert balanced.target.scheme in ("ipv4", "dns")
+        expected = plain.search(*request)
+        assert [r.product_id for r in balanced.search(*request)] == [r.product_id for r in expected]

@@ -65,6 +65,7 @@ class Facets:
             np.char.lower(self.categories.astype(str)), return_inverse=True
         )
         self._category_names = names.tolist()
+        self._prices32 = self.prices.astype(np.float32)
 
     @classmethod
     def of(cls, catalog: CatalogIndex) -> Facets:
@@ -88,8 +89,11 @@ class Facets:
             names = [i for i, name in enumerate(self._category_names) if name.startswith(prefix)]
             ok &= np.isin(self._category_ids, names)
         if f.price_min > -math.inf or f.price_max < math.inf:
+            # At the wire's precision (PRICE_MIN/MAX are FP32): a bound typed as a price
+            # arrives as that price rounded to float32, and must still keep it.
+            low, high = np.float32(f.price_min), np.float32(f.price_max)
             with np.errstate(invalid="ignore"):  # unknown prices never match a price filter
-                ok &= (self.prices >= f.price_min) & (self.prices <= f.price_max)
+                ok &= (self._prices32 >= low) & (self._prices32 <= high)
         if f.in_stock_only:
             ok &= self.in_stock
         ok[f.exclude_rows] = False
