@@ -9,7 +9,8 @@ recall@100 against the exact scan, and batch-1 latency at a few search settings:
 - faiss IndexIVFScalarQuantizer (8-bit vectors, inverted lists), nprobe 8..128
 - usearch HNSW with int8 vectors, expansion_search 64..512
 
-Writes `<reports>/ann.md` and `ann.csv`; the README's choice quotes them.
+Writes `<reports>/ann.md` and `ann.csv` (`make benchmarks-doc` puts the CSV into
+docs/benchmarks.md).
 """
 
 from __future__ import annotations

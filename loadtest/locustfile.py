@@ -5,7 +5,8 @@ Run it through `python -m shoprank.loadtest.run` (headless, bounded, summarized)
     SHOPRANK_GRPC_URL=localhost:8001 locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s
 
 Environment:
-    SHOPRANK_GRPC_URL   target host:port (default: contract.DEFAULT_GRPC_URL)
+    SHOPRANK_GRPC_URL   gRPC target (default: contract.DEFAULT_GRPC_URL): host:port, or
+                        replicas balanced per request, dns:///name:port or ipv4:a:port,b:port
     SHOPRANK_WORKLOAD   JSON file: a list of {"query": str, "history": [int], "top_k": int};
                         without it a built-in list of shop queries with empty histories is used
     SHOPRANK_RETRIES    the client's retries on UNAVAILABLE (default: the client's own; 0
