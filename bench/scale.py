@@ -47,7 +47,7 @@ from shoprank.core.requests import pad_rows
 from shoprank.core.sessions import cpu_session, encoder_feeds
 from shoprank.core.tokenizer import QueryTokenizer
 from shoprank.data import datasets
-from shoprank.data.artifacts import load_item_index
+from shoprank.data.artifacts import load_item_index, save_item_index
 from shoprank.ops.tritonserver import running_server, stub_memory_mb
 
 K = 100
@@ -88,6 +88,13 @@ class ScaleConfig:
     keep: bool = field(default=False, metadata={"help": "keep the generated folders"})
     in_process: bool = field(
         default=True, metadata={"help": "also time the served ANN files in process, c1"}
+    )
+    catalog_job: str = field(
+        default="local",
+        metadata={
+            "help": "lexical and ANN indexes: local (this process) or ray (the catalog job, "
+            "python -m shoprank.conversion.catalog_job --no-embed: the same files)"
+        },
     )
 
 
@@ -161,9 +168,40 @@ def model_ms(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def prepare_size(demo: contract.ArtifactPaths, n: int, folder: Path) -> tuple[np.ndarray, float]:
-    """An artifact folder for an n-product catalog (everything but the dense index);
-    returns its embeddings and the lexical build time."""
+@dataclass
+class Prepared:
+    """A size's artifact folder: its embeddings, the lexical index's build time, and the
+    ANN index when the catalog job built it."""
+
+    embeddings: np.ndarray
+    lexical_s: float
+    ann: DenseIndex | None = None
+
+
+def ray_catalog_job(
+    paths: contract.ArtifactPaths, embeddings: np.ndarray, product_ids: np.ndarray
+) -> Prepared:
+    """The lexical and ANN indexes by the catalog job on Ray, from the item index written
+    here; the ANN index is loaded before the exact mode overwrites its file."""
+    features = ItemTables.load(paths.item_tables).item_features
+    save_item_index(paths.item_index, product_ids, embeddings, features)
+    job = ["--out", str(paths.root), "--no-embed", "--dense-kind", DenseConfig().kind]
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "shoprank.conversion.catalog_job", *job],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    ann = DenseIndex.load(paths.dense_index)
+    # The lexical index was built alongside the ANN one: the job's time besides that build.
+    return Prepared(embeddings, max(0.0, time.perf_counter() - t0 - ann.build_s), ann)
+
+
+def prepare_size(
+    demo: contract.ArtifactPaths, n: int, folder: Path, catalog_job: str = "local"
+) -> Prepared:
+    """An artifact folder for an n-product catalog (everything but the dense index, which
+    the catalog job on Ray builds too)."""
     paths = contract.ArtifactPaths(folder)
     real = datasets.load(demo, check=False).catalog
     catalog, src = synthetic_catalog(real, n)
@@ -172,9 +210,6 @@ def prepare_size(demo: contract.ArtifactPaths, n: int, folder: Path) -> tuple[np
     real_tables = ItemTables.load(demo.item_tables)
     tables = ItemTables.from_catalog(catalog, real_tables.item_features[src])
     tables.save(paths.item_tables)
-    t0 = time.perf_counter()
-    LexicalIndex.build(catalog, progress=True).save(paths.lexical_index)
-    lexical_s = time.perf_counter() - t0
     # Synthetic products have no sequential item vectors: the sequential search signal is
     # left out at every size (one small ONNX call and a (C, d) gather per request served).
     retrieval = RetrievalConfig.load(demo.retrieval_config)
@@ -189,7 +224,11 @@ def prepare_size(demo: contract.ArtifactPaths, n: int, folder: Path) -> tuple[np
             variant["path"] = str(Path(variant["path"]).resolve())
     paths.conversion_report.write_text(json.dumps(report))
     embeddings = synthetic_embeddings(load_item_index(demo.item_index)["embeddings"], n)
-    return embeddings, lexical_s
+    if catalog_job == "ray":
+        return ray_catalog_job(paths, embeddings, catalog["product_id"].to_numpy(np.int64))
+    t0 = time.perf_counter()
+    LexicalIndex.build(catalog, progress=True).save(paths.lexical_index)
+    return Prepared(embeddings, time.perf_counter() - t0)
 
 
 def run(config: ScaleConfig) -> list[Row]:
@@ -203,16 +242,22 @@ def run(config: ScaleConfig) -> list[Row]:
     mconfig = MeasureConfig(
         warmup_s=config.warmup_s, window_s=config.duration_s, max_windows=config.max_windows
     )
+    if config.catalog_job not in ("local", "ray"):
+        raise ValueError(f"--catalog-job must be local or ray, got {config.catalog_job!r}")
     rows: list[Row] = []
     for n in (int(s) for s in config.sizes.split(",")):
         folder = demo.root / "scale" / f"n{n}"
-        _log(f"{n:,} products: synthesizing, lexical index ...")
-        embeddings, lexical_s = prepare_size(demo, n, folder)
+        _log(f"{n:,} products: synthesizing, lexical index ({config.catalog_job}) ...")
+        prepared = prepare_size(demo, n, folder, config.catalog_job)
+        embeddings, lexical_s = prepared.embeddings, prepared.lexical_s
         paths = contract.ArtifactPaths(folder)
         exact = exact_top_k(embeddings, queries, K)
         for mode in config.modes.split(","):
             kind = "flat" if mode == "exact" else DenseConfig().kind  # what conversion serves
-            index = DenseIndex.build(embeddings, DenseConfig(kind=kind))
+            if mode == "ann" and prepared.ann is not None:
+                index, prepared.ann = prepared.ann, None
+            else:
+                index = DenseIndex.build(embeddings, DenseConfig(kind=kind))
             index.tune(queries, exact, K, config.recall_target)
             recall = index.recall_at(queries, exact, K)
             index.save(paths.dense_index)

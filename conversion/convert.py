@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,11 @@ import onnx
 from shoprank import contract
 from shoprank.configargs import config_to_dict, parse_config, setup_logging
 from shoprank.conversion import export, int8, tensorrt
-from shoprank.conversion.dense import build_dense_index
+from shoprank.conversion.dense import DenseIndexOptions, build_dense_index
 from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, search_exclusions
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
 from shoprank.conversion.report import report_lines
-from shoprank.core.ann import KINDS, DenseConfig
 from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
 from shoprank.data import datasets
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ConversionConfig:
+class ConversionConfig(DenseIndexOptions):
     """Knobs of the conversion stage; each is a command-line flag."""
 
     out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifact folder"})
@@ -61,9 +60,6 @@ class ConversionConfig:
     static_qdq: bool = field(default=True, metadata={"help": "try the int8_static_qdq variant"})
     calibration_texts: int = field(
         default=256, metadata={"help": "static QDQ calibration: train queries + product texts"}
-    )
-    selection_texts: int = field(
-        default=256, metadata={"help": "val queries that choose the QDQ exclusion set"}
     )
     qdq_cosine_tolerance: float = field(
         default=0.005, metadata={"help": "exclusion sets this close to the best compete on speed"}
@@ -82,14 +78,14 @@ class ConversionConfig:
         default=contract.MAX_QUERY_TOKENS, metadata={"help": "TensorRT profile max tokens"}
     )
     trt_workspace_gb: float = 2.0
-    dense_kind: str = field(
-        default=DenseConfig().kind, metadata={"help": "dense index: " + ", ".join(KINDS)}
+    catalog_job: str = field(
+        default="local",
+        metadata={
+            "help": "the catalog's indexes: local (dense index here, training's item and lexical "
+            "indexes) or ray (all three by conversion/catalog_job.py, the same files)"
+        },
     )
-    hnsw_m: int = field(default=32, metadata={"help": "HNSW graph degree"})
-    ef_construction: int = 80
-    ann_recall_target: float = field(
-        default=0.97, metadata={"help": "recall@100 vs the exact scan the search knob must reach"}
-    )
+    catalog_workers: int = field(default=1, metadata={"help": "--catalog-job ray: encoder actors"})
 
     def trt_profile(self) -> OptimizationProfile:
         """The TensorRT optimization profile these fields describe."""
@@ -505,11 +501,7 @@ def dense_index(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> dic
     )
     return build_dense_index(
         inp.index["embeddings"],
-        DenseConfig(
-            kind=config.dense_kind,
-            hnsw_m=config.hnsw_m,
-            ef_construction=config.ef_construction,
-        ),
+        config.dense_config(),
         tune_q,
         fp32.embeddings,
         paths.dense_index,
@@ -517,14 +509,30 @@ def dense_index(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> dic
     )
 
 
+def ray_catalog_job(config: ConversionConfig) -> dict:
+    """The catalog job on Ray (catalog_job.py: the fp32 encoder re-embeds the catalog, the
+    item, dense and lexical indexes are rewritten); its dense index report."""
+    from shoprank.conversion.catalog_job import CatalogJobConfig
+    from shoprank.conversion.catalog_job import run as run_catalog_job
+
+    dense = {f.name: getattr(config, f.name) for f in fields(DenseIndexOptions)}
+    job = CatalogJobConfig(out=config.out, workers=config.catalog_workers, **dense)
+    return run_catalog_job(job)["dense_index"]
+
+
 def run(config: ConversionConfig) -> dict:
     """Convert the trained artifacts below `config.out`; return (and write) the report."""
+    if config.catalog_job not in ("local", "ray"):
+        raise ValueError(f"--catalog-job must be local or ray, got {config.catalog_job!r}")
     inp = read_inputs(config)
     fp32 = export_fp32(inp, config)
     choice = choose_encoder(inp, fp32, config)
     ranker = export_ranker(inp, fp32)
     sequential = export_recommender(inp)
-    dense = dense_index(inp, fp32, config)
+    if config.catalog_job == "ray":
+        dense = ray_catalog_job(config)
+    else:
+        dense = dense_index(inp, fp32, config)
     report = {
         "config": config_to_dict(config),
         "fused": fp32.fused,

@@ -9,14 +9,45 @@ and the recall on the test queries.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shoprank.core.ann import DenseConfig, DenseIndex, exact_top_k
+from shoprank.core.ann import KINDS, DenseConfig, DenseIndex, exact_top_k
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DenseIndexOptions:
+    """The dense index's knobs, declared once for the stages that build it (conversion and
+    the catalog job extend this)."""
+
+    dense_kind: str = field(
+        default=DenseConfig().kind,
+        metadata={"help": "dense index: " + ", ".join(KINDS), "choices": KINDS},
+    )
+    hnsw_m: int = field(default=DenseConfig().hnsw_m, metadata={"help": "HNSW graph degree"})
+    ef_construction: int = DenseConfig().ef_construction
+    train_size: int = field(
+        default=DenseConfig().train_size,
+        metadata={"help": "vectors the quantizer and IVF centroids are fitted on"},
+    )
+    ann_recall_target: float = field(
+        default=0.97, metadata={"help": "recall@100 vs the exact scan the search knob must reach"}
+    )
+    selection_texts: int = field(
+        default=256, metadata={"help": "val queries that tune the search knob (and QDQ exclusions)"}
+    )
+
+    def dense_config(self) -> DenseConfig:
+        return DenseConfig(
+            kind=self.dense_kind,
+            hnsw_m=self.hnsw_m,
+            ef_construction=self.ef_construction,
+            train_size=self.train_size,
+        )
 
 
 def build_dense_index(
@@ -27,9 +58,11 @@ def build_dense_index(
     out_path: Path,
     k: int = 100,
     target: float = 0.97,
+    index: DenseIndex | None = None,
 ) -> dict:
-    """Build, tune on `tune_queries`, check on `check_queries`, save; return the report."""
-    index = DenseIndex.build(embeddings, config)
+    """Build (unless `index` is already built over `embeddings`), tune on `tune_queries`,
+    check on `check_queries`, save; return the report."""
+    index = index if index is not None else DenseIndex.build(embeddings, config)
     k = min(k, len(embeddings))
     stats = index.tune(tune_queries, exact_top_k(embeddings, tune_queries, k), k, target)
     recall = index.recall_at(check_queries, exact_top_k(embeddings, check_queries, k), k)

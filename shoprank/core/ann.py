@@ -4,6 +4,11 @@
     rows, scores = index.search(query_embeddings, k=200)   # (B, k) each, best first
     vectors = index.vectors(rows)                          # what the ranker scores with
 
+The same index in shards (the catalog job fills them in parallel, conversion/catalog_job.py):
+`DenseIndex.trained(training_sample(x, config), len(x), config)` is the empty index, each
+copy gets `add_rows(x[a:b], a)`, `merge` appends the shards in row order, `finished`
+makes it searchable; the result equals `build(x, config)` byte for byte.
+
 Kinds:
 - "flat": the exact inner-product scan (faiss IndexFlatIP, float32): the reference that
   ANN recall is measured against, and fine for small catalogs.
@@ -13,7 +18,7 @@ Kinds:
   cheapest to build; `nprobe` trades recall for speed.
 
 Which kind is served, and with which search parameter, was chosen by measurement on this
-machine (`python -m shoprank.bench.ann`, README "Retrieval"); conversion then picks the
+machine (`make bench-ann`, docs/benchmarks.md "ANN libraries"); conversion then picks the
 parameter per catalog as the smallest that reaches the recall target on held-out queries
 (`tune`). Embeddings are L2-normalised, so inner product is cosine.
 """
@@ -35,9 +40,8 @@ KINDS = ("flat", "hnsw_sq8", "ivf_sq8")
 class DenseConfig:
     """How to build (and search) a dense index; every field is recorded beside it."""
 
-    # IVF-SQ8 by measurement (`make bench-ann`, 200k products, 2026-11-30): recall@100
-    # 0.977 at 0.56 ms/query (nprobe 32), where HNSW-SQ8 reached 0.941 at 1.61 ms
-    # (efSearch 512) and usearch int8 0.871 at 1.86 ms; it also builds 2x faster, smaller.
+    # IVF-SQ8 by measurement (`make bench-ann`, docs/benchmarks.md "ANN libraries"): the
+    # highest recall@100 at the lowest latency of the candidates, and the fastest to build.
     kind: str = "ivf_sq8"
     hnsw_m: int = 32  # graph degree
     ef_construction: int = 80
@@ -79,16 +83,23 @@ class DenseIndex:
     @classmethod
     def build(cls, embeddings: np.ndarray, config: DenseConfig | None = None) -> DenseIndex:
         """Index `embeddings` (N, D) float32, rows in catalog order."""
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        started = time.perf_counter()
+        index = cls.trained(training_sample(x, config or DenseConfig()), len(x), config)
+        index.index.add(x)
+        return index.finished(started)
+
+    @classmethod
+    def trained(cls, sample: np.ndarray, n: int, config: DenseConfig | None = None) -> DenseIndex:
+        """An empty index for `n` vectors, its quantizer (and IVF centroids) fitted on
+        `sample` (`training_sample` of them): what `build` fills in one go, and what
+        `add_rows` shards fill in parallel before `merge` (`mergeable` kinds)."""
         import faiss
 
         config = config or DenseConfig()
-        x = np.ascontiguousarray(embeddings, dtype=np.float32)
-        n, d = x.shape
+        d = sample.shape[1]
         if config.threads:
             faiss.omp_set_num_threads(config.threads)
-        started = time.perf_counter()
-        rng = np.random.default_rng(config.seed)
-        sample = x[rng.choice(n, size=min(n, config.train_size), replace=False)] if n else x
         if config.kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif config.kind == "hnsw_sq8":
@@ -106,12 +117,45 @@ class DenseIndex:
             index.cp.seed = config.seed
             index.train(sample)
             config = DenseConfig(**{**asdict(config), "nlist": nlist})
-        index.add(x)
-        if config.kind == "ivf_sq8":
-            index.make_direct_map()  # so `vectors` can decode any row
-        built = cls(index, config, build_s=round(time.perf_counter() - started, 2))
-        built.apply_search_params()
-        return built
+        return cls(index, config)
+
+    def add_rows(self, vectors: np.ndarray, first_row: int) -> None:
+        """Add catalog rows first_row, first_row + 1, ... to a copy of a `trained` index
+        (one shard of the catalog, to be merged in row order)."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.config.kind == "ivf_sq8":
+            self.index.add_with_ids(x, np.arange(first_row, first_row + len(x), dtype=np.int64))
+        else:  # flat: ids are positions, and shards are merged in row order
+            self.index.add(x)
+
+    def merge(self, shard: DenseIndex) -> None:
+        """Append `shard`'s rows (the next rows of the catalog) to this index: each inverted
+        list gets the shard's entries after its own, as adding all rows here in order would."""
+        if not mergeable(self.config.kind):
+            raise ValueError(f"{self.config.kind} shards cannot be merged")
+        self.index.merge_from(shard.index, 0)
+
+    def finished(self, started: float) -> DenseIndex:
+        """Ready to search once every row is in: build time since `started`, the row → vector
+        map `vectors` needs (IVF), the configured search knob."""
+        if self.config.kind == "ivf_sq8":
+            self.index.make_direct_map()  # so `vectors` can decode any row
+        self.build_s = round(time.perf_counter() - started, 2)
+        self.apply_search_params()
+        return self
+
+    def to_bytes(self) -> np.ndarray:
+        """The faiss index serialized (uint8), to send to another process."""
+        import faiss
+
+        return faiss.serialize_index(self.index)
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray, config: DenseConfig) -> DenseIndex:
+        """Inverse of `to_bytes`."""
+        import faiss
+
+        return cls(faiss.deserialize_index(np.asarray(data, dtype=np.uint8)), config)
 
     def apply_search_params(self) -> None:
         """Set the configured search knob on the faiss index."""
@@ -223,6 +267,23 @@ class DenseIndex:
         loaded = cls(index, DenseConfig(**meta["config"]), meta["build_s"], meta.get("stats", {}))
         loaded.apply_search_params()
         return loaded
+
+
+def training_sample(x: np.ndarray, config: DenseConfig) -> np.ndarray:
+    """The rows (at most `config.train_size`, drawn with `config.seed`) a quantizer is
+    fitted on; the same rows whether the catalog is indexed at once or in shards."""
+    n = len(x)
+    if not n:
+        return x
+    rows = np.random.default_rng(config.seed).choice(
+        n, size=min(n, config.train_size), replace=False
+    )
+    return np.ascontiguousarray(x[rows], dtype=np.float32)
+
+
+def mergeable(kind: str) -> bool:
+    """Whether shards of this kind merge into the index built at once (HNSW graphs do not)."""
+    return kind in ("flat", "ivf_sq8")
 
 
 def meta_path(index_path: Path) -> Path:
