@@ -44,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,8 @@ from shoprank.conversion.dense import DenseIndexOptions, build_dense_index
 from shoprank.core.ann import KINDS, DenseConfig, DenseIndex, mergeable, training_sample
 from shoprank.core.features import ItemTables
 from shoprank.core.lexical import LexicalIndex, search_dir
-from shoprank.core.requests import pad_rows
-from shoprank.core.sessions import cpu_session, encoder_feeds
-from shoprank.core.tokenizer import tokenizer_file
+from shoprank.core.sessions import cpu_session
+from shoprank.core.tokenizer import embed_texts, product_tokenizer, tokenizer_file
 from shoprank.data import datasets
 from shoprank.data.artifacts import load_item_index, save_item_index
 
@@ -132,35 +131,6 @@ def cluster_cpus() -> int:
 # ---------------------------------------------------------------------------------------
 # Embedding (runs in the encoder actors)
 # ---------------------------------------------------------------------------------------
-def product_tokenizer(tokenizer_json: str, max_tokens: int = contract.MAX_PRODUCT_TOKENS):
-    """The encoder folder's fast tokenizer, truncating at `max_tokens`, no padding: the ids
-    `AutoTokenizer` gives training's catalog embedding."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(tokenizer_json)
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_tokens)
-    return tok
-
-
-def embed_texts(session, tokenizer, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    """Embeddings (N, D) of `texts` in their order, batched as `embed_onnx` batches the
-    catalog: sorted by token count, each batch padded to its longest text."""
-    ids = [np.asarray(e.ids, np.int64) for e in tokenizer.encode_batch(list(texts))]
-    order = np.argsort([len(i) for i in ids], kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(ids), batch_size):
-        rows = order[start : start + batch_size]
-        feeds = encoder_feeds(
-            pad_rows([ids[i] for i in rows]), pad_rows([np.ones_like(ids[i]) for i in rows])
-        )
-        (emb,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
-        if out is None:
-            out = np.zeros((len(ids), emb.shape[1]), np.float32)
-        out[rows] = emb
-    return out if out is not None else np.zeros((0, 0), np.float32)
-
-
 class ProductEncoder:
     """A Ray Data actor: embeds blocks of the product table with the served ONNX encoder."""
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from shoprank import contract
-from shoprank.core.sessions import cpu_session, encoder_feeds
-from shoprank.models.encoder import encoder_dims, export_fused_encoder
+from shoprank.core.sessions import cpu_session
+from shoprank.core.tokenizer import embed_texts, product_tokenizer, tokenizer_file
+from shoprank.models.encoder import export_fused_encoder
 
 # shoprank.models.encoder sets the offline flags before sentence-transformers is imported.
 from sentence_transformers import SentenceTransformer  # isort: skip
@@ -100,36 +101,12 @@ def embed_onnx(
     parity check holds it to cosine >= 0.999). Texts are sorted by length so each batch
     pads only to its own longest text.
     """
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
     work_dir.mkdir(parents=True, exist_ok=True)
     raw, graph = work_dir / "embed.raw.onnx", work_dir / "embed.onnx"
     export_fused_encoder(encoder_dir, raw, graph)
-    hidden_size = encoder_dims(encoder_dir)[1]
     session = cpu_session(graph, threads=threads)
-    tok = AutoTokenizer.from_pretrained(str(encoder_dir))
-    texts = list(texts)
-    lengths = [
-        len(ids) for ids in tok(texts, truncation=True, max_length=max_seq_length)["input_ids"]
-    ]
-    order = np.argsort(lengths, kind="stable")
-    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc):
-        idx = order[start : start + batch_size]
-        enc = tok(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_seq_length,
-            return_tensors="np",
-        )
-        out[idx] = session.run(
-            [contract.ONNX_SENTENCE_EMBEDDING],
-            encoder_feeds(
-                enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-            ),
-        )[0]
+    tok = product_tokenizer(tokenizer_file(encoder_dir).read_text(), max_seq_length)
+    out = embed_texts(session, tok, list(texts), batch_size, progress=desc)
     for path in (raw, graph):
         path.unlink(missing_ok=True)
     return out

@@ -91,3 +91,38 @@ def tokenized_feeds(
             encoder_feeds(pad_rows([ids for ids, _ in chunk]), pad_rows([m for _, m in chunk]))
         )
     return feeds
+
+
+def product_tokenizer(tokenizer_json: str, max_tokens: int = contract.MAX_PRODUCT_TOKENS):
+    """The encoder folder's fast tokenizer (its JSON text), truncating at `max_tokens`, no
+    padding: product texts as the catalog is embedded (`embed_texts`)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_tokens)
+    return tok
+
+
+def embed_texts(
+    session, tokenizer, texts: Sequence[str], batch_size: int, progress: str | None = None
+) -> np.ndarray:
+    """Embeddings (N, D) of `texts` in their order: sorted by token count, each batch padded
+    to its longest text (the catalog jobs of training and conversion embed this way).
+    `progress`: a bar over the batches with that label."""
+    ids = [np.asarray(e.ids, np.int64) for e in tokenizer.encode_batch(list(texts))]
+    order = np.argsort([len(i) for i in ids], kind="stable")
+    out: np.ndarray | None = None
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(ids), batch_size)
+    for start in tqdm(starts, desc=progress, disable=progress is None):
+        rows = order[start : start + batch_size]
+        feeds = encoder_feeds(
+            pad_rows([ids[i] for i in rows]), pad_rows([np.ones_like(ids[i]) for i in rows])
+        )
+        (emb,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
+        if out is None:
+            out = np.zeros((len(ids), emb.shape[1]), np.float32)
+        out[rows] = emb
+    return out if out is not None else np.zeros((0, 0), np.float32)
