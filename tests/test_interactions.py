@@ -72,3 +72,19 @@ def test_cli_trains_and_evaluates_on_your_interactions(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         recommend.main(["--data", str(tmp_path / "missing"), "--out", str(out)])
     assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_plain_sequences_layout_ids_only_and_with_items(tmp_path):
+    path = tmp_path / "Shop.txt"
+    path.write_text("u1 10 11 10 12\n\nu2 12 13\n")
+    data = load_interactions(path)
+    assert not data.has_text
+    assert list(data.catalog["item_id"]) == ["10", "11", "12", "13"]
+    assert data.sequences == [[0, 1, 2], [2, 3]]  # oldest first, each product once
+    (tmp_path / "items.csv").write_text("item_id,title\n12,lamp\n13,desk\n")
+    data = load_interactions(path, "sequences")
+    assert data.has_text and data.dropped == 3
+    assert data.sequences == [[0], [0, 1]]
+    path.write_text("u1\n")
+    with pytest.raises(DataError, match=r"Shop.txt: line 1: shopper 'u1' has no products"):
+        load_interactions(path)

@@ -11,10 +11,15 @@ row, column, what is wrong) as the relevance loaders (`training/loaders.py`):
   one row per interaction) or the sequential benchmark one (`user_id:token
   item_id_list:token_seq item_id:token`, one row per user: the history, then the next
   item), as public Amazon review benchmarks ship them; `*.train/valid/test.inter` are read
-  together and each user's longest sequence kept.
+  together and each user's longest sequence kept;
+- `sequences`: the plain text layout of the sequential-recommendation literature, one line
+  per shopper: the shopper's id, then the product ids oldest first, separated by spaces
+  (`.txt` or `.txt.gz`). Product ids only: the items carry no text unless an `items` table
+  sits beside the file, and the models then learn from ids alone.
 
 Item ids are tokens; interactions with items missing from the item table are dropped and
-counted (the log says how many), as products without text cannot be embedded.
+counted (the log says how many), as products without text cannot be embedded (the
+`sequences` layout without an item table has every product it names).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import numpy as np
 import pandas as pd
 
 from shoprank.data.datasets import DataError
-from shoprank.training.loaders import _read, _Table
+from shoprank.training.loaders import _open_text, _read, _Table
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "interactions", "recbole")
+FORMATS = ("auto", "interactions", "recbole", "sequences")
+SEQUENCE_SUFFIXES = (".txt", ".txt.gz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".csv.gz", ".tsv.gz")
 
 
@@ -42,12 +48,14 @@ class Interactions:
     catalog: pd.DataFrame  # product_id (int64), item_id (the source's token), title, ...
     sequences: list[list[int]]  # per shopper: catalog rows, oldest first, each once
     dropped: int = 0  # interactions whose item is not in the item table
+    has_text: bool = True  # False: ids only (empty titles), the models learn from ids alone
 
     def summary(self) -> str:
         n = sum(len(s) for s in self.sequences)
         return (
             f"{len(self.catalog):,} items, {len(self.sequences):,} shoppers, {n:,} interactions"
             + (f" ({self.dropped:,} dropped: item not in the item table)" if self.dropped else "")
+            + ("" if self.has_text else " (ids only, no item text)")
         )
 
 
@@ -161,6 +169,61 @@ def load_recbole(folder: Path, encoding: str | None = None) -> Interactions:
     return Interactions(catalog, sequences, dropped)
 
 
+def _id_only_catalog(ids: list[str]) -> pd.DataFrame:
+    """A catalog of bare ids (no text), in first-seen order."""
+    empty = np.full(len(ids), "", object)
+    return pd.DataFrame(
+        {
+            "product_id": np.arange(1, len(ids) + 1, dtype=np.int64),
+            "item_id": np.asarray(ids, object),
+            "title": empty,
+            "category": empty,
+            "brand": empty,
+            "description": empty,
+            "price": np.full(len(ids), np.nan),
+        }
+    )
+
+
+def load_sequences(
+    path: Path, items: Path | None = None, encoding: str | None = None
+) -> Interactions:
+    """One line per shopper: `shopper item item ...`, oldest first (blank lines skipped).
+    With an `items` table its texts are used and unknown ids dropped and counted; without
+    one the catalog is every id the file names, in first-seen order, without text."""
+    catalog = _catalog(_read(items, encoding=encoding)) if items is not None else None
+    row_of = {str(i): r for r, i in enumerate(catalog["item_id"])} if catalog is not None else {}
+    sequences, dropped = [], 0
+    with _open_text(path, encoding) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            user, *tokens = line.split()
+            if not tokens:
+                raise DataError(
+                    f"{path}: line {number}: shopper {user!r} has no products "
+                    "(expected: shopper id, then product ids oldest first)",
+                    source=str(path),
+                )
+            rows = []
+            for token in tokens:
+                if catalog is None:
+                    rows.append(row_of.setdefault(token, len(row_of)))
+                elif token in row_of:
+                    rows.append(row_of[token])
+                else:
+                    dropped += 1
+            if rows:
+                sequences.append(list(dict.fromkeys(rows)))
+    if catalog is None:
+        return Interactions(_id_only_catalog(list(row_of)), sequences, dropped, has_text=False)
+    return Interactions(catalog, sequences, dropped)
+
+
+def _is_sequence_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(SEQUENCE_SUFFIXES)
+
+
 def _table_in(folder: Path, stem: str) -> Path | None:
     for suffix in TABLE_SUFFIXES:
         if (folder / f"{stem}{suffix}").is_file():
@@ -180,6 +243,10 @@ def load_interactions(
     folder = path if path.is_dir() else path.parent
     if fmt == "recbole" or (fmt == "auto" and path.is_dir() and any(folder.glob("*.inter"))):
         data = load_recbole(folder, encoding)
+    elif fmt == "sequences" or (fmt == "auto" and _is_sequence_file(path)):
+        if not path.is_file():
+            raise DataError(f"{path}: the sequences layout is one file (.txt or .txt.gz)")
+        data = load_sequences(path, _table_in(folder, "items"), encoding)
     else:
         interactions = path if path.is_file() else _table_in(folder, "interactions")
         items = _table_in(folder, "items")
