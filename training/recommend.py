@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from shoprank.core.shopper_vectors import left_pad
 from shoprank.data.datasets import HISTORY_EVENTS
-from shoprank.data.metrics import HIT_RATE_AT_10, next_item_metrics
+from shoprank.data.metrics import HIT_RATE_AT_10, NDCG_AT_10, next_item_metrics
 from shoprank.models.sequential import SequentialConfig, SequentialRecommender
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,9 @@ class SequentialTraining:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
-    # Per-product id vectors on top of the text: off, so that every product (with or without
-    # clicks) is represented the same way. Not measured with this architecture; an earlier
-    # one (64-wide projection, no identity start) scored test HR@10 0.031 with them (3
-    # epochs) and 0.028 without (8), both below text only (0.0435); this one, 0.0667.
+    id_dim: int = 64  # the width when the data has ids only (no text to project)
     id_embeddings: bool = False
+    min_id_count: int = 5  # products in fewer training sequences fall back to their text
     # Softmax over the batch's targets and this many random products (0: the whole catalog).
     # Measured on the demo shop: whole catalog, test HR@10 0.0667 after 4 epochs; 2,048
     # sampled, 0.0592 after 6. Sampling is for catalogs where the full softmax is too slow.
@@ -222,57 +221,96 @@ def sequential_scorer(model: SequentialRecommender, text: torch.Tensor) -> Score
     return score
 
 
-def train_sequential(
-    seqs: Sequences, text: np.ndarray, config: SequentialTraining, max_len: int
-) -> tuple[SequentialRecommender, list[dict]]:
-    """Next-product cross-entropy over the whole catalog at every position; the epoch with
-    the best validation HR@10 is kept (early stopping after `patience` worse epochs)."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    text_t = torch.from_numpy(np.ascontiguousarray(text, np.float32))
+def length_buckets(
+    windows: Sequence[list[int]], batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Batches of window indices of similar length, in random order: each batch is padded
+    to its own longest window, and most shoppers' histories are short."""
+    order = np.argsort([len(w) + rng.random() for w in windows], kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def id_mask(train: Sequence[list[int]], num_items: int, min_count: int) -> torch.Tensor:
+    """m_i (N,): 1 for products in at least `min_count` training sequences."""
+    return torch.from_numpy((popularity(train, num_items) >= min_count).astype(np.float32))
+
+
+def new_model(
+    text: np.ndarray, train: Sequence[list[int]], config: SequentialTraining, max_len: int
+) -> SequentialRecommender:
+    """An untrained model for these products; (N, 0) text means ids only."""
+    has_text = text.shape[1] > 0
     model = SequentialRecommender(
         SequentialConfig(
             text_dim=text.shape[1],
             num_items=len(text),
-            dim=config.dim,
+            dim=config.dim if has_text else config.id_dim,
             layers=config.layers,
             heads=config.heads,
             max_len=max_len,
             dropout=config.dropout,
-            id_embeddings=config.id_embeddings,
+            id_embeddings=config.id_embeddings or not has_text,
+            text=has_text,
         )
     )
+    model.id_mask.copy_(id_mask(train, len(text), config.min_id_count if has_text else 0))
+    return model
+
+
+def train_epoch(
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+    windows: Sequence[list[int]],
+    text: torch.Tensor,
+    config: SequentialTraining,
+    rng: np.random.Generator,
+    desc: str,
+) -> float:
+    """One pass over the windows; the mean next-product loss."""
+    model.train()
+    total, count = 0.0, 0
+    # Progress within the epoch too: on real logs one epoch takes minutes.
+    for index in tqdm(length_buckets(windows, config.batch_size, rng), desc=desc, leave=False):
+        batch = [windows[i] for i in index]
+        rows, mask = left_pad([w[:-1] for w in batch], model.config.max_len)
+        targets, target_mask = left_pad([w[1:] for w in batch], model.config.max_len)
+        items = model.item_vectors(text)  # (N, d)
+        states = model.encoder.user_states(items[torch.from_numpy(rows)], torch.from_numpy(mask))
+        keep = torch.from_numpy(target_mask) > 0
+        # Logits only where a next product exists: most positions are padding.
+        loss = next_item_loss(states[keep], items, targets[target_mask > 0], config, rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * int(keep.sum())
+        count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def train_sequential(
+    seqs: Sequences, text: np.ndarray, config: SequentialTraining, max_len: int
+) -> tuple[SequentialRecommender, list[dict]]:
+    """Next-product cross-entropy at every position (sampled or whole-catalog softmax); the
+    epoch with the best validation NDCG@10 is kept (early stopping after `patience` worse
+    epochs). The curve records each epoch's loss, validation metrics and seconds."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    text_t = torch.from_numpy(np.ascontiguousarray(text, np.float32))
+    model = new_model(text, seqs.train, config, max_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     windows = training_windows(seqs.train, max_len)
     curve: list[dict] = []
     best, best_state, bad = -1.0, None, 0
     for epoch in tqdm(range(config.epochs), desc="sequential model", unit="epoch"):
-        model.train()
-        order = rng.permutation(len(windows))
-        total, count = 0.0, 0
-        # Progress within the epoch too: on real logs one epoch takes minutes.
-        starts = range(0, len(order), config.batch_size)
-        for start in tqdm(starts, desc=f"epoch {epoch + 1}", unit="batch", leave=False):
-            batch = [windows[i] for i in order[start : start + config.batch_size]]
-            rows, mask = left_pad([w[:-1] for w in batch], max_len)
-            targets, target_mask = left_pad([w[1:] for w in batch], max_len)
-            items = model.item_vectors(text_t)  # (N, d)
-            states = model.encoder.user_states(
-                items[torch.from_numpy(rows)], torch.from_numpy(mask)
-            )
-            keep = torch.from_numpy(target_mask) > 0
-            # Logits only where a next product exists: most positions are padding.
-            loss = next_item_loss(states[keep], items, targets[target_mask > 0], config, rng)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * int(keep.sum())
-            count += int(keep.sum())
+        started = time.perf_counter()
+        loss = train_epoch(model, optimizer, windows, text_t, config, rng, f"epoch {epoch + 1}")
+        seconds = time.perf_counter() - started
         val = evaluate(sequential_scorer(model, text_t), seqs.val)
-        curve.append({"epoch": epoch + 1, "loss": total / max(count, 1), **val})
-        log.info("sequential epoch %d: loss %.4f, val %s", epoch + 1, curve[-1]["loss"], val)
-        if val[HIT_RATE_AT_10] > best:
-            best, best_state, bad = val[HIT_RATE_AT_10], copy.deepcopy(model.state_dict()), 0
+        curve.append({"epoch": epoch + 1, "loss": loss, "seconds": round(seconds, 1), **val})
+        log.info("sequential epoch %d (%.0f s): loss %.4f, val %s", epoch + 1, seconds, loss, val)
+        if val[NDCG_AT_10] > best:
+            best, best_state, bad = val[NDCG_AT_10], copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
             if bad >= config.patience:

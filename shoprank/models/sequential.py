@@ -1,10 +1,14 @@
 """The sequential recommender: next product from a shopper's ordered history (SASRec-style).
 
-Items are represented from their text, so a product nobody has clicked yet can still be
-recommended:
+Items are represented from their ids and their text together: the id vector is what real
+logs reward, the text is what a product nobody has clicked yet still has:
 
-    e_i = W · t_i + v_i          t_i: fine-tuned text embedding (D), W: D → d,
-                                 v_i: learned id embedding (d), zero for unseen products
+    e_i = W · t_i + m_i · v_i    t_i: fine-tuned text embedding (D), W: D → d,
+                                 v_i: learned id embedding (d),
+                                 m_i: 1 for products seen at least `min_id_count` times in
+                                      training, else 0 (too rare: their text alone)
+
+Data with ids only (no titles) has no text part: e_i = v_i.
 
 A small causal transformer over the history's item vectors (most recent last, left-padded)
 gives the shopper vector h at the last position; products are scored by h · e_i. Serving
@@ -42,6 +46,7 @@ class SequentialConfig:
     max_len: int = contract.MAX_HISTORY
     dropout: float = 0.2
     id_embeddings: bool = True  # False: items are their text alone
+    text: bool = True  # False: ids only (the data has no item text)
 
 
 class CausalBlock(nn.Module):
@@ -117,23 +122,32 @@ class SequentialRecommender(nn.Module):
     def __init__(self, config: SequentialConfig) -> None:
         super().__init__()
         self.config = config
-        self.project = nn.Linear(config.text_dim, config.dim)
-        if config.dim == config.text_dim:
+        if not (config.text or config.id_embeddings):
+            raise ValueError("a sequential model needs item text, item ids or both")
+        self.project = nn.Linear(config.text_dim, config.dim) if config.text else None
+        if self.project is not None and config.dim == config.text_dim:
             nn.init.eye_(self.project.weight)  # items start as their text embeddings
             nn.init.zeros_(self.project.bias)
         self.item_id = nn.Embedding(config.num_items, config.dim)
-        nn.init.zeros_(self.item_id.weight)  # an unseen product is its text alone
+        if config.text:
+            nn.init.zeros_(self.item_id.weight)  # an unseen product is its text alone
+        else:
+            nn.init.normal_(self.item_id.weight, std=0.02)  # logits start near 0
+        # m_i: which products have an id vector (training sets it from the counts).
+        self.register_buffer("id_mask", torch.ones(config.num_items))
         self.encoder = HistoryEncoder(config)
 
     def item_vectors(self, text: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """e_i (N, d) for text embeddings (N, D) of catalog `rows` (default: all, in order);
         rows at or beyond `num_items` (products added after training) get no id part."""
         rows = torch.arange(len(text)) if rows is None else rows
+        projected = self.project(text) if self.project is not None else 0.0
         if not self.config.id_embeddings:
-            return self.project(text)
+            return projected
         known = rows < self.config.num_items
-        ids = self.item_id(torch.where(known, rows, torch.zeros_like(rows)))
-        return self.project(text) + ids * known.unsqueeze(-1)
+        safe = torch.where(known, rows, torch.zeros_like(rows))
+        ids = self.item_id(safe) * (self.id_mask[safe] * known).unsqueeze(-1)
+        return projected + ids
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor, items: torch.Tensor):
         """history rows (B, L) left-padded, mask (B, L), item vectors (N, d) →
