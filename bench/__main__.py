@@ -4,9 +4,11 @@ Runs, on this machine and over the same workload (`<out>/loadtest/workload.json`
 
 1. naive: PyTorch eager encoder + FusionRanker in process, then behind FastAPI/uvicorn
    (HTTP, JSON) at each concurrency;
-2. ONNX Runtime fp32 and int8 in process (the served pipeline's code and settings);
+2. ONNX Runtime fp32 and int8 in process (the served pipeline's code and settings), and
+   the int8 encoder alone on the same queries' feeds;
 3. the shoprank Triton ensemble over gRPC at each concurrency (an embedded server on free
-   loopback ports unless --url is given);
+   loopback ports unless --url is given), with each model's mean dynamic batch size from
+   Triton's statistics;
 4. the encoder's FLOP floor on this machine.
 
 Writes `<reports>/bench.md`, `bench.csv` and `bench_latency.png` and prints the table.
@@ -28,11 +30,16 @@ from pathlib import Path
 
 from shoprank import contract
 from shoprank.bench import report
+from shoprank.bench.batching import Totals, batching_between, read_totals
 from shoprank.bench.flops import FlopFloor, encoder_floor
 from shoprank.bench.measure import Caller, MeasureConfig, measure
 from shoprank.bench.report import Row, Target
 from shoprank.bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
 from shoprank.configargs import parse_config
+
+# Ensembles answer each request in one execution by construction: their counts say
+# nothing about the batcher.
+ENSEMBLES = (contract.ENSEMBLE_MODEL, contract.RERANK_MODEL, contract.RECOMMEND_MODEL)
 
 
 @dataclass
@@ -43,7 +50,7 @@ class BenchConfig:
     reports: Path = field(default=Path("reports"), metadata={"help": "where to write reports"})
     workload: str = field(default="", metadata={"help": "requests JSON; empty: <out>/loadtest/…"})
     url: str = field(default="", metadata={"help": "Triton gRPC url; empty: start one"})
-    concurrency: str = field(default="1,4,8", metadata={"help": "served systems' concurrencies"})
+    concurrency: str = field(default="1,4,8,16", metadata={"help": "served systems' concurrencies"})
     duration_s: float = field(default=4.0, metadata={"help": "one measurement window, s"})
     warmup_s: float = field(default=2.0, metadata={"help": "warm-up before the windows, s"})
     max_windows: int = field(default=5, metadata={"help": "windows before giving up on stable"})
@@ -142,6 +149,22 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _statistics(make_caller: Callable[[], Caller]) -> Callable[[], Totals] | None:
+    """How to read the server's batching totals, for a served system (None: in process)."""
+    url = getattr(make_caller, "grpc_url", None)
+    if not url:
+        return None
+
+    def read() -> Totals:
+        try:
+            return read_totals(url)
+        except Exception as exc:  # statistics are evidence beside the timings, not a must
+            _log(f"  Triton statistics unavailable: {_error_text(exc)}")
+            return {}
+
+    return read
+
+
 def _measure_rows(
     system: str,
     make_caller: Callable[[], Caller],
@@ -150,21 +173,27 @@ def _measure_rows(
     mconfig: MeasureConfig,
 ) -> list[Row]:
     rows = []
+    statistics = _statistics(make_caller)
     for c in concurrencies:
+        before = statistics() if statistics else {}
         try:
             m = measure(make_caller, workload, c, mconfig)
         except Exception as exc:
             _log(f"  {system} ×{c}: FAILED {exc}")
             rows.append(Row(system, c, None, error=_error_text(exc)))
             continue
+        after = statistics() if statistics else {}
+        batching = batching_between(before, after, ENSEMBLES) if before and after else []
         s = m.summary
+        batches = ", ".join(f"{b.model} {b.mean_batch:.2f}" for b in batching)
         _log(
             f"  {LABELS[system]} ×{c}: p50 {s.p50_ms:.2f} ms, p95 {s.p95_ms:.2f} ms, "
             f"p99 {s.p99_ms:.2f} ms, {s.throughput_rps:.1f} req/s "
             f"({'stable' if m.stable else 'NOT stable'} after {len(m.window_throughputs)} windows"
             f"{', errors: ' + m.first_error if m.first_error else ''})"
+            + (f"; mean batch size {batches}" if batches else "")
         )
-        rows.append(Row(system, c, s, m.stable, m.window_throughputs))
+        rows.append(Row(system, c, s, m.stable, m.window_throughputs, batching=batching))
     return rows
 
 

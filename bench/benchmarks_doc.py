@@ -34,7 +34,8 @@ from pathlib import Path
 
 from shoprank import contract
 from shoprank.bench import ann, scale
-from shoprank.bench.systems import TRITON
+from shoprank.bench.batching import parse_batching
+from shoprank.bench.systems import ONNX_INT8, ONNX_INT8_ENCODER, TRITON
 from shoprank.configargs import parse_config
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY
 from shoprank.data.metrics import (
@@ -324,10 +325,54 @@ def conversion(path: Path) -> Rendered:
 
 
 # -- latency and throughput: reports/bench.csv ---------------------------------------------
+def _p50(rows: list[dict[str, str]], system: str, concurrency: str = "1") -> float | None:
+    for r in rows:
+        if r["system"] == system and r["concurrency"] == concurrency and r["p50_ms"]:
+            return float(r["p50_ms"])
+    return None
+
+
+def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:
+    """The same-run p50 ratios the benchmark's targets are set on, where both rows exist."""
+    pairs = (
+        ("Triton ×1 / in-process int8 pipeline", (TRITON, ONNX_INT8)),
+        ("in-process int8 pipeline / int8 encoder alone", (ONNX_INT8, ONNX_INT8_ENCODER)),
+    )
+    out = []
+    for name, (top, bottom) in pairs:
+        a, b = _p50(rows, top), _p50(rows, bottom)
+        if a is not None and b:
+            out.append(f"{name}: {a:.2f} / {b:.2f} ms = **{a / b:.2f}×**")
+    return ["p50 ratios in this run: " + "; ".join(out) + "."] if out else []
+
+
+def _batching_lines(rows: list[dict[str, str]]) -> list[str]:
+    """Mean dynamic batch size per served model and concurrency (Triton's statistics)."""
+    found = [(r, parse_batching(r.get("batching") or "")) for r in rows]
+    found = [(r, b) for r, b in found if b]
+    if not found:
+        return []
+    models = list(dict.fromkeys(b.model for _, batching in found for b in batching))
+    table_rows = []
+    for r, batching in found:
+        by = {b.model: b for b in batching}
+        cells = [num(by[m].mean_batch) if m in by else "–" for m in models]
+        table_rows.append([r["label"] or r["system"], r["concurrency"], *cells])
+    return [
+        "",
+        "Mean dynamic batch size per model (requests / executions, Triton's statistics over "
+        "each row's run):",
+        "",
+        *table(["system", "conc.", *models], table_rows),
+    ]
+
+
 def bench(path: Path) -> Rendered:
-    """Every (system, concurrency) of `make bench`, with its ratios to the naive baseline."""
+    """Every (system, concurrency) of `make bench`, with its ratios to the naive baseline,
+    the same-run ratios of its targets and the served models' batch sizes."""
     rows = []
-    for r in read_csv(path):
+    found = read_csv(path)
+    for r in found:
         head = [r["label"] or r["system"], r["transport"], r["concurrency"]]
         if not r["p50_ms"]:
             rows.append([*head, f"failed: {r['error']}", "", "", "", "", ""])
@@ -345,10 +390,13 @@ def bench(path: Path) -> Rendered:
         )
     header = ["system", "transport", "conc.", "p50 ms", "p95 ms", "p99 ms", "req/s"]
     header += ["naive p50 / p50", "req/s / naive HTTP best req/s"]
+    ratios = _bench_ratio_lines(found)
     return Rendered(
         "make bench",
         [
             *table(header, rows),
+            *(["", *ratios] if ratios else []),
+            *_batching_lines(found),
             "",
             "Closed loop, the same held-out workload for every system; the load generator "
             "shares the cores with the servers.",

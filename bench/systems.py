@@ -13,20 +13,24 @@ from pathlib import Path
 
 from shoprank import contract
 from shoprank.bench.measure import Caller
-from shoprank.core.pipeline import InProcessPipeline
+from shoprank.core.pipeline import InProcessPipeline, query_feeds
+from shoprank.core.tokenizer import QueryTokenizer
 
 # (system key, label in the report, transport)
 NAIVE = "naive"
 NAIVE_HTTP = "naive-http"
 ONNX_FP32 = "onnx-fp32"
 ONNX_INT8 = "onnx-int8"
+# The int8 encoder alone on the pipeline's own feeds: what the pipeline is held against.
+ONNX_INT8_ENCODER = "onnx-int8-encoder"
 TRITON = "triton"
 TRITON_RECOMMEND = "triton-recommend"  # the `recommend` ensemble on the same histories
-SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, NAIVE_HTTP, TRITON, TRITON_RECOMMEND)
+SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, ONNX_INT8_ENCODER, NAIVE_HTTP, TRITON, TRITON_RECOMMEND)
 LABELS = {
     NAIVE: "naive PyTorch eager (in process)",
     ONNX_FP32: "ONNX Runtime fp32 (in process)",
     ONNX_INT8: "ONNX Runtime int8 (in process)",
+    ONNX_INT8_ENCODER: "ONNX Runtime int8 encoder alone (in process)",
     NAIVE_HTTP: "naive PyTorch eager + FastAPI/uvicorn (HTTP)",
     TRITON: "shoprank Triton ensemble (gRPC)",
     TRITON_RECOMMEND: "shoprank Triton recommend ensemble (gRPC, history only)",
@@ -35,6 +39,7 @@ TRANSPORT = {
     NAIVE: "in-process",
     ONNX_FP32: "in-process",
     ONNX_INT8: "in-process",
+    ONNX_INT8_ENCODER: "in-process",
     NAIVE_HTTP: "http",
     TRITON: "grpc",
     TRITON_RECOMMEND: "grpc",
@@ -64,6 +69,33 @@ def pipeline_caller(pipeline) -> Callable[[], Caller]:
         return pipeline.search(request["query"], request["history"], request["top_k"])
 
     return lambda: call
+
+
+def encoder_caller(tokenizer: QueryTokenizer, session) -> Callable[[], Caller]:
+    """Factory of callers that run only the encoder session on the feeds the pipeline
+    builds for the same query (`query_feeds`). Feeds are built on a query's first call and
+    kept, so the timed work is the encoder's alone; warm-up visits the workload first."""
+    feeds: dict[str, dict] = {}
+
+    def call(request: dict) -> object:
+        query = request["query"]
+        if query not in feeds:
+            feeds[query] = query_feeds(tokenizer, [query])
+        return session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds[query])[0]
+
+    return lambda: call
+
+
+class TritonFactory:
+    """Factory of `TritonCaller`s for one server; `grpc_url` lets the benchmark read the
+    server's statistics around each measurement."""
+
+    def __init__(self, grpc_url: str, recommend: bool = False) -> None:
+        self.grpc_url = grpc_url
+        self.recommend = recommend
+
+    def __call__(self) -> TritonCaller:
+        return TritonCaller(self.grpc_url, self.recommend)
 
 
 class HttpCaller:
@@ -127,12 +159,19 @@ def open_system(
 
         with running_http_server(paths.root) as http_url:
             yield lambda: HttpCaller(http_url)
+    elif system == ONNX_INT8_ENCODER:
+        from shoprank.core.sessions import cpu_session
+
+        tokenizer = QueryTokenizer(
+            paths.repository("cpu") / contract.TOKENIZER_MODEL / "1" / contract.TOKENIZER_FILE
+        )
+        yield encoder_caller(tokenizer, cpu_session(paths.encoder_int8_onnx, ort_threads))
     elif system in (TRITON, TRITON_RECOMMEND) and url:
-        yield lambda: TritonCaller(url, system == TRITON_RECOMMEND)
+        yield TritonFactory(url, system == TRITON_RECOMMEND)
     elif system in (TRITON, TRITON_RECOMMEND):
         from shoprank.ops.tritonserver import running_server
 
         with running_server(paths.repository("cpu")) as handle:
-            yield lambda: TritonCaller(handle.grpc_url, system == TRITON_RECOMMEND)
+            yield TritonFactory(handle.grpc_url, system == TRITON_RECOMMEND)
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")

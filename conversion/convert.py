@@ -73,7 +73,7 @@ class ConversionConfig(DenseIndexOptions):
         default=contract.MAX_BATCH_SIZE, metadata={"help": "TensorRT profile max batch"}
     )
     trt_seq_min: int = contract.SEQUENCE_BUCKET
-    trt_seq_opt: int = 2 * contract.SEQUENCE_BUCKET
+    trt_seq_opt: int = contract.TYPICAL_QUERY_TOKENS
     trt_seq_max: int = field(
         default=contract.MAX_QUERY_TOKENS, metadata={"help": "TensorRT profile max tokens"}
     )

@@ -16,6 +16,7 @@ import pytest
 import requests
 from pipeline_fixtures import assert_same_ranking
 
+from shoprank.bench.batching import batching_between, format_batching, parse_batching, totals_of
 from shoprank.bench.measure import (
     BenchError,
     MeasureConfig,
@@ -198,10 +199,11 @@ def _summary(p50: float, rps: float) -> Summary:
 def test_ratios_and_targets() -> None:
     rows = [
         Row("naive", 1, _summary(20.0, 50.0), True),
-        Row("onnx-int8", 1, _summary(2.0, 500.0), True),
+        Row("onnx-int8", 1, _summary(4.0, 250.0), True),
+        Row("onnx-int8-encoder", 1, _summary(2.5, 400.0), True),
         Row("naive-http", 1, _summary(25.0, 40.0), True),
         Row("naive-http", 8, _summary(100.0, 80.0), True),
-        Row("triton", 1, _summary(4.0, 250.0), True),
+        Row("triton", 1, _summary(4.8, 200.0), True),
         Row("triton", 8, _summary(10.0, 800.0), True),
         Row("triton-recommend", 1, _summary(5.0, 200.0), True),
         Row("onnx-fp32", 1, None, error="boom"),
@@ -209,19 +211,71 @@ def test_ratios_and_targets() -> None:
     add_ratios(rows)
     assert naive_http_best_rps(rows) == 80.0
     by = {(r.system, r.concurrency): r for r in rows}
-    assert by["onnx-int8", 1].latency_ratio == pytest.approx(10.0)  # vs naive in process
-    assert by["triton", 1].latency_ratio == pytest.approx(25.0 / 4.0)  # vs naive HTTP ×1
+    assert by["onnx-int8", 1].latency_ratio == pytest.approx(5.0)  # vs naive in process
+    assert by["triton", 1].latency_ratio == pytest.approx(25.0 / 4.8)  # vs naive HTTP ×1
     assert by["triton", 8].latency_ratio == pytest.approx(10.0)
     assert by["triton", 8].throughput_ratio == pytest.approx(10.0)
     assert by["onnx-fp32", 1].latency_ratio is None
+    # One stage is not a pipeline: the encoder alone is held against the pipeline only.
+    assert by["onnx-int8-encoder", 1].latency_ratio is None
+    assert by["onnx-int8-encoder", 1].throughput_ratio is None
     found = targets(rows)
-    assert [t.holds for t in found] == [True, True, True]  # recommend 5.0 ≤ 1.5 × 4.0
+    # Triton 4.8 ≤ 1.25 × 4.0; 800 ≥ 5 × 80; pipeline 4.0 ≤ 2 × 2.5; recommend 5.0 ≤ 1.5 × 4.8
+    assert [t.holds for t in found] == [True, True, True, True]
+    assert "4.80 vs 4.00 ms = 1.20×" in found[0].measured
+    by["triton", 1].summary = _summary(5.2, 190.0)  # 1.30× the in-process pipeline
+    assert targets(rows)[0].holds is False
     by["triton", 8].summary = _summary(10.0, 300.0)
     assert targets(rows)[1].holds is False
-    by["triton-recommend", 1].summary = _summary(6.5, 150.0)
+    by["onnx-int8-encoder", 1].summary = _summary(1.9, 500.0)  # pipeline 2.1× the encoder
     assert targets(rows)[2].holds is False
+    by["triton-recommend", 1].summary = _summary(8.0, 120.0)
+    assert targets(rows)[3].holds is False
     text = markdown(rows, targets(rows), None, {"machine": "test"})
     assert "failed: boom" in text and "| **no** |" in text
+    assert "Dynamic batching" not in text  # no served row carries statistics
+    del by  # the rows without each reference: not measured, never a verdict
+    bare = [r for r in rows if r.system not in ("onnx-int8-encoder", "onnx-int8")]
+    assert [t.holds for t in targets(bare)][0::2] == [None, None]
+
+
+def test_mean_batch_sizes_from_triton_statistics() -> None:
+    """Requests over executions per model between two statistics snapshots (Triton's JSON
+    writes 64-bit counts as strings; versions of one model add up; ensembles are left out)."""
+
+    def stats(tokenizer: tuple[int, int], ranker: tuple[int, int], search: int) -> dict:
+        def model(name: str, version: str, counts: tuple[int, int]) -> dict:
+            return {
+                "name": name,
+                "version": version,
+                "inference_count": str(counts[0]),
+                "execution_count": str(counts[1]),
+            }
+
+        return {
+            "model_stats": [
+                model("tokenizer", "1", tokenizer),
+                model("ranker", "1", (ranker[0] - 10, ranker[1] - 10)),
+                model("ranker", "2", (10, 10)),
+                model("search", "1", (search, search)),
+                model("encoder", "1", (0, 0)),
+            ]
+        }
+
+    before = totals_of(stats((100, 100), (100, 100), 100))
+    after = totals_of(stats((500, 200), (500, 140), 500))
+    assert after["ranker"] == (500, 140)
+    found = batching_between(before, after, skip=("search",))
+    assert [(b.model, b.inferences, b.executions) for b in found] == [
+        ("ranker", 400, 40),
+        ("tokenizer", 400, 100),
+    ]
+    assert [b.mean_batch for b in found] == [10.0, 4.0]
+    assert parse_batching(format_batching(found)) == found
+    rows = [Row("triton", 8, _summary(10.0, 800.0), True, batching=found)]
+    text = markdown(rows, targets(rows), None, {"machine": "test"})
+    assert "## Dynamic batching" in text
+    assert "| shoprank Triton ensemble (gRPC) | 8 | ranker | 400 | 40 | 10.00 |" in text
 
 
 # -- FLOPs ----------------------------------------------------------------------------------------
@@ -348,6 +402,7 @@ def test_short_bench_run_writes_reports(
         ("naive", 1),
         ("onnx-fp32", 1),
         ("onnx-int8", 1),
+        ("onnx-int8-encoder", 1),
         ("naive-http", 1),
         ("naive-http", 2),
         ("triton", 1),
@@ -372,6 +427,10 @@ def test_short_bench_run_writes_reports(
         assert s.throughput_rps <= max(windows) * (1 + 1e-12), r
         assert r["throughput_rps"] == f"{s.throughput_rps:.3f}"
         assert r["window_throughputs"].split() == [f"{t:.2f}" for t in m.window_throughputs]
+        if m.system == "onnx-int8-encoder":  # one stage: held against the pipeline only
+            assert m.latency_ratio is None and m.throughput_ratio is None
+            assert r["latency_ratio_vs_naive"] == r["throughput_ratio_vs_naive_http_best"] == ""
+            continue
         ratio = s.throughput_rps / best_http
         assert m.throughput_ratio == pytest.approx(ratio, rel=1e-12)
         assert r["throughput_ratio_vs_naive_http_best"] == f"{m.throughput_ratio:.4f}"
@@ -379,8 +438,21 @@ def test_short_bench_run_writes_reports(
         want = base.summary.p50_ms / s.p50_ms
         assert m.latency_ratio == pytest.approx(want, rel=1e-12)
         assert r["latency_ratio_vs_naive"] == f"{m.latency_ratio:.4f}"
+    # The served rows carry Triton's batching statistics for their own run: every request
+    # went through each model of the ensemble, and no execution ran more than the batch.
+    for m in result.rows:
+        served = {b.model: b for b in m.batching}
+        if m.system == "triton":
+            assert set(served) == {"tokenizer", "encoder", "ranker"}, m.batching
+        elif m.system == "triton-recommend":
+            assert set(served) == {"recommender"}, m.batching
+        else:
+            assert not served
+        for b in served.values():
+            assert b.inferences >= m.summary.requests and 1.0 <= b.mean_batch <= m.concurrency
     text = result.markdown.read_text()
     assert "## Targets" in text and "## Encoder FLOP floor" in text
+    assert "## Dynamic batching" in text
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.floor is not None and result.floor.flops > 0
 

@@ -22,10 +22,11 @@ import pandas as pd
 import pytest
 
 from shoprank.bench import ann, benchmarks_doc, deploy, scale
+from shoprank.bench.batching import Batching
 from shoprank.bench.measure import Summary
 from shoprank.bench.report import Row as BenchRow
 from shoprank.bench.report import add_ratios, write_csv
-from shoprank.bench.systems import NAIVE_HTTP, TRITON
+from shoprank.bench.systems import NAIVE_HTTP, ONNX_INT8, ONNX_INT8_ENCODER, TRITON
 from shoprank.conversion.convert import Variant
 from shoprank.conversion.dense import build_dense_index
 from shoprank.conversion.latency import Speed
@@ -145,8 +146,21 @@ def write_conversion_report(out: Path) -> dict:
 
 def write_bench(out: Path) -> None:
     rows = [
+        BenchRow(ONNX_INT8, 1, Summary(500, 0, 12.0, 14.0, 15.0, 12.2, 83.0, 6.0)),
+        BenchRow(ONNX_INT8_ENCODER, 1, Summary(900, 0, 4.0, 4.4, 5.0, 4.1, 250.0, 6.0)),
         BenchRow(NAIVE_HTTP, 1, Summary(100, 0, 80.0, 90.0, 95.0, 82.0, 12.5, 8.0)),
-        BenchRow(TRITON, 1, Summary(400, 0, 15.04, 18.0, 21.7, 15.5, 66.3, 6.0)),
+        BenchRow(
+            TRITON,
+            1,
+            Summary(400, 0, 15.04, 18.0, 21.7, 15.5, 66.3, 6.0),
+            batching=[Batching("encoder", 400, 400), Batching("ranker", 400, 400)],
+        ),
+        BenchRow(
+            TRITON,
+            4,
+            Summary(900, 0, 30.0, 40.0, 50.0, 31.0, 130.0, 6.0),
+            batching=[Batching("encoder", 900, 300), Batching("ranker", 900, 360)],
+        ),
         BenchRow(TRITON, 8, None, error="server died"),
     ]
     add_ratios(rows)
@@ -304,6 +318,12 @@ def test_sections_show_the_files_figures(every_output, tmp_path):
     assert "| shoprank Triton ensemble (gRPC) | grpc | 1 | 15.04 | 18.00 | 21.70 | 66.3 |" in bench
     assert f"| {80.0 / 15.04:.2f} | {66.3 / 12.5:.2f} |" in bench
     assert "failed: server died" in bench
+    # The targets' same-run ratios, and the batcher's evidence per model and concurrency.
+    assert f"15.04 / 12.00 ms = **{15.04 / 12.0:.2f}×**" in bench
+    assert "12.00 / 4.00 ms = **3.00×**" in bench
+    assert "| system | conc. | encoder | ranker |" in bench
+    assert "| shoprank Triton ensemble (gRPC) | 4 | 3.00 | 2.50 |" in bench
+    assert "| shoprank Triton ensemble (gRPC) | 1 | 1.00 | 1.00 |" in bench
 
     scale_section = block(text, "scale")
     assert "| 20,000 | ann | Triton, gRPC | 1 | 15.0 | 21.7 | 66.0 | 1.3 / 5.3 / 7.2 |" in (

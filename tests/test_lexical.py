@@ -209,3 +209,123 @@ def test_bm25_beside_the_dense_search_changes_no_answer(in_process, search_workl
     for a, b in zip(parallel, sequential, strict=True):
         assert a.product_ids.tolist() == b.product_ids.tolist()
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# -- lexical features against a per-candidate reference ---------------------------------------
+_WORDS = ["sofa", "grey", "velvet", "lamp", "oak", "table", "chair", "red", "glass", "kettle"]
+_BRANDS = ["Nordvik", "Lumen", "Solly", "Arkon"]
+
+
+def _random_catalog(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    def words(k: int) -> str:
+        return " ".join(rng.choice(_WORDS, size=k))
+
+    codes = [
+        f"{rng.choice(['NV', 'LU', 'AR'])}-{rng.integers(1000, 1020)}{'ab'[i % 2]}"
+        for i in range(n)
+    ]
+    return pd.DataFrame(
+        {
+            "product_id": np.arange(n),
+            "title": [f"{rng.choice(_BRANDS)} {words(3)} {codes[i]}" for i in range(n)],
+            "brand": rng.choice(_BRANDS, size=n),
+            "category": rng.choice(["Furniture > Sofas", "Kitchen > Kettles"], size=n),
+            "color": rng.choice(["grey", "red", "oak"], size=n),
+            "material": rng.choice(["velvet", "glass", ""], size=n),
+            "size": [f"{rng.integers(1, 4)}-seat" for _ in range(n)],
+            "description": [words(5) for _ in range(n)],
+        }
+    )
+
+
+def _reference_features(index: LexicalIndex, catalog, tokens: list[str], rows) -> np.ndarray:
+    """LEXICAL_FEATURES candidate by candidate, from each product's own tokens (title,
+    brand and attributes re-tokenized) and a (token, row) → BM25 weight table."""
+    texts = lexical.field_texts(catalog)
+    weight = {}
+    for t in range(len(index.bm25.indptr) - 1):
+        lo, hi = index.bm25.indptr[t], index.bm25.indptr[t + 1]
+        for row, w in zip(index.bm25.rows[lo:hi], index.bm25.weights[lo:hi], strict=True):
+            weight[t, int(row)] = np.float32(w)
+    distinct = list(dict.fromkeys(tokens))
+    grams = lexical.trigrams(tokens)
+    out = np.zeros((len(rows), len(LEXICAL_FEATURES)), np.float32)
+    for c, row in enumerate(int(r) for r in rows):
+        title = set(tokenize(texts["title"][row]))
+        attributes = set(tokenize(texts["brand"][row])) | set(tokenize(texts["attributes"][row]))
+        bm25 = np.float32(0.0)
+        held = []
+        for t in distinct:
+            key = (index.vocab.get(t, -1), row)
+            held.append(key in weight)
+            bm25 = np.float32(bm25 + weight.get(key, np.float32(0.0)))
+        numeric = [h for t, h in zip(distinct, held, strict=True) if lexical.has_digit(t)]
+        codes = [h for t, h in zip(distinct, held, strict=True) if lexical.is_code(t)]
+        out[c] = [
+            np.log1p(bm25),
+            bm25,  # divided by the best candidate's below
+            sum(t in title for t in distinct) / len(distinct),
+            sum(t in attributes for t in distinct) / len(distinct),
+            all(held),
+            np.mean(numeric) if numeric else 0.0,
+            any(codes),
+            1.0 if numeric else 0.0,
+            len(grams & lexical.trigrams(tokenize(texts["title"][row]))) / len(grams),
+        ]
+    best = out[:, 1].max() if len(rows) else 0.0
+    out[:, 1] = out[:, 1] / best if best > 0 else 0.0
+    return out
+
+
+def test_features_match_a_per_candidate_reference_on_random_catalogs():
+    rng = np.random.default_rng(7)
+    catalog = _random_catalog(rng, 400)
+    index = LexicalIndex.build(catalog)
+    queries = [
+        "grey velvet sofa nv-1003a",
+        "lumen 2 seat lamp",
+        "oak table chair red glass kettle",
+        "unknownword",  # nothing in the catalog: all zeros but the trigram share
+        "sofaa ar 1011b",  # a typo and a code typed apart
+    ]
+    for query in queries:
+        tokens = tokenize(query)
+        for rows in (
+            rng.permutation(len(catalog))[:120],  # unsorted, as retrieval hands them over
+            np.array([5, 3, 5, 399, 0]),  # a duplicate row gets the same features twice
+            np.zeros(0, np.int64),
+        ):
+            got = index.features(tokens, rows)
+            want = _reference_features(index, catalog, tokens, rows)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=query)
+
+
+def test_a_batch_decodes_only_its_real_rows(index, catalog):
+    """Padding in a batch of uneven rows is never decoded, and stays zero."""
+    from shoprank.core.features import ItemTables
+    from shoprank.core.ranking import gather_features
+
+    vectors = np.arange(len(catalog) * 3, dtype=np.float32).reshape(-1, 3) + 1.0
+    asked: list[int] = []
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        asked.extend(np.asarray(rows).tolist())
+        return vectors[rows]
+
+    candidates = [np.array([4, 0, 2]), np.array([1])]
+    histories = [np.array([3]), np.zeros(0, np.int64)]
+    f = gather_features(
+        decode,
+        index,
+        ItemTables.from_catalog(catalog.assign(price=np.arange(len(catalog)) + 10.0)),
+        np.ones((2, 3), np.float32),
+        [tokenize("grey sofa"), tokenize("tv")],
+        histories,
+        candidates,
+    )
+    assert sorted(asked) == [0, 1, 2, 3, 4]  # 4 candidates and 1 history row, no padding
+    np.testing.assert_array_equal(f.candidates[0], vectors[[4, 0, 2]])
+    np.testing.assert_array_equal(f.candidates[1], [vectors[1], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(f.history[:, 0], [vectors[3], [0, 0, 0]])
+    assert f.valid.tolist() == [[True, True, True], [True, False, False]]
+    np.testing.assert_array_equal(f.lexical[1, 1:], 0.0)

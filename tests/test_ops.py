@@ -40,9 +40,12 @@ def tokenizer():
 
 def test_tokenizer_pads_to_bucket_not_maximum(tokenizer):
     (ids, mask), (long_ids, _) = tokenizer.encode(["red sofa", "word " * 500])
-    assert len(ids) == contract.SEQUENCE_BUCKET  # [CLS] red sofa [SEP] → 4 tokens → 8
-    assert mask.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert len(ids) == 4  # [CLS] red sofa [SEP]: the query's own length, no padding
+    assert mask.tolist() == [1, 1, 1, 1]
     assert ids[0] == 101 and ids[3] == 102  # [CLS] ... [SEP]
+    path = contract.pretrained_encoder_path() / "tokenizer.json"
+    bucketed = QueryTokenizer(path, bucket=8).encode(["red sofa"])[0]
+    assert bucketed[1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]  # a bucket pads up to its multiple
     assert len(long_ids) == contract.MAX_QUERY_TOKENS  # truncated, never rejected
 
 

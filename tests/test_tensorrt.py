@@ -31,21 +31,21 @@ TRT_AVAILABLE, TRT_REASON = tensorrt.available()
 
 
 def test_default_profile_fits_served_queries():
-    profile = tensorrt.profile_from_config(max_batch=64, seq_min=8, seq_opt=16, seq_max=32)
+    profile = tensorrt.profile_from_config(max_batch=64, seq_min=1, seq_opt=8, seq_max=32)
     assert profile == OptimizationProfile()
     shapes = profile.shapes()
     assert set(shapes) == {contract.ONNX_INPUT_IDS, contract.ONNX_ATTENTION_MASK}
     for lo, opt, hi in shapes.values():
         assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
         assert (lo[0], opt[0], hi[0]) == (1, 8, 64)  # batch
-        assert (lo[1], opt[1], hi[1]) == (8, 16, 32)  # tokens
+        assert (lo[1], opt[1], hi[1]) == (1, 8, 32)  # tokens: any query, tuned at a typical one
     assert profile.max_batch <= contract.MAX_BATCH_SIZE
     assert profile.min_seq <= contract.SEQUENCE_BUCKET
     assert profile.max_seq >= contract.MAX_QUERY_TOKENS
 
 
 def test_profile_opt_batch_is_capped_by_max_batch():
-    profile = tensorrt.profile_from_config(max_batch=4, seq_min=8, seq_opt=16, seq_max=32)
+    profile = tensorrt.profile_from_config(max_batch=4, seq_min=1, seq_opt=16, seq_max=32)
     assert (profile.min_batch, profile.opt_batch, profile.max_batch) == (1, 4, 4)
 
 
@@ -60,7 +60,7 @@ def test_profile_opt_batch_is_capped_by_max_batch():
     ],
 )
 def test_profile_rejects_bounds_that_cannot_serve(kwargs, message):
-    args = {"max_batch": 64, "seq_min": 8, "seq_opt": 16, "seq_max": 32, **kwargs}
+    args = {"max_batch": 64, "seq_min": 1, "seq_opt": 16, "seq_max": 32, **kwargs}
     with pytest.raises(ValueError, match=message):
         tensorrt.profile_from_config(**args)
 
@@ -149,7 +149,7 @@ def artifacts_copy(tiny_artifacts, tmp_path):
 
 
 def test_encoder_gpu_config_for_a_plan():
-    profile = tensorrt.profile_from_config(max_batch=32, seq_min=8, seq_opt=16, seq_max=32)
+    profile = tensorrt.profile_from_config(max_batch=32, seq_min=1, seq_opt=16, seq_max=32)
     config = encoder_gpu_config(
         ServingConfig(target="gpu"), 384, Path("encoder.fp16.plan"), profile
     )
@@ -180,14 +180,16 @@ def test_gpu_repository_serves_the_fp16_plan(artifacts_copy):
     info = json.loads((repo / "BUILD.json").read_text())
     assert info["encoder_plan"] == str(plan)
     assert info["tensorrt_profile"]["max_batch"] == encoder.max_batch_size
-    # The warm-up request must fit the profile: batch 1, one bucket of tokens.
+    # The warm-up request must fit the profile: batch 1, the sample query's tokens.
     warm = encoder.model_warmup[0]
     assert warm.batch_size >= 1
-    assert all(tuple(i.dims) == (contract.SEQUENCE_BUCKET,) for i in warm.inputs.values())
+    dims = {tuple(i.dims) for i in warm.inputs.values()}
+    assert len(dims) == 1 and info["tensorrt_profile"]["min_seq"] <= next(iter(dims))[0]
+    assert next(iter(dims))[0] <= info["tensorrt_profile"]["max_seq"]
 
 
 def test_gpu_repository_follows_the_plan_profile_and_selection(artifacts_copy):
-    small = tensorrt.profile_from_config(max_batch=16, seq_min=8, seq_opt=16, seq_max=32)
+    small = tensorrt.profile_from_config(max_batch=16, seq_min=1, seq_opt=16, seq_max=32)
     for precision in contract.TENSORRT_PRECISIONS:
         artifacts_copy.encoder_plan(precision).write_bytes(b"")
         artifacts.write_plan_info(

@@ -48,6 +48,19 @@ def input_array(request: Any, name: str) -> Any:
     return tensor.as_numpy()
 
 
+def request_arrays(request: Any) -> dict[str, Any]:
+    """Every input tensor of `request` by name, as numpy, in one pass: each by-name lookup
+    walks the request's whole input list again (12 lookups of a ranker request cost 7×
+    one pass, measured inside the stub)."""
+    return {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+
+
+def ticket_of(arrays: dict[str, Any]) -> int | None:
+    """The admission ticket a request carries (None: it carries none)."""
+    ticket = arrays.get(contract.ADMISSION_TICKET.name)
+    return int(ticket.reshape(-1)[0]) if ticket is not None and ticket.size else None
+
+
 def optional_array(request: Any, name: str) -> Any:
     """The numpy value of optional input `name`, or None when the request left it out."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -123,6 +136,12 @@ class AdmissionGate:
             self.warmups_left -= 1
             return NO_TICKET
         return self.table.admit()
+
+    def admit_many(self, n: int) -> list[int | None]:
+        """`admit` for each request of a dynamic batch, the table locked once."""
+        warm = min(self.warmups_left, n)
+        self.warmups_left -= warm
+        return [NO_TICKET] * warm + (self.table.admit_many(n - warm) if n > warm else [])
 
     def release(self, ticket: int) -> None:
         self.table.release(ticket)

@@ -17,9 +17,12 @@ Series (beside Triton's own nv_inference_* ones, on the same :8002/metrics):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import triton_python_backend_utils as pb_utils
 
-from shoprank import contract
+if TYPE_CHECKING:  # the tokenizer's stub imports this module without the ranking stack
+    from shoprank.core.ranking import BatchCounts
 
 SECONDS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 CANDIDATES = [10, 50, 100, 200, 300, 500, 1000]
@@ -67,6 +70,22 @@ class ServingMetrics:
     def invalid_request(self, model: str, reason: str) -> None:
         self.invalid(model=model, reason=reason).increment(1)
 
+    def ranked_batch(self, counts: BatchCounts, timings: dict[str, float]) -> None:
+        """One ranker batch: each counter series once with its sum; the histograms get an
+        observation per stage and per row, as their buckets need."""
+        for stage, seconds in timings.items():
+            self.stage_seconds(stage=stage).observe(seconds)
+        for (mode, history), n in counts.rows.items():
+            self.rows(mode=mode, history=history).increment(n)
+        for mode, n in counts.results.items():
+            self.results(mode=mode).increment(n)
+        for mode, values in counts.candidates.items():
+            series = self.candidates(mode=mode)
+            for n in values:
+                series.observe(n)
 
-def mode_of(candidates) -> str:
-    return contract.RERANK_MODEL if candidates is not None else contract.ENSEMBLE_MODEL
+    def ignored_ids(self, unknown: int, duplicate: int) -> None:
+        if unknown:
+            self.ignored(kind="unknown").increment(unknown)
+        if duplicate:
+            self.ignored(kind="duplicate").increment(duplicate)

@@ -131,6 +131,16 @@ class AdmissionTable:
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
+    def admit_many(self, n: int) -> list[int | None]:
+        """`admit` for each of a dynamic batch's `n` requests in turn, under one lock."""
+        if self.limit == 0:
+            return [NO_TICKET] * n
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            return [self._admit() for _ in range(n)]
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
     def _admit(self) -> int | None:
         now = self._now_us()
         live = self.slots[: self.limit]

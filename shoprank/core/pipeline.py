@@ -40,6 +40,14 @@ def _answer(r) -> Answer:
     return Answer(r.product_ids, r.scores, [t.decode("utf-8") for t in r.titles], notes)
 
 
+def query_feeds(tokenizer: QueryTokenizer, queries: Sequence[str | bytes]) -> dict[str, np.ndarray]:
+    """Encoder feeds of a batch of queries as the served tokenizer builds them (validated,
+    tokenized, padded to the longest row): what `encode` runs, and what the benchmark's
+    encoder-alone row times."""
+    encoded = tokenizer.encode([decode_query(q) for q in queries])
+    return encoder_feeds(pad_rows([e[0] for e in encoded]), pad_rows([e[1] for e in encoded]))
+
+
 class InProcessPipeline:
     """Loads a generated model repository's files and answers searches in this process."""
 
@@ -61,10 +69,8 @@ class InProcessPipeline:
 
     def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
         """Query embeddings (B, D) exactly as the served tokenizer + encoder compute them."""
-        encoded = self.tokenizer.encode([decode_query(q) for q in queries])
-        ids = pad_rows([e[0] for e in encoded])
-        mask = pad_rows([e[1] for e in encoded])
-        return self.encoder.run([contract.ONNX_SENTENCE_EMBEDDING], encoder_feeds(ids, mask))[0]
+        feeds = query_feeds(self.tokenizer, queries)
+        return self.encoder.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)[0]
 
     def search_many(
         self,

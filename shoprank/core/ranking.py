@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +29,17 @@ from shoprank import contract
 from shoprank.core.ann import DenseIndex
 from shoprank.core.catalog import CatalogIndex
 from shoprank.core.features import ItemTables, user_item_features
-from shoprank.core.filters import Facets, Filters
+from shoprank.core.filters import Facets, Filters, row_filters
 from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
-from shoprank.core.requests import pad_rows
+from shoprank.core.requests import (
+    InvalidInput,
+    decode_query,
+    pad_rows,
+    required,
+    row_flags,
+    row_values,
+    validate_top_k,
+)
 from shoprank.core.scoring import (
     Ranked,
     combine,
@@ -176,12 +184,16 @@ def gather_features(
     hist = pad_rows([np.asarray(h, np.int64) for h in histories], pad=0)
     hist_mask = pad_rows([np.ones(len(h), np.float32) for h in histories], pad=0.0)
     dim = query_embeddings.shape[1]
-    cand_vec = vectors(rows.reshape(-1)).reshape(b, rows.shape[1], dim)
-    hist_vec = vectors(hist.reshape(-1)).reshape(b, hist.shape[1], dim)
-    hist_vec *= hist_mask[:, :, None]
+    # Only real rows are decoded: padding stays zero, and the ranker scores each candidate
+    # apart from the others, so what padding holds never reaches a real candidate's score.
+    cand_vec = np.zeros((b, rows.shape[1], dim), np.float32)
+    cand_vec[valid] = vectors(rows[valid])
+    present = hist_mask > 0
+    hist_vec = np.zeros((b, hist.shape[1], dim), np.float32)
+    hist_vec[present] = vectors(hist[present])
     lex = np.zeros((b, rows.shape[1], len(LEXICAL_FEATURES)), np.float32)
     for i, (tokens, cand) in enumerate(zip(query_tokens, candidates, strict=True)):
-        lex[i, : len(cand)] = lexical.features(tokens, np.asarray(cand, np.int64))
+        lexical.features_into(lex[i, : len(cand)], tokens, cand)
     return Features(
         query=np.ascontiguousarray(query_embeddings, dtype=np.float32),
         history=np.ascontiguousarray(hist_vec, dtype=np.float32),
@@ -206,6 +218,81 @@ class Request:
     candidates: np.ndarray | None = None  # catalog rows to re-rank; None: retrieve
     filters: Filters | None = None  # None: everything may be returned
     explain: bool = False  # also answer each result's score broken into its parts
+
+
+@dataclass
+class ParsedRequest:
+    """One Triton request's rows, validated, and the re-rank ids it sent that were ignored."""
+
+    rows: list[Request]
+    unknown_ids: int = 0  # CANDIDATE_IDS not in the catalog
+    duplicate_ids: int = 0  # CANDIDATE_IDS sent more than once in a row
+
+
+def parse_request(arrays: Mapping[str, np.ndarray], catalog: CatalogIndex) -> ParsedRequest:
+    """The rows of one `ranker` request, from its input tensors by name (absent optional
+    inputs are simply not there). Raises InvalidInput, naming what is wrong, to refuse the
+    whole request."""
+    queries = required(arrays, contract.QUERY.name).reshape(-1)
+    embeddings = required(arrays, contract.QUERY_EMBEDDING.name)
+    top_k = required(arrays, contract.TOP_K.name).reshape(-1)
+    b = len(queries)
+    if top_k.size != b:
+        raise InvalidInput(f"{contract.TOP_K.name} must hold one value per row, got {top_k.size}")
+    histories = row_values(arrays.get(contract.HISTORY.name), b, contract.HISTORY.name)
+    sent = arrays.get(contract.CANDIDATE_IDS.name)
+    candidates = None if sent is None else row_values(sent, b, contract.CANDIDATE_IDS.name)
+    filters = row_filters(arrays, b, catalog)
+    explain = row_flags(arrays.get(contract.EXPLAIN.name), b, "EXPLAIN")
+    parsed = ParsedRequest([])
+    for row in range(b):
+        rows = None
+        if candidates is not None:
+            ids = candidates[row]
+            rows, unknown, duplicates = catalog.candidate_rows(ids[ids != contract.PADDING_ID])
+            parsed.unknown_ids += unknown
+            parsed.duplicate_ids += duplicates
+        parsed.rows.append(
+            Request(
+                query=decode_query(queries[row]),
+                embedding=np.asarray(embeddings[row], np.float32).reshape(-1),
+                history=catalog.rows_of(histories[row]),
+                k=validate_top_k(top_k[row]),
+                candidates=rows,
+                filters=filters[row],
+                explain=explain[row],
+            )
+        )
+    return parsed
+
+
+@dataclass
+class BatchCounts:
+    """What one ranked batch adds to the serving metrics, summed per label set, so a
+    batch costs one update per series rather than one per row (each update of a Triton
+    custom metric is a round trip to the server process)."""
+
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (mode, history) → rows
+    results: dict[str, int] = field(default_factory=dict)  # mode → products returned
+    candidates: dict[str, list[int]] = field(default_factory=dict)  # mode → per-row counts
+
+
+def mode_of(request: Request) -> str:
+    """The ensemble a row came through: re-rank when it carried candidate ids."""
+    return contract.RERANK_MODEL if request.candidates is not None else contract.ENSEMBLE_MODEL
+
+
+def batch_counts(rows: Sequence[Request], answers: Sequence[Ranked]) -> BatchCounts:
+    """The metric updates of one `rank` call's rows and answers (see BatchCounts)."""
+    counts = BatchCounts()
+    for row, answer in zip(rows, answers, strict=True):
+        mode = mode_of(row)
+        key = (mode, "present" if len(row.history) else "empty")
+        counts.rows[key] = counts.rows.get(key, 0) + 1
+        counts.results[mode] = counts.results.get(mode, 0) + len(answer.product_ids)
+        n = len(row.candidates) if row.candidates is not None else answer.candidates
+        counts.candidates.setdefault(mode, []).append(n)
+    return counts
 
 
 @dataclass

@@ -12,7 +12,7 @@ Request rules (documented in the README):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +51,15 @@ def decode_query(raw: bytes | str | np.bytes_) -> str:
     return text
 
 
+def required(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """Input `name` of a request's tensors by name; a request without it is refused naming
+    it (contract.MODEL_VALIDATED_INPUTS: Triton lets it through)."""
+    value = arrays.get(name)
+    if value is None:
+        raise InvalidInput(f"{name} is missing: the request must carry it", "missing_input")
+    return value
+
+
 def validate_top_k(value: int) -> int:
     """TOP_K as an int in 1..MAX_TOP_K."""
     k = int(value)
@@ -80,6 +89,13 @@ def pad_answers(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids (B, K), scores (B, K), titles (B, K)) of a request's rows, padded to the longest
     row with PADDING_ID, 0.0 and b"" (a one-row request is not padded)."""
+    if len(answers) == 1:  # nothing to pad: views of the row, no copies
+        row_ids, row_scores, row_titles = answers[0]
+        return (
+            np.asarray(row_ids, np.int64).reshape(1, -1),
+            np.asarray(row_scores, np.float32).reshape(1, -1),
+            np.asarray(row_titles, dtype=object).reshape(1, -1),
+        )
     width = max((len(a[0]) for a in answers), default=0)
     ids = np.full((len(answers), width), contract.PADDING_ID, np.int64)
     scores = np.zeros((len(answers), width), np.float32)

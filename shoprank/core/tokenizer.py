@@ -40,7 +40,10 @@ class QueryTokenizer:
     def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: (input_ids, attention_mask), int64, padded up to a multiple of `bucket`."""
         out = []
-        for enc in self._tok.encode_batch(list(texts)):
+        # Text by text: `encode_batch` hands several texts to its thread pool, which for a
+        # few short queries costs twice the tokenizing itself (measured: 4 queries 67 µs
+        # in one call, 35 µs one by one) and more on cores shared with other stubs.
+        for enc in (self._tok.encode(text) for text in texts):
             n = len(enc.ids)
             width = -(-n // self.bucket) * self.bucket
             ids = np.zeros(width, dtype=np.int64)
@@ -55,18 +58,47 @@ def tokenize_rows(tokenizer: QueryTokenizer, raw: np.ndarray) -> tuple[np.ndarra
     """(input_ids (B, L), attention_mask (B, L)) for a request's QUERY rows (B, 1): each
     row validated (InvalidInput names the row of a batched request), tokenized and padded
     to the longest row (itself a multiple of SEQUENCE_BUCKET)."""
-    values = np.asarray(raw, dtype=object).reshape(-1)
-    if values.size == 0:
-        raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
-    texts = []
-    for i, value in enumerate(values):
+    (result,) = tokenize_requests(tokenizer, [raw])
+    if isinstance(result, InvalidInput):
+        raise result
+    return result
+
+
+def tokenize_requests(
+    tokenizer: QueryTokenizer, raws: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray] | InvalidInput]:
+    """`tokenize_rows` of each request of a dynamic batch, with one tokenizer call for all
+    their rows: per request its (input_ids, attention_mask), or the InvalidInput that
+    refuses it (the other requests are tokenized all the same)."""
+    out: list[tuple[np.ndarray, np.ndarray] | InvalidInput | None] = []
+    texts: list[str] = []
+    spans: list[tuple[int, int, int]] = []  # (request, first text, count)
+    for i, raw in enumerate(raws):
+        values = np.asarray(raw, dtype=object).reshape(-1)
         try:
-            texts.append(decode_query(value))
+            if values.size == 0:
+                raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
+            rows = [_row_text(value, j, values.size) for j, value in enumerate(values)]
         except InvalidInput as exc:
-            message = f"{exc} (row {i})" if values.size > 1 else str(exc)
-            raise InvalidInput(message, exc.reason) from None
-    encoded = tokenizer.encode(texts)
-    return pad_rows([ids for ids, _ in encoded]), pad_rows([m for _, m in encoded])
+            out.append(exc)
+            continue
+        out.append(None)
+        spans.append((i, len(texts), len(rows)))
+        texts += rows
+    encoded = tokenizer.encode(texts) if texts else []
+    for i, first, count in spans:
+        chunk = encoded[first : first + count]
+        out[i] = (pad_rows([ids for ids, _ in chunk]), pad_rows([m for _, m in chunk]))
+    return out  # type: ignore[return-value]  # every None was filled above
+
+
+def _row_text(value: object, row: int, rows: int) -> str:
+    """One QUERY row validated; the error names the row of a batched request."""
+    try:
+        return decode_query(value)
+    except InvalidInput as exc:
+        message = f"{exc} (row {row})" if rows > 1 else str(exc)
+        raise InvalidInput(message, exc.reason) from None
 
 
 def tokenized_feeds(

@@ -67,14 +67,14 @@ def selected_encoder_path(paths: contract.ArtifactPaths) -> Path:
 class OptimizationProfile:
     """(batch, sequence) bounds of the encoder inputs a TensorRT engine accepts, tuned at
     `opt`. The defaults fit served queries: the tokenizer pads every query to a multiple of
-    SEQUENCE_BUCKET (so at least 8 tokens) and truncates at MAX_QUERY_TOKENS (32); a
-    dynamic batch holds up to MAX_BATCH_SIZE requests, typically a few."""
+    SEQUENCE_BUCKET (1: its own length) and truncates at MAX_QUERY_TOKENS (32); a dynamic
+    batch holds up to MAX_BATCH_SIZE requests, typically a few."""
 
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = contract.MAX_BATCH_SIZE
     min_seq: int = contract.SEQUENCE_BUCKET
-    opt_seq: int = 2 * contract.SEQUENCE_BUCKET
+    opt_seq: int = contract.TYPICAL_QUERY_TOKENS
     max_seq: int = contract.MAX_QUERY_TOKENS
 
     def __post_init__(self) -> None:
