@@ -363,7 +363,9 @@ class RecommendConfig:
     """`python -m shoprank.training.recommend`: the sequential model on your interactions."""
 
     data: str = field(default="", metadata={"help": "interactions folder or file (required)"})
-    data_format: str = field(default="auto", metadata={"help": "auto|interactions|recbole"})
+    data_format: str = field(
+        default="auto", metadata={"help": "auto|interactions|recbole|sequences"}
+    )
     data_encoding: str = field(default="", metadata={"help": "text encoding; default: detected"})
     out: Path = field(default=Path("artifacts/recommend"), metadata={"help": "output folder"})
     encoder_path: str = field(
@@ -391,8 +393,11 @@ def run(config: RecommendConfig) -> dict:
     for column in datasets.CATALOG_COLUMNS:
         if column not in catalog:
             catalog[column] = np.nan if column == "price" else ""
-    model = load_encoder(config.encoder_path or None)
-    text = embed(model, datasets.product_text(catalog), progress=True)
+    if data.has_text:
+        model = load_encoder(config.encoder_path or None)
+        text = embed(model, datasets.product_text(catalog), progress=True)
+    else:  # ids only: nothing to embed, the model learns id vectors alone
+        text = np.zeros((len(catalog), 0), np.float32)
     training = SequentialTraining(
         layers=config.layers,
         epochs=config.epochs,
