@@ -152,9 +152,10 @@ LABELS = {
     "concat_mlp": "fusion: concat MLP",
     "target_attention": "fusion: target attention",
     "session_popularity": "popularity",
-    "cooccurrence": "item-to-item co-occurrence",
+    "cooccurrence": "item-to-item co-visits (recency-weighted)",
     "text_only": "text only (mean of the history's embeddings)",
-    "sequential": "**sequential model** (served)",
+    "sequential": "sequential model",
+    "blend": "blend: sequential model + co-visits",
     "cold_start_popularity": "cold start: popularity, history withheld",
 }
 
@@ -262,15 +263,23 @@ def _recommendation_lines(metrics: Mapping) -> list[str]:
     if not models:
         return []
     users = next(iter(models.values())).get("users", "?")
+    rec = metrics["recommendation"]
+    served = (rec.get("served") or {}).get("name")
+    val = rec.get("validation") or {}
     rows = [
-        [_label(n), *(num(m.get(k), 4) for k in (HIT_RATE_AT_10, NDCG_AT_10, MRR))]
+        [
+            f"**{_label(n)}** (served)" if n == served else _label(n),
+            *(num(val.get(n, {}).get(k), 4) for k in (HIT_RATE_AT_10, NDCG_AT_10)),
+            *(num(m.get(k), 4) for k in (HIT_RATE_AT_10, NDCG_AT_10, MRR)),
+        ]
         for n, m in models.items()
     ]
+    header = ["model", "val HR@10", "val NDCG@10", "test HR@10", "test NDCG@10", "test MRR"]
     return [
         "",
         f"Recommendation, leave-last-out, {users} shoppers, every product ranked:",
         "",
-        *table(["model", "HR@10", "NDCG@10", "MRR"], rows),
+        *table(header, rows),
     ]
 
 

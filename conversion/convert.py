@@ -33,6 +33,7 @@ from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, s
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
 from shoprank.conversion.report import report_lines
+from shoprank.core.covisits import SEQUENTIAL_ONLY, blend_from
 from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
 from shoprank.data import datasets
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
@@ -470,22 +471,30 @@ def export_ranker(inp: Inputs, fp32: Fp32Encoder) -> dict:
 
 
 def export_recommender(inp: Inputs) -> dict:
-    """Recommend mode: the sequential model's history encoder and the item vectors."""
+    """Recommend mode: the sequential model's history encoder, the item vectors and the
+    blend with its co-visits that training chose."""
     paths = inp.paths
     if not paths.sequential.exists():
         return {"exported": False}
+    blend, covisits = SEQUENTIAL_ONLY, None  # trained before co-visits: the sequential model alone
+    if paths.covisits.exists():
+        with np.load(paths.covisits, allow_pickle=False) as z:
+            blend, covisits = blend_from(z)
     diff = export.export_sequential(
         load_sequential(paths.sequential),
         inp.index["embeddings"],
         np.load(paths.popularity),
         paths.sequential_onnx,
         paths.item_vectors,
+        blend=blend,
+        covisits=covisits,
     )
     return {
         "exported": True,
         "path": str(paths.sequential_onnx),
         "size_mb": file_mb(paths.sequential_onnx),
         "max_abs_diff": diff,
+        "served": blend.name,
     }
 
 

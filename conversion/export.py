@@ -19,10 +19,11 @@ import torch
 
 from shoprank import contract
 from shoprank.conversion.quality import row_cosine
+from shoprank.core.covisits import SEQUENTIAL_ONLY, Blend, CoVisits
 from shoprank.core.features import ITEM_FEATURES, USER_ITEM_FEATURES
 from shoprank.core.lexical import LEXICAL_FEATURES
 from shoprank.core.sessions import cpu_session, encoder_feeds
-from shoprank.core.shopper_vectors import left_pad
+from shoprank.core.shopper_vectors import left_pad, save_item_vectors
 from shoprank.models.encoder import ONNX_OPSET, embed, load_encoder
 from shoprank.models.fusion import FusionRanker
 from shoprank.models.sequential import SequentialRecommender
@@ -232,16 +233,18 @@ def export_sequential(
     onnx_path: Path,
     vectors_path: Path,
     seed: int = 0,
+    blend: Blend = SEQUENTIAL_ONLY,
+    covisits: CoVisits | None = None,
 ) -> float:
     """Write the history encoder's graph and every catalog row's item vector (with the
-    popularity prior) and return the max |user vector| difference ONNX vs PyTorch on random
-    histories (raises ParityError beyond 1e-3 relative)."""
+    popularity prior, the served blend and its co-visits) and return the max |user vector|
+    difference ONNX vs PyTorch on random histories (raises ParityError beyond 1e-3
+    relative)."""
     model.eval()
     with torch.no_grad():
         items = model.item_vectors(torch.from_numpy(np.ascontiguousarray(text_embeddings)))
     items_np = items.numpy().astype(np.float32)
-    vectors_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(vectors_path, item_vectors=items_np, popularity=popularity.astype(np.float32))
+    save_item_vectors(vectors_path, items_np, popularity, blend, covisits)
 
     rng = np.random.default_rng(seed)
 

@@ -211,6 +211,7 @@ RETRIEVAL_CONFIG_FILE = "retrieval.json"
 SEQUENTIAL_ONNX_FILE = "sequential.onnx"
 ITEM_VECTORS_FILE = "item_vectors.npz"
 POPULARITY_FILE = "popularity.npy"
+COVISITS_FILE = "covisits.npz"  # co-visits and the recommender blend chosen on validation
 REPOSITORY_BUILD_FILE = "BUILD.json"  # what a repository was built from
 # Inside a sentence-transformers / Hugging Face model folder.
 HF_CONFIG_FILE = "config.json"
@@ -280,6 +281,11 @@ class ArtifactPaths:
     def popularity(self) -> Path:
         """Per catalog row, how many shoppers interacted with it: the cold-start prior."""
         return self.model / POPULARITY_FILE
+
+    @property
+    def covisits(self) -> Path:
+        """The co-visit matrix and the blend weights recommend mode serves."""
+        return self.model / COVISITS_FILE
 
     @property
     def item_index(self) -> Path:

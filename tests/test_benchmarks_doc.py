@@ -92,6 +92,8 @@ def write_metrics(out: Path, served_first: int = 10) -> dict:
             "popularity": next_item_metrics(np.array([40, 300, 12])),
             "sequential": next_item_metrics(np.array([1, 7, 30])),
             "sequential_curve": [{"epoch": 1, "loss": 3.0}],
+            "validation": {"sequential": next_item_metrics(np.array([2, 3, 40]))},
+            "served": {"name": "sequential"},
         },
         "baselines": {
             "split": "test",
@@ -306,7 +308,11 @@ def test_sections_show_the_files_figures(every_output, tmp_path):
     assert "| fusion: target attention (served) | 0.6600 | 0.5500 | +" in relevance
     assert "| 1.00 | 0.5501 | 0.5616 | +" in relevance
     sequential = metrics["recommendation"]["sequential"]
-    assert f"| **sequential model** (served) | {sequential['hr@10']:.4f} |" in relevance
+    on_val = metrics["recommendation"]["validation"]["sequential"]
+    assert (
+        f"| **sequential model** (served) | {on_val['hr@10']:.4f} | {on_val['ndcg@10']:.4f} | "
+        f"{sequential['hr@10']:.4f} |"
+    ) in relevance
     assert "12.5" not in relevance  # the baselines' run time is not a system
 
     conversion = block(text, "conversion")

@@ -531,12 +531,14 @@ def test_explanations_add_up_to_the_scores(ensemble_server, in_process, workload
     plain = explained(url, contract.ENSEMBLE_MODEL, values, explain=False)
     np.testing.assert_array_equal(plain[0], ids)
     assert (plain[2] == b"").all()
-    # recommend: the sequential model's score is the one part
+    # recommend: the served blend's parts (popularity only breaking ties) add up to the score
     del values[contract.QUERY]
     ids, scores, notes = explained(url, contract.RECOMMEND_MODEL, values)
     for score, note in zip(scores, notes, strict=True):
         got = json.loads(note)
-        assert got["parts"] == {"sequential": pytest.approx(float(score), rel=1e-5, abs=1e-5)}
+        assert sum(got["parts"].values()) == pytest.approx(float(score), rel=1e-5, abs=1e-5)
+        assert set(got["parts"]) - {"popularity"} <= {"sequential", "cooccurrence"}
+        assert abs(got["parts"]["popularity"]) <= 1e-6
 
 
 def test_cpu_model_stubs_load_no_torch(ensemble_server):

@@ -8,8 +8,8 @@ import torch
 from shoprank import contract
 from shoprank.conversion.export import export_sequential
 from shoprank.core.catalog import CatalogIndex
+from shoprank.core.covisits import Blend, CoVisitConfig, count
 from shoprank.core.recommender import Recommender, RecommendRequest, top_k_rows
-from shoprank.core.sessions import cpu_session
 from shoprank.core.shopper_vectors import ShopperVectors, left_pad
 from shoprank.data.metrics import HIT_RATE_AT_10, MRR, NDCG_AT_10, next_item_metrics
 from shoprank.models.sequential import SequentialConfig, SequentialRecommender
@@ -105,30 +105,108 @@ def test_left_pad_keeps_the_most_recent_last():
     assert mask.tolist() == [[1, 1], [0, 0], [0, 1]]
 
 
-def test_exported_recommender_matches_pytorch_and_serves_the_rules(cyclic, tmp_path):
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (1.0, 2.0), (0.0, 1.0)])
+def test_exported_recommender_serves_the_blend_training_measured(cyclic, tmp_path, weights):
+    """The served recommender scores exactly as training's candidate of the same blend
+    (sequential alone, blend, co-visits alone), and serves the rules: history left out,
+    cold start by popularity, explanations that add up."""
+    import json
+
     text, seqs = cyclic
     config = recommend.SequentialTraining(dim=16, heads=2, epochs=2)
     model, _ = recommend.train_sequential(seqs, text, config, max_len=contract.MAX_HISTORY)
     popularity = np.arange(40, dtype=np.float32)  # product 39 the most popular
+    blend = Blend("blend", *weights)
+    covisits = count(seqs.train, 40, CoVisitConfig())
     diff = export_sequential(
-        model, text, popularity, tmp_path / "seq.onnx", tmp_path / "vectors.npz"
+        model,
+        text,
+        popularity,
+        tmp_path / "seq.onnx",
+        tmp_path / "vectors.npz",
+        blend=blend,
+        covisits=covisits,
     )
     assert diff < 1e-3
     catalog = CatalogIndex(
         product_ids=np.arange(40, dtype=np.int64) + 1000,
         titles=np.array([f"p{i}".encode() for i in range(40)], dtype=object),
     )
-    with np.load(tmp_path / "vectors.npz") as z:
-        shoppers = ShopperVectors(cpu_session(tmp_path / "seq.onnx"), z["item_vectors"])
-        rec = Recommender(shoppers, z["popularity"], catalog)
+    (tmp_path / contract.SEQUENTIAL_ONNX_FILE).write_bytes((tmp_path / "seq.onnx").read_bytes())
+    (tmp_path / contract.ITEM_VECTORS_FILE).write_bytes((tmp_path / "vectors.npz").read_bytes())
+    shoppers, served_popularity = ShopperVectors.load(tmp_path)
+    assert shoppers.blend == blend
+    rec = Recommender(shoppers, served_popularity, catalog)
     history = np.array([3, 4, 5])
-    (warm, cold) = rec.recommend([RecommendRequest(history, 5), RecommendRequest(history[:0], 3)])
-    want = recommend.sequential_scorer(model, torch.from_numpy(text))([history.tolist()])[0]
+    (warm, cold) = rec.recommend(
+        [RecommendRequest(history, 5, explain=True), RecommendRequest(history[:0], 3)]
+    )
+    dots = recommend.sequential_scorer(model, torch.from_numpy(text))
+    want = recommend.blend_scorer(dots, covisits, blend, popularity)([history.tolist()])[0]
     want[history] = -np.inf
     np.testing.assert_array_equal(warm.product_ids, catalog.product_ids[top_k_rows(want, 5)])
     np.testing.assert_allclose(warm.scores, want[top_k_rows(want, 5)], rtol=1e-4, atol=1e-4)
     assert not set(warm.product_ids) & set(catalog.product_ids[history])  # history left out
     assert cold.product_ids.tolist() == [1039, 1038, 1037]  # cold start: popularity
+    for score, note in zip(warm.scores, warm.explanations, strict=True):
+        parts = json.loads(note)["parts"]
+        assert sum(parts.values()) == pytest.approx(float(score), abs=1e-5)
+        assert ("sequential" in parts) == bool(weights[0])
+        assert ("cooccurrence" in parts) == bool(weights[1])
+
+
+def test_covisits_count_neighbours_by_distance_and_direction():
+    config = CoVisitConfig(window=2, backward=0.5, decay=0.5, degree_power=0.0)
+    covisits = count([[0, 1, 2]], 4, config)
+    dense = covisits.scores([[0], [1], [2], [3]])
+    # 0→1 next (1), 0→2 two steps on (0.5); backwards half as much.
+    np.testing.assert_allclose(dense[0], [0, 1.0, 0.5, 0])
+    np.testing.assert_allclose(dense[1], [0.5, 0, 1.0, 0])
+    np.testing.assert_allclose(dense[2], [0.25, 0.5, 0, 0])
+    assert not dense[3].any()  # never seen: no neighbours
+    # The most recent history product votes most: 1, then 2^-1.5 for the one before.
+    votes = count([[0, 1, 2]], 4, CoVisitConfig(window=2, backward=0.5, decay=0.5)).votes([5, 7])
+    np.testing.assert_allclose(votes[1], [2**-1.5, 1.0])
+    # Row normalisation: a row's total^p divides it.
+    normed = count([[0, 1, 2]], 4, CoVisitConfig(window=2, backward=0.5, decay=0.5))
+    np.testing.assert_allclose(normed.scores([[0]])[0], dense[0] / 1.5**0.3, rtol=1e-6)
+    rows = np.array([[2, -1, 1]])
+    np.testing.assert_allclose(covisits.scores_at([[0]], rows), [[0.5, 0.0, 1.0]])
+
+
+def test_the_served_model_never_loses_to_a_baseline_on_validation():
+    def m(hr, ndcg):
+        return {HIT_RATE_AT_10: hr, NDCG_AT_10: ndcg}
+
+    val = {
+        "popularity": m(0.02, 0.01),
+        "cooccurrence": m(0.10, 0.06),
+        "sequential": m(0.09, 0.07),  # better NDCG, worse HR than co-visits: not fair
+        "blend": m(0.11, 0.065),
+    }
+    candidates, baselines = recommend.CANDIDATES, recommend.BASELINES
+    assert recommend.choose_served(val, candidates, baselines) == "blend"
+    val["blend"] = m(0.11, 0.05)
+    assert recommend.choose_served(val, candidates, baselines) == "cooccurrence"
+    val["text_only"] = m(0.2, 0.1)  # a baseline beats every candidate: loud failure
+    with pytest.raises(recommend.RecommendationError, match=r"text_only hr@10 0\.2000"):
+        recommend.choose_served(val, candidates, baselines)
+
+
+def test_evaluation_records_what_is_served_and_why(cyclic):
+    text, seqs = cyclic
+    sequences = [[*h, t] for h, t in seqs.test] + [s for s in seqs.train if len(s) < 3]
+    config = recommend.SequentialTraining(dim=16, heads=2, epochs=2)
+    chosen = recommend.evaluate_sequences(sequences, text, config, max_len=8)
+    report = chosen.report
+    served = report["served"]
+    assert served["name"] == chosen.blend.name in recommend.CANDIDATES
+    assert served["test"] == report[served["name"]]
+    for baseline in recommend.BASELINES:
+        for metric in (HIT_RATE_AT_10, NDCG_AT_10):
+            assert served["val"][metric] >= report["validation"][baseline][metric]
+    assert len(report["cooccurrence_variants"]) == len(recommend.COVISIT_GRID)
+    assert len(report["blend_val_by_weight"]) == len(recommend.BLEND_WEIGHTS)
 
 
 def test_top_k_rows_skips_excluded_and_breaks_ties_by_row():
@@ -191,8 +269,9 @@ def test_seq_in_search_scores_held_out_sessions(tiny_artifacts):
 
 
 def test_search_serves_the_sequential_shopper_vector_within_the_rerank_depth(in_process):
-    """The ranker adds weight·z(⟨u, e⟩) to in-depth candidates of rows with a history (the
-    tiny training forces λ = 1), says so in the explanations, and leaves cold rows alone."""
+    """The ranker adds weight·z(served recommender score) to in-depth candidates of rows with
+    a history (the tiny training forces λ = 1), says so in the explanations, and leaves cold
+    rows alone."""
     import copy
     import dataclasses
     import json
@@ -213,7 +292,10 @@ def test_search_serves_the_sequential_shopper_vector_within_the_rerank_depth(in_
     (got_warm, got_cold), (base_warm, base_cold) = ranker.rank([warm, cold]), off.rank([warm, cold])
     np.testing.assert_array_equal(got_cold.product_ids, base_cold.product_ids)
     np.testing.assert_allclose(got_cold.scores, base_cold.scores, rtol=1e-6)
+    # The served recommender's score, by its definition: w_seq·⟨u, e⟩ + w_co·log1p(co-visits).
+    blend, covisits = ranker.shoppers.blend, ranker.shoppers.covisits
     user = ranker.shoppers.users([history])[0]
+    co = covisits.scores([history])[0] if covisits is not None else None
     rows = ranker.catalog.rows_of(got_warm.product_ids)
     base = dict(zip(base_warm.product_ids.tolist(), base_warm.scores.tolist(), strict=True))
     in_depth = below = 0
@@ -227,9 +309,10 @@ def test_search_serves_the_sequential_shopper_vector_within_the_rerank_depth(in_
             below += 1
             continue
         in_depth += 1
-        want = float(
-            sequential_part(np.array([user @ ranker.shoppers.items[row]]), ranker.config)[0]
-        )
+        raw = blend.sequential * float(user @ ranker.shoppers.items[row])
+        if blend.cooccurrence:
+            raw += blend.cooccurrence * float(np.log1p(co[row]))
+        want = float(sequential_part(np.array([raw]), ranker.config)[0])
         assert parts["sequential"] == pytest.approx(want, rel=1e-3, abs=1e-4)
         if pid in base:  # the same candidate without the signal scores exactly that less
             assert float(score) - base[pid] == pytest.approx(want, rel=1e-3, abs=1e-4)

@@ -178,20 +178,26 @@ def test_recommendation_section_targets_and_plot(tmp_path):
             "popularity": rec(0.01),
             "cooccurrence": rec(0.03),
             "text_only": rec(0.04),
-            "sequential": rec(0.06),
+            "sequential": rec(0.05),
+            "blend": rec(0.06),
             "cold_start_popularity": rec(0.01),
             "sequential_curve": [{"epoch": 1, "loss": 9.0}, {"epoch": 2, "loss": 8.0}],
+            "validation": {"blend": rec(0.07)},
+            "served": {"name": "blend"},
         }
     }
     path = write_report(metrics, tmp_path)
     text = path.read_text()
     assert "## Recommendation: leave-last-out, 40 shoppers" in text
-    assert "| sequential model (served) | 0.0600 |" in text
+    # the served row is marked, with its validation and test figures
+    assert "| **blend: sequential model + co-visits (served)** | 0.0700 | 0.0350 | 0.0600 |" in text
+    assert "| sequential model | — | — | 0.0500 |" in text
     assert (tmp_path / "reports" / "recommendation.png").stat().st_size > 0
     assert (tmp_path / "reports" / "loss_sequential.png").stat().st_size > 0
     results = {t.name: t.result for t in targets(metrics)}
-    assert results["sequential HR@10 ≥ popularity × 2"] == "pass"
-    assert results["sequential HR@10 > text-only and co-occurrence"] == "pass"
+    assert results["served recommender (blend) HR@10 ≥ popularity × 2"] == "pass"
+    beats = "served recommender (blend) HR@10 ≥ text-only and co-occurrence (test)"
+    assert results[beats] == "pass"
     metrics["recommendation"]["text_only"] = rec(0.07)
     results = {t.name: t.result for t in targets(metrics)}
-    assert results["sequential HR@10 > text-only and co-occurrence"] == "miss"
+    assert results[beats] == "miss"

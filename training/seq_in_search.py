@@ -28,6 +28,7 @@ import torch
 
 from shoprank import contract
 from shoprank.configargs import parse_config, setup_logging
+from shoprank.core.covisits import SEQUENTIAL_ONLY, Blend, CoVisits, blend_from, next_item_scores
 from shoprank.core.features import ItemTables
 from shoprank.core.lexical import LexicalIndex, tokenize
 from shoprank.core.ranking import RetrievalConfig, sequential_part
@@ -54,10 +55,16 @@ class SeqInSearchConfig:
 
 @torch.no_grad()
 def raw_sequential_scores(
-    seq: SequentialRecommender, items: torch.Tensor, ex: behaviour.Examples
+    seq: SequentialRecommender,
+    items: torch.Tensor,
+    ex: behaviour.Examples,
+    blend: Blend = SEQUENTIAL_ONLY,
+    covisits: CoVisits | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(⟨u_seq(history), e_item⟩ per impression (M,), has-a-history mask (M,)); 0 where the
-    history is empty. A session's impressions share its history: each distinct history is
+    """(the served recommender's score per impression (M,), has-a-history mask (M,)); 0
+    where the history is empty. The score is ⟨u_seq(history), e_item⟩ blended with the
+    history's co-visits as recommend mode serves it (`covisits.next_item_scores`, no
+    tie-break). A session's impressions share its history: each distinct history is
     encoded once (the transformer over 20k impressions took minutes on 2 cores)."""
     histories = [tuple(r[m > 0]) for r, m in zip(ex.history_rows, ex.history_mask, strict=True)]
     warm = np.array([len(h) > 0 for h in histories], bool)
@@ -74,9 +81,15 @@ def raw_sequential_scores(
     users = torch.cat(chunks)  # (distinct histories, d)
     which = {h: i for i, h in enumerate(distinct)}
     idx = np.flatnonzero(warm)
-    user_rows = torch.from_numpy(np.array([which[histories[i]] for i in idx], np.int64))
-    item_rows = torch.from_numpy(ex.item_rows[idx])
-    raw[idx] = (users[user_rows] * items[item_rows]).sum(-1).numpy()
+    user_rows = np.array([which[histories[i]] for i in idx], np.int64)
+    item_rows = ex.item_rows[idx]
+    dots = (users[torch.from_numpy(user_rows)] * items[torch.from_numpy(item_rows)]).sum(-1)
+    co = None
+    if blend.cooccurrence and covisits is not None:
+        co = np.concatenate(
+            [covisits.scores(distinct[s : s + 1024]) for s in range(0, len(distinct), 1024)]
+        )[user_rows, item_rows]
+    raw[idx] = next_item_scores(blend, dots.numpy(), co)
     return raw, warm
 
 
@@ -90,6 +103,8 @@ def fit_sequential_weight(
     test: behaviour.Examples,
     lambdas: Sequence[float],
     seed: int = 0,
+    blend: Blend = SEQUENTIAL_ONLY,
+    covisits: CoVisits | None = None,
 ) -> tuple[RetrievalConfig, dict]:
     """Choose λ on validation sessions; return the retrieval-config fields that serve it
     (`ranking.sequential_part`: weight λ·std(s_f), mean and std of the raw score over
@@ -97,8 +112,8 @@ def fit_sequential_weight(
     with torch.no_grad():
         items = seq.item_vectors(torch.from_numpy(np.asarray(item_embeddings, np.float32)))
     raw = {
-        "val": raw_sequential_scores(seq, items, val),
-        "test": raw_sequential_scores(seq, items, test),
+        "val": raw_sequential_scores(seq, items, val, blend, covisits),
+        "test": raw_sequential_scores(seq, items, test, blend, covisits),
     }
     served = {
         name: behaviour.impression_scores(ranker, query_embeddings, item_embeddings, tables, ex)
@@ -172,6 +187,10 @@ def run(config: SeqInSearchConfig) -> dict:
         )
         for split in ("val", "test")
     )
+    blend, covisits = SEQUENTIAL_ONLY, None
+    if paths.covisits.exists():
+        with np.load(paths.covisits, allow_pickle=False) as z:
+            blend, covisits = blend_from(z)
     _, report = fit_sequential_weight(
         load_sequential(paths.sequential),
         load_ranker(paths.ranker),
@@ -182,6 +201,8 @@ def run(config: SeqInSearchConfig) -> dict:
         test,
         parse_lambdas(config.lambdas),
         seed=config.seed,
+        blend=blend,
+        covisits=covisits,
     )
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "seq_in_search.json").write_text(json.dumps(report, indent=2))

@@ -48,7 +48,6 @@ from shoprank.data.metrics import (
 )
 from shoprank.models.encoder import embed, load_encoder
 from shoprank.models.fusion import FusionRanker, as_tensors, save_ranker
-from shoprank.models.sequential import save_sequential
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.base_encoder import base_encoder_path, embed_onnx
 from shoprank.training.finetune import FinetuneConfig
@@ -502,7 +501,7 @@ def fit_recommender(
     if data.events is None or fusion.examples is None:
         return Recommendation({}, None)
     product_ids = data.catalog["product_id"].to_numpy(np.int64)
-    sequential, counts, metrics = recommend.train_and_evaluate(
+    chosen = recommend.train_and_evaluate(
         data.events,
         {int(p): i for i, p in enumerate(product_ids)},
         enc.items,
@@ -515,10 +514,10 @@ def fit_recommender(
         ),
         max_len=contract.MAX_HISTORY,
     )
-    save_sequential(sequential, paths.sequential)
-    np.save(paths.popularity, counts)
+    recommend.save_next_items(chosen, paths)
+    metrics = chosen.report
     fitted, fusion.report["sequential_in_search"] = fit_sequential_weight(
-        sequential,
+        chosen.model,
         fusion.ranker,
         enc.queries,
         enc.items,
@@ -527,6 +526,8 @@ def fit_recommender(
         fusion.examples["test"],
         parse_lambdas(config.seq_in_search),
         seed=config.seed,
+        blend=chosen.blend,
+        covisits=chosen.covisits,
     )
     log.info("sequential shopper vector in search: %s", fusion.report["sequential_in_search"])
     log.info(
@@ -662,8 +663,10 @@ def summary_lines(metrics: dict) -> list[str]:
     shown_rec = [(k, m) for k, m in rec.items() if isinstance(m, dict) and HIT_RATE_AT_10 in m]
     if shown_rec:
         lines.append("recommendation, leave-last-out (HR@10 / NDCG@10 / MRR):")
+        served = (rec.get("served") or {}).get("name")
         lines += [
             f"  {k:<21} {m[HIT_RATE_AT_10]:.4f} / {m[NDCG_AT_10]:.4f} / {m[MRR]:.4f}"
+            + ("  (served)" if k == served else "")
             for k, m in shown_rec
         ]
     lines.append(f"training took {metrics['train_seconds']} s")

@@ -390,8 +390,7 @@ class CandidateRanker:
         out = np.zeros(rows.shape, np.float32)
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
-            users = self.shoppers.users([requests[i].history for i in warm])  # (W, d)
-            raw = np.einsum("wd,wcd->wc", users, self.shoppers.items[rows[warm]])  # (W, C)
+            raw = self.shoppers.scores_at([requests[i].history for i in warm], rows[warm])
             out[warm] = np.where(within[warm], sequential_part(raw, self.config), 0.0)
         return out
 

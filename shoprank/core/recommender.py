@@ -1,10 +1,11 @@
 """Recommend mode at serving time: the work behind the Triton model `recommender`.
 
-A shopper's history (catalog rows, most recent last) goes through the sequential model's
-history encoder (ONNX) to a shopper vector; every product is scored by its dot product with
-the product's vector (precomputed at conversion), products already in the history are left
-out, and the top k come back. An empty history (cold start) ranks by popularity: how many
-shoppers in the training logs interacted with each product.
+A shopper's history (catalog rows, most recent last) scores every product with the model
+training chose on validation (`shoprank.core.covisits.next_item_scores`): the sequential
+model's shopper vector (history encoder in ONNX) dotted with the product's vector, the
+history's co-visits, or a blend of both, with popularity breaking ties. Products already
+in the history are left out and the top k come back. An empty history (cold start) ranks
+by popularity: how many shoppers in the training logs interacted with each product.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 
 from shoprank import contract
 from shoprank.core.catalog import CatalogIndex
+from shoprank.core.covisits import POPULARITY_PART, next_item_parts
 from shoprank.core.filters import Facets, Filters
-from shoprank.core.scoring import SEQUENTIAL_PART, Ranked, explanation
+from shoprank.core.scoring import Ranked, explanation
 from shoprank.core.shopper_vectors import ShopperVectors
 
 
@@ -65,13 +67,21 @@ class Recommender:
         shoppers, popularity = ShopperVectors.load(version_dir, threads)
         return cls(shoppers, popularity, CatalogIndex.load(version_dir / contract.CATALOG_FILE))
 
+    def parts(self, histories: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The served score's parts (B, N) for non-empty histories."""
+        return next_item_parts(
+            self.shoppers.blend,
+            self.shoppers.dots(histories),
+            self.shoppers.covisit_scores(histories),
+            self.popularity,
+        )
+
     def scores(self, requests: Sequence[RecommendRequest]) -> np.ndarray:
         """Scores (B, N) of every product per row; history products -inf."""
         out = np.broadcast_to(self.popularity, (len(requests), len(self.items))).copy()
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
-            users = self.shoppers.users([requests[i].history for i in warm])
-            out[warm] = users @ self.items.T
+            out[warm] = sum(self.parts([requests[i].history for i in warm]).values())
         for i, r in enumerate(requests):
             out[i, r.history] = -np.inf
             allowed = self.facets.allowed(r.filters) if r.filters is not None else None
@@ -99,17 +109,25 @@ class Recommender:
         return answers
 
     def explain(self, request: RecommendRequest, rows: np.ndarray, scores: np.ndarray):
-        """JSON per result: the one part of its score (the sequential model's, or popularity
-        at cold start) and the history products whose vectors are closest to it."""
-        part = SEQUENTIAL_PART if len(request.history) else "popularity"
+        """JSON per result: the parts that add up to its score (the served blend's, or
+        popularity alone at cold start) and the history products whose vectors are closest
+        to it."""
+        if len(request.history):
+            parts = {k: np.atleast_2d(v)[0, rows] for k, v in self.parts([request.history]).items()}
+        else:
+            parts = {POPULARITY_PART: self.popularity[rows]}
         unit = self.items / np.maximum(np.linalg.norm(self.items, axis=1, keepdims=True), 1e-9)
         history_ids = self.catalog.product_ids[request.history]
         return np.array(
             [
                 explanation(
-                    score, {part: float(score)}, history_ids, unit[request.history], unit[row]
+                    score,
+                    {k: float(v[j]) for k, v in parts.items()},
+                    history_ids,
+                    unit[request.history],
+                    unit[row],
                 )
-                for row, score in zip(rows, scores, strict=True)
+                for j, (row, score) in enumerate(zip(rows, scores, strict=True))
             ],
             dtype=object,
         )
