@@ -12,7 +12,8 @@
 # DEMO_TRAIN_ARGS (the demo's lighter training setting),
 # INDEX_ARGS (catalog job, e.g. --workers 2; RAY_ADDRESS=<head>:6379 runs it on that cluster),
 # REPO_ARGS (e.g. --max-in-flight 16), SERVE_ARGS (e.g. --host 0.0.0.0 --tls-cert ...),
-# NEW (artifacts `make deploy` puts live).
+# NEW (artifacts `make deploy` puts live), DATA / RECOMMEND_ARGS (make recommend: your
+# interactions and extra flags for `python -m shoprank.training.recommend`).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -51,7 +52,7 @@ comma := ,
 EXTRAS ?= dev$(if $(shell command -v nvidia-smi 2>/dev/null),$(comma)gpu,)
 
 .PHONY: help venv data train eval evaluate crossval convert index repo workload serve deploy rollback stop search loadtest \
-        demo summary bench bench-scale bench-deploy bench-ann benchmarks-doc gpu-check test test-fast lint serve-gpu clean
+        demo summary recommend bench bench-scale bench-deploy bench-ann benchmarks-doc gpu-check test test-fast lint serve-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -122,6 +123,9 @@ demo: venv ## the whole product end to end on the embedded defaults
 	$(MAKE) stop
 	$(MAKE) serve
 	trap '$(MAKE) stop' EXIT; $(MAKE) search loadtest summary
+
+recommend: venv ## recommend mode on your interactions: make recommend DATA=<file or folder> [RECOMMEND_ARGS=...]
+	$(PY) -m shoprank.training.recommend --data $(DATA) --out $(OUT) $(RECOMMEND_ARGS)
 
 bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratios: OUT/reports/bench.{md,csv}
 	$(PY) -m shoprank.bench --out $(OUT) --reports $(OUT)/reports $(BENCH_ARGS)

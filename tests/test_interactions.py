@@ -68,7 +68,11 @@ def test_cli_trains_and_evaluates_on_your_interactions(tmp_path, capsys):
     assert "30 items, 40 shoppers" in printed and "sequential" in printed
     report = json.loads((out / "metrics.json").read_text())["recommendation"]
     assert report["sequential"]["users"] == 40
+    assert f"served: {report['served']['name']}" in printed
     assert (out / "model" / "sequential" / "model.safetensors").is_file()
+    assert (out / "model" / "covisits.npz").is_file()  # the chosen blend, for conversion
+    assert "(served)" in (out / "reports" / "eval.md").read_text()
+    assert (out / "reports" / "recommendation.png").stat().st_size > 0
     with pytest.raises(SystemExit) as exit_info:
         recommend.main(["--data", str(tmp_path / "missing"), "--out", str(out)])
     assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err

@@ -88,6 +88,19 @@ def test_training_shows_progress_within_each_epoch(cyclic, capsys):
         assert f"epoch {epoch}:   0%" in err and f"0/{batches}" in err
 
 
+@pytest.mark.parametrize("batching", ["random", "length"])
+def test_batches_cover_every_window_once(batching):
+    rng = np.random.default_rng(0)
+    windows = [list(range(int(n))) for n in rng.integers(2, 30, 300)]
+    config = recommend.SequentialTraining(batch_size=32, batching=batching)
+    batches = recommend.batches_of(windows, config, rng)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    spread = np.mean([np.ptp([len(windows[i]) for i in b]) for b in batches])
+    assert (spread <= 5) == (batching == "length")  # by length: near-equal lengths together
+    with pytest.raises(ValueError, match="random or length"):
+        recommend.batches_of(windows, recommend.SequentialTraining(batching="size"), rng)
+
+
 def test_new_products_are_their_text_alone():
     model = SequentialRecommender(SequentialConfig(text_dim=8, num_items=3, dim=8))
     with torch.no_grad():

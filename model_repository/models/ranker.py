@@ -49,6 +49,8 @@ class TritonPythonModel:
         self.ignored = {"unknown": 0, "duplicate": 0}  # this batch's ignored re-rank ids
 
     def execute(self, requests):
+        # Counted afresh per batch: a batch that fails before `_observe` leaves nothing behind.
+        self.ignored = {"unknown": 0, "duplicate": 0}
         arrays = [request_arrays(r) for r in requests]
         try:
             return answer_batch(arrays, self._parse, self.ranker.rank, self._invalid, self._observe)
@@ -75,4 +77,3 @@ class TritonPythonModel:
             self.logger.log_verbose(
                 f"rerank: {unknown} unknown and {duplicate} duplicate candidate ids ignored"
             )
-            self.ignored = {"unknown": 0, "duplicate": 0}
