@@ -51,7 +51,7 @@ from shoprank.models.fusion import FusionRanker, as_tensors, save_ranker
 from shoprank.training import behaviour, finetune, hybrid, recommend
 from shoprank.training.base_encoder import base_encoder_path, embed_onnx
 from shoprank.training.finetune import FinetuneConfig
-from shoprank.training.seq_in_search import fit_sequential_weight, parse_lambdas
+from shoprank.training.seq_in_search import LAMBDAS, fit_sequential_weight, parse_lambdas
 from shoprank.training.sources import DataSource, EncoderSource
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class TrainConfig(DataSource, EncoderSource, FinetuneConfig, CandidateConfig):
         default=0, metadata={"help": "sampled softmax negatives (0: the whole catalog)"}
     )
     seq_in_search: str = field(
-        default="0,0.05,0.1,0.2,0.5,1,2,5",
+        default=LAMBDAS,
         metadata={
             "help": "weights λ of the sequential shopper vector in search, chosen on "
             "validation sessions (one value: that weight; 0: off)"
