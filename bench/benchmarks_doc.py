@@ -239,7 +239,7 @@ def _fusion_lines(metrics: Mapping) -> list[str]:
     if isinstance(test, Mapping):
         lines += [
             "",
-            "The sequential shopper vector as a search signal (weight λ chosen on validation "
+            "The served recommender's score as a search signal (weight λ chosen on validation "
             "sessions):",
             "",
             *table(

@@ -101,6 +101,21 @@ def test_batches_cover_every_window_once(batching):
         recommend.batches_of(windows, recommend.SequentialTraining(batching="size"), rng)
 
 
+def test_the_served_shopper_vector_is_the_last_state():
+    """`user_vector` skips the last block's other positions: the same vector as
+    `user_states` at the last position, padding or not."""
+    torch.manual_seed(0)
+    model = SequentialRecommender(SequentialConfig(text_dim=8, num_items=5, dim=8, layers=2))
+    for p in model.parameters():  # blocks start as the identity: make them do something
+        torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    items = torch.randn(3, 6, 8)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    with torch.no_grad():
+        want = model.encoder.user_states(items, mask)[:, -1]
+        torch.testing.assert_close(model.encoder.user_vector(items, mask), want)
+
+
 def test_new_products_are_their_text_alone():
     model = SequentialRecommender(SequentialConfig(text_dim=8, num_items=3, dim=8))
     with torch.no_grad():

@@ -1,13 +1,14 @@
-"""The sequential recommender's shopper vector as a search signal: how much it weighs.
+"""The served recommender's score as a search signal: how much it weighs.
 
 Every shown product of the held-out search sessions gets the fusion score s_f plus
 
-    λ · std(s_f) · z(⟨u_seq, e_item⟩)
+    λ · std(s_f) · z(r(history, item))
 
-where u_seq is the sequential model's shopper vector for the session's history, e_item its
-item vector, z the standardisation over validation impressions with a history (0 without
-one). λ is chosen on validation sessions (`fit_sequential_weight`, called by training,
-which serves the result through the retrieval config: `ranking.sequential_part`);
+where r is the score recommend mode serves (`shoprank.core.covisits.next_item_scores`: the
+sequential model's ⟨u_seq, e_item⟩, the history's co-visits or their blend, whichever
+training chose), z the standardisation over validation impressions with a history (0
+without one). λ is chosen on validation sessions (`fit_sequential_weight`, called by
+training, which serves the result through the retrieval config: `ranking.sequential_part`);
 purchase-NDCG@10 on test sessions is compared with s_f alone (paired bootstrap over
 sessions).
 

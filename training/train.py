@@ -93,7 +93,7 @@ class TrainConfig(DataSource, EncoderSource, FinetuneConfig, CandidateConfig):
     seq_in_search: str = field(
         default=LAMBDAS,
         metadata={
-            "help": "weights λ of the sequential shopper vector in search, chosen on "
+            "help": "weights λ of the served recommender's score in search, chosen on "
             "validation sessions (one value: that weight; 0: off)"
         },
     )
@@ -529,7 +529,7 @@ def fit_recommender(
         blend=chosen.blend,
         covisits=chosen.covisits,
     )
-    log.info("sequential shopper vector in search: %s", fusion.report["sequential_in_search"])
+    log.info("served recommender's score in search: %s", fusion.report["sequential_in_search"])
     log.info(
         "recommendation (HR@10): %s",
         {
@@ -655,7 +655,7 @@ def summary_lines(metrics: dict) -> list[str]:
             s, g = f["sequential_in_search"], f["sequential_in_search"]["gain"]
             t = s["test_purchase_ndcg@10"]
             lines.append(
-                f"  + sequential shopper vector (λ={s['lambda']:g}, served): purchase-NDCG@10 "
+                f"  + served recommender's score (λ={s['lambda']:g}): purchase-NDCG@10 "
                 f"{t['served']:.4f} → {t['served_plus_sequential']:.4f} ({g['relative']:+.1%}, "
                 f"95% CI {g['ci95_low']:+.1%}…{g['ci95_high']:+.1%})"
             )
