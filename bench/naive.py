@@ -18,6 +18,7 @@ import torch
 
 from shoprank import contract
 from shoprank.core.catalog import CatalogIndex
+from shoprank.core.covisits import SEQUENTIAL_ONLY, blend_from, next_item_scores
 from shoprank.core.features import ItemTables
 from shoprank.core.lexical import LexicalIndex, tokenize
 from shoprank.core.pipeline import Answer
@@ -57,6 +58,10 @@ class NaivePipeline:
             self.sequential = load_sequential(paths.sequential)
             with torch.inference_mode():
                 self.items = self.sequential.item_vectors(self.embeddings)
+            self.blend, self.covisits = SEQUENTIAL_ONLY, None  # the served recommender's score
+            if paths.covisits.exists():
+                with np.load(paths.covisits, allow_pickle=False) as z:
+                    self.blend, self.covisits = blend_from(z)
         import pandas as pd
 
         titles = pd.read_parquet(paths.catalog, columns=["product_id", "title"])
@@ -111,7 +116,11 @@ class NaivePipeline:
                 user = self.sequential.encoder.user_vector(
                     self.items[history], torch.ones(history.shape)
                 )[0]
-                raw = (self.items[torch.from_numpy(candidates)] @ user).numpy()
+                dots = (self.items[torch.from_numpy(candidates)] @ user).numpy()
+            co = None
+            if self.covisits is not None:
+                co = self.covisits.scores_at([rows], candidates[None, :])[0]
+            raw = next_item_scores(self.blend, dots, co)
             kept = in_depth(relevance.numpy(), depth, features.valid)
             extra = np.zeros(kept.shape, np.float32)
             part = np.where(kept[0, : len(candidates)], sequential_part(raw, self.config), 0.0)

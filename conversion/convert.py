@@ -474,7 +474,9 @@ def export_recommender(inp: Inputs) -> dict:
     """Recommend mode: the sequential model's history encoder, the item vectors and the
     blend with its co-visits that training chose."""
     paths = inp.paths
-    if not paths.sequential.exists():
+    if not paths.sequential.exists():  # none trained, or none fit to serve: none served
+        paths.sequential_onnx.unlink(missing_ok=True)
+        paths.item_vectors.unlink(missing_ok=True)
         return {"exported": False}
     blend, covisits = SEQUENTIAL_ONLY, None  # trained before co-visits: the sequential model alone
     if paths.covisits.exists():

@@ -518,6 +518,15 @@ def save_next_items(chosen: NextItems, paths) -> None:
     np.savez(paths.covisits, **blend_arrays(chosen.blend, chosen.covisits))
 
 
+def remove_next_items(paths) -> None:
+    """Remove what `save_next_items` writes (nothing fit to serve)."""
+    import shutil
+
+    shutil.rmtree(paths.sequential, ignore_errors=True)
+    paths.popularity.unlink(missing_ok=True)
+    paths.covisits.unlink(missing_ok=True)
+
+
 # -- bring your own interactions ---------------------------------------------------------------
 @dataclass
 class RecommendConfig(SequentialTraining):

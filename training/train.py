@@ -501,19 +501,26 @@ def fit_recommender(
     if data.events is None or fusion.examples is None:
         return Recommendation({}, None)
     product_ids = data.catalog["product_id"].to_numpy(np.int64)
-    chosen = recommend.train_and_evaluate(
-        data.events,
-        {int(p): i for i, p in enumerate(product_ids)},
-        enc.items,
-        recommend.SequentialTraining(
-            layers=config.seq_layers,
-            epochs=config.seq_epochs,
-            batch_size=config.seq_batch_size,
-            negatives=config.seq_negatives,
-            seed=config.seed,
-        ),
-        max_len=contract.MAX_HISTORY,
-    )
+    try:
+        chosen = recommend.train_and_evaluate(
+            data.events,
+            {int(p): i for i, p in enumerate(product_ids)},
+            enc.items,
+            recommend.SequentialTraining(
+                layers=config.seq_layers,
+                epochs=config.seq_epochs,
+                batch_size=config.seq_batch_size,
+                negatives=config.seq_negatives,
+                seed=config.seed,
+            ),
+            max_len=contract.MAX_HISTORY,
+        )
+    except recommend.RecommendationError as exc:
+        # Search does not depend on it: serve search, and no recommender (nor an earlier
+        # run's left in OUT) rather than one a baseline beats.
+        log.error("recommend mode is not served: %s", exc)
+        recommend.remove_next_items(paths)
+        return Recommendation({"error": str(exc)}, None)
     recommend.save_next_items(chosen, paths)
     metrics = chosen.report
     fitted, fusion.report["sequential_in_search"] = fit_sequential_weight(
@@ -660,6 +667,8 @@ def summary_lines(metrics: dict) -> list[str]:
                 f"95% CI {g['ci95_low']:+.1%}…{g['ci95_high']:+.1%})"
             )
     rec = metrics.get("recommendation") or {}
+    if "error" in rec:
+        lines.append(f"recommendation: not served ({rec['error']})")
     shown_rec = [(k, m) for k, m in rec.items() if isinstance(m, dict) and HIT_RATE_AT_10 in m]
     if shown_rec:
         lines.append("recommendation, leave-last-out (HR@10 / NDCG@10 / MRR):")
