@@ -18,7 +18,7 @@ import torch
 
 from shoprank import contract
 from shoprank.core.catalog import CatalogIndex
-from shoprank.core.covisits import SEQUENTIAL_ONLY, blend_from, next_item_scores
+from shoprank.core.covisits import load_blend, next_item_scores
 from shoprank.core.features import ItemTables
 from shoprank.core.lexical import LexicalIndex, tokenize
 from shoprank.core.pipeline import Answer
@@ -58,10 +58,7 @@ class NaivePipeline:
             self.sequential = load_sequential(paths.sequential)
             with torch.inference_mode():
                 self.items = self.sequential.item_vectors(self.embeddings)
-            self.blend, self.covisits = SEQUENTIAL_ONLY, None  # the served recommender's score
-            if paths.covisits.exists():
-                with np.load(paths.covisits, allow_pickle=False) as z:
-                    self.blend, self.covisits = blend_from(z)
+            self.blend, self.covisits = load_blend(paths.covisits)  # the served score
         import pandas as pd
 
         titles = pd.read_parquet(paths.catalog, columns=["product_id", "title"])

@@ -33,7 +33,7 @@ from shoprank.conversion.exclusion_search import ExclusionSearch, embed_feeds, s
 from shoprank.conversion.latency import Speed, file_mb, measure_latency
 from shoprank.conversion.quality import QualityGate, row_cosine
 from shoprank.conversion.report import report_lines
-from shoprank.core.covisits import SEQUENTIAL_ONLY, blend_from
+from shoprank.core.covisits import load_blend
 from shoprank.core.tokenizer import tokenized_feeds, tokenizer_file
 from shoprank.data import datasets
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY, OptimizationProfile, load_item_index
@@ -478,10 +478,7 @@ def export_recommender(inp: Inputs) -> dict:
         paths.sequential_onnx.unlink(missing_ok=True)
         paths.item_vectors.unlink(missing_ok=True)
         return {"exported": False}
-    blend, covisits = SEQUENTIAL_ONLY, None  # trained before co-visits: the sequential model alone
-    if paths.covisits.exists():
-        with np.load(paths.covisits, allow_pickle=False) as z:
-            blend, covisits = blend_from(z)
+    blend, covisits = load_blend(paths.covisits)
     diff = export.export_sequential(
         load_sequential(paths.sequential),
         inp.index["embeddings"],

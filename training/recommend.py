@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from shoprank.core.covisits import (
     COOCCURRENCE_PART,
     POPULARITY_PART,
+    SEQUENTIAL_ONLY,
     Blend,
     CoVisitConfig,
     CoVisits,
@@ -63,6 +64,7 @@ COVISIT_GRID = (
     CoVisitConfig(window=5, decay=0.5),
     CoVisitConfig(age_power=2.0, degree_power=0.5),
 )
+COVISITS_ONLY = Blend(COOCCURRENCE, 0.0, 1.0)
 BLEND_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # w_co per unit of w_seq
 
 
@@ -177,8 +179,7 @@ def popularity_scorer(counts: np.ndarray) -> Scorer:
 
 def cooccurrence_scorer(covisits: CoVisits, counts: np.ndarray) -> Scorer:
     """Co-visits alone, as served (popularity breaks ties)."""
-    blend = Blend(COOCCURRENCE, 0.0, 1.0)
-    return lambda histories: next_item_scores(blend, None, covisits.scores(histories), counts)
+    return blend_scorer(None, covisits, COVISITS_ONLY, counts)
 
 
 def text_scorer(text: np.ndarray) -> Scorer:
@@ -463,10 +464,7 @@ def evaluate_sequences(
     model, curve = train_sequential(seqs, text, config, max_len)
     dots = sequential_scorer(model, torch.from_numpy(np.ascontiguousarray(text, np.float32)))
     covisits, covisit_variants = tune_covisits(seqs, counts)
-    blends = {
-        SEQUENTIAL: Blend(SEQUENTIAL, 1.0, 0.0),
-        COOCCURRENCE: Blend(COOCCURRENCE, 0.0, 1.0),
-    }
+    blends = {SEQUENTIAL: SEQUENTIAL_ONLY, COOCCURRENCE: COVISITS_ONLY}
     baselines: dict[str, Scorer] = {POPULARITY: popularity_scorer(counts)}
     if text.shape[1]:  # ids-only data has no text to score by
         baselines[TEXT_ONLY] = text_scorer(np.asarray(text, np.float32))

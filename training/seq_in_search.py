@@ -29,7 +29,7 @@ import torch
 
 from shoprank import contract
 from shoprank.configargs import parse_config, setup_logging
-from shoprank.core.covisits import SEQUENTIAL_ONLY, Blend, CoVisits, blend_from, next_item_scores
+from shoprank.core.covisits import SEQUENTIAL_ONLY, Blend, CoVisits, load_blend, next_item_scores
 from shoprank.core.features import ItemTables
 from shoprank.core.lexical import LexicalIndex, tokenize
 from shoprank.core.ranking import RetrievalConfig, sequential_part
@@ -88,9 +88,11 @@ def raw_sequential_scores(
     dots = (users[torch.from_numpy(user_rows)] * items[torch.from_numpy(item_rows)]).sum(-1)
     co = None
     if blend.cooccurrence and covisits is not None:
-        co = np.concatenate(
-            [covisits.scores(distinct[s : s + 1024]) for s in range(0, len(distinct), 1024)]
-        )[user_rows, item_rows]
+        co = np.zeros(len(idx), np.float32)
+        for start in range(0, len(distinct), 1024):  # (histories, N) per chunk, not all at once
+            mine = (user_rows >= start) & (user_rows < start + 1024)
+            full = covisits.scores(distinct[start : start + 1024])
+            co[mine] = full[user_rows[mine] - start, item_rows[mine]]
     raw[idx] = next_item_scores(blend, dots.numpy(), co)
     return raw, warm
 
@@ -189,10 +191,7 @@ def run(config: SeqInSearchConfig) -> dict:
         )
         for split in ("val", "test")
     )
-    blend, covisits = SEQUENTIAL_ONLY, None
-    if paths.covisits.exists():
-        with np.load(paths.covisits, allow_pickle=False) as z:
-            blend, covisits = blend_from(z)
+    blend, covisits = load_blend(paths.covisits)
     _, report = fit_sequential_weight(
         load_sequential(paths.sequential),
         load_ranker(paths.ranker),

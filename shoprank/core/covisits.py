@@ -189,6 +189,15 @@ def blend_arrays(blend: Blend, covisits: CoVisits | None) -> dict[str, np.ndarra
     return out | (covisits.arrays(PREFIX) if covisits is not None else {})
 
 
+def load_blend(path) -> tuple[Blend, CoVisits | None]:
+    """`blend_from` of the .npz at `path`; the sequential model alone when there is none
+    (artifacts trained before co-visits)."""
+    if not path.exists():
+        return SEQUENTIAL_ONLY, None
+    with np.load(path, allow_pickle=False) as z:
+        return blend_from(z)
+
+
 def blend_from(z) -> tuple[Blend, CoVisits | None]:
     """The inverse of `blend_arrays` on an open .npz; without a blend: the sequential model
     alone."""

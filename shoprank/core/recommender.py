@@ -76,24 +76,32 @@ class Recommender:
             self.popularity,
         )
 
-    def scores(self, requests: Sequence[RecommendRequest]) -> np.ndarray:
-        """Scores (B, N) of every product per row; history products -inf."""
+    def scores(
+        self, requests: Sequence[RecommendRequest]
+    ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+        """Scores (B, N) of every product per row, history products -inf, and each row's
+        parts (N,) that add up to them (popularity alone at cold start): computed once,
+        for the ranking and the explanations alike."""
         out = np.broadcast_to(self.popularity, (len(requests), len(self.items))).copy()
+        row_parts = [{POPULARITY_PART: self.popularity} for _ in requests]
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
-            out[warm] = sum(self.parts([requests[i].history for i in warm]).values())
+            parts = self.parts([requests[i].history for i in warm])
+            out[warm] = sum(parts.values())
+            for j, i in enumerate(warm):  # popularity is (N,), shared by every row
+                row_parts[i] = {k: v[j] if v.ndim == 2 else v for k, v in parts.items()}
         for i, r in enumerate(requests):
             out[i, r.history] = -np.inf
             allowed = self.facets.allowed(r.filters) if r.filters is not None else None
             if allowed is not None:
                 out[i, ~allowed] = -np.inf
-        return out
+        return out, row_parts
 
     def recommend(self, requests: Sequence[RecommendRequest]) -> list[Ranked]:
         """Answers in request order."""
         if not requests:
             return []
-        scores = self.scores(requests)
+        scores, row_parts = self.scores(requests)
         answers = []
         for i, r in enumerate(requests):
             best = top_k_rows(scores[i], r.k)
@@ -103,31 +111,33 @@ class Recommender:
                     scores[i, best].astype(np.float32),
                     self.catalog.titles[best],
                     len(self.items),
-                    self.explain(r, best, scores[i, best]) if r.explain else None,
+                    self.explain(r, best, scores[i, best], row_parts[i]) if r.explain else None,
                 )
             )
         return answers
 
-    def explain(self, request: RecommendRequest, rows: np.ndarray, scores: np.ndarray):
-        """JSON per result: the parts that add up to its score (the served blend's, or
+    def explain(
+        self,
+        request: RecommendRequest,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        parts: dict[str, np.ndarray],
+    ):
+        """JSON per result: the parts (N,) that add up to its score (the served blend's, or
         popularity alone at cold start) and the history products whose vectors are closest
         to it."""
-        if len(request.history):
-            parts = {k: np.atleast_2d(v)[0, rows] for k, v in self.parts([request.history]).items()}
-        else:
-            parts = {POPULARITY_PART: self.popularity[rows]}
         unit = self.items / np.maximum(np.linalg.norm(self.items, axis=1, keepdims=True), 1e-9)
         history_ids = self.catalog.product_ids[request.history]
         return np.array(
             [
                 explanation(
                     score,
-                    {k: float(v[j]) for k, v in parts.items()},
+                    {k: float(v[row]) for k, v in parts.items()},
                     history_ids,
                     unit[request.history],
                     unit[row],
                 )
-                for j, (row, score) in enumerate(zip(rows, scores, strict=True))
+                for row, score in zip(rows, scores, strict=True)
             ],
             dtype=object,
         )
