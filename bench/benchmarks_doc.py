@@ -441,19 +441,17 @@ def catalog_scale(path: Path) -> Rendered:
             num(r.p50_ms, 1),
             num(r.p99_ms, 1),
             num(r.rps, 1),
-            " / ".join(num(x, 1) for x in (r.tokenizer_ms, r.encoder_ms, r.ranker_ms))
-            if r.system == TRITON
-            else "–",
+            num(r.searcher_ms, 1) if r.system == TRITON else "–",
             num(r.recall_at_100, 3),
             num(r.index_mb, 0),
             num(r.build_s, 0),
-            num(r.ranker_rss_mb, 0),
+            num(r.searcher_rss_mb, 0),
         ]
         for r in rows
     ]
     header = ["products", "dense retrieval", "served by", "conc.", "p50 ms", "p99 ms", "req/s"]
-    header += ["ms in tokenizer / encoder / ranker", "recall@100 vs exact", "index MB"]
-    header += ["build s", "ranker stub MB"]
+    header += ["ms in the searcher", "recall@100 vs exact", "index MB"]
+    header += ["build s", "searcher stub MB"]
     lines = [*table(header, body), ""]
     for mode in dict.fromkeys(r.retrieval for r in rows):
         slope = scale.growth_exponent(rows, mode)
@@ -464,8 +462,8 @@ def catalog_scale(path: Path) -> Rendered:
         "`exact` is the float32 scan, `ann` the index kind conversion serves. Rows beyond the "
         "demo's products copy a real product with a new id and model number and a noisy "
         "embedding (near-duplicates: the hard case for 8-bit ANN). In-process rows are the same "
-        "repository's files answering in the benchmark's process, server stopped; the model "
-        "columns are Triton's mean time per request in each served model, queue included.",
+        "repository's files answering in the benchmark's process, server stopped; \"ms in "
+        "the searcher\" is Triton's mean time per request in the served model, queue included.",
     ]
     return Rendered(command, lines)
 

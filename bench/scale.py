@@ -14,8 +14,8 @@ system "in-process"): the pipeline's compute alone, so that what serving adds (g
 ensemble, the Python-backend hops) reads as the difference of two rows of one run.
 
 Writes `<out>/reports/scale.csv` (products, retrieval, system, concurrency, p50_ms, p99_ms,
-rps, recall_at_100, index_mb, build_s, ranker_rss_mb, and the mean milliseconds a request
-spent in each served model by Triton's statistics: tokenizer_ms, encoder_ms, ranker_ms) and
+rps, recall_at_100, index_mb, build_s, searcher_rss_mb, and the mean milliseconds a request
+spent in the served searcher model by Triton's statistics, searcher_ms) and
 `scale.png` (p50 against catalog size), and prints how the served p50 grows with the
 catalog (the log-log slope).
 """
@@ -63,13 +63,11 @@ CSV_COLUMNS = (
     "recall_at_100",
     "index_mb",
     "build_s",
-    "ranker_rss_mb",
-    "tokenizer_ms",
-    "encoder_ms",
-    "ranker_ms",
+    "searcher_rss_mb",
+    "searcher_ms",
 )
 # The served models whose time per request the CSV shows (Triton's statistics).
-STAGE_MODELS = (contract.TOKENIZER_MODEL, contract.ENCODER_MODEL, contract.RANKER_MODEL)
+STAGE_MODELS = (contract.SEARCHER_MODEL,)
 
 
 @dataclass
@@ -110,12 +108,10 @@ class Row:
     recall_at_100: float
     index_mb: float
     build_s: float
-    ranker_rss_mb: float
-    # Mean time a request spent in each served model (queue + compute), Triton's statistics
+    searcher_rss_mb: float
+    # Mean time a request spent in the served model (queue + compute), Triton's statistics
     # over the measurement; NaN for the in-process rows.
-    tokenizer_ms: float = float("nan")
-    encoder_ms: float = float("nan")
-    ranker_ms: float = float("nan")
+    searcher_ms: float = float("nan")
 
 
 def _log(message: str) -> None:
@@ -132,8 +128,9 @@ def _link(src: Path, dst: Path) -> None:
 def _query_embeddings(demo: contract.ArtifactPaths, queries: list[str]) -> np.ndarray:
     """The workload's queries embedded by the served encoder, as served."""
     repo = demo.repository("cpu")
-    tok = QueryTokenizer(repo / contract.TOKENIZER_MODEL / "1" / contract.TOKENIZER_FILE)
-    session = cpu_session(repo / contract.ENCODER_MODEL / "1" / contract.ENCODER_ONNX_FILE, 2)
+    folder = repo / contract.SEARCHER_MODEL / "1"
+    tok = QueryTokenizer(folder / contract.TOKENIZER_FILE)
+    session = cpu_session(folder / contract.ENCODER_ONNX_FILE, 2)
     out = []
     for start in range(0, len(queries), 64):
         enc = tok.encode(queries[start : start + 64])
@@ -218,6 +215,7 @@ def prepare_size(
     _link(demo.encoder, paths.encoder)
     paths.onnx.mkdir(parents=True, exist_ok=True)
     _link(demo.ranker_onnx, paths.ranker_onnx)
+    _link(demo.relevance_onnx, paths.relevance_onnx)
     report = json.loads(demo.conversion_report.read_text())
     for variant in report["variants"].values():  # the encoders stay where they are
         if variant.get("path"):
@@ -275,7 +273,7 @@ def run(config: ScaleConfig) -> list[Row]:
             with running_server(paths.repository("cpu"), wait_s=900) as server:
                 from shoprank.bench.systems import TritonCaller
 
-                rss = stub_memory_mb(server.process.pid).get(contract.RANKER_MODEL, 0.0)
+                rss = stub_memory_mb(server.process.pid).get(contract.SEARCHER_MODEL, 0.0)
                 for c in levels:
                     before = _model_totals(server.grpc_url)
                     m = measure(lambda s=server: TritonCaller(s.grpc_url), workload, c, mconfig)

@@ -163,7 +163,7 @@ def open_system(
         from shoprank.core.sessions import cpu_session
 
         tokenizer = QueryTokenizer(
-            paths.repository("cpu") / contract.TOKENIZER_MODEL / "1" / contract.TOKENIZER_FILE
+            paths.repository("cpu") / contract.SEARCHER_MODEL / "1" / contract.TOKENIZER_FILE
         )
         yield encoder_caller(tokenizer, cpu_session(paths.encoder_int8_onnx, ort_threads))
     elif system in (TRITON, TRITON_RECOMMEND) and url:

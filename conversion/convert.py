@@ -460,11 +460,12 @@ def export_ranker(inp: Inputs, fp32: Fp32Encoder) -> dict:
     export.export_ranker(
         ranker, paths.ranker_onnx, export.ranker_sample(emb, fp32.embeddings[:32], seed=0)
     )
-    diff = export.check_ranker_parity(
-        paths.ranker_onnx, ranker, export.ranker_sample(emb, fp32.embeddings[:32], seed=1)
-    )
+    sample = export.ranker_sample(emb, fp32.embeddings[:32], seed=1)
+    diff = export.check_ranker_parity(paths.ranker_onnx, ranker, sample)
+    export.export_relevance(paths.ranker_onnx, paths.relevance_onnx, sample)
     return {
         "path": str(paths.ranker_onnx),
+        "relevance_path": str(paths.relevance_onnx),
         "size_mb": file_mb(paths.ranker_onnx),
         "max_abs_diff": diff,
     }

@@ -2,8 +2,10 @@
 
     python -m shoprank.model_repository.build --out artifacts/demo --target cpu|gpu|gpu-embedded
 
-- cpu: the embedded server in nvidia-pytriton (Python backend only). Tokenizer, encoder
-  and ranker are Python-backend models; encoder and ranker run ONNX Runtime inside.
+- cpu: the embedded server in nvidia-pytriton (Python backend only). One Python-backend
+  model, the `searcher`, tokenizes, encodes and ranks (ONNX Runtime inside): `search` and
+  `rerank` are one-step ensembles over it, so a request crosses the server/stub boundary
+  once (three hops cost about 2 ms more per request on 2 cores).
 - gpu: NVIDIA's Triton container. The encoder is a native `tensorrt_plan` model when an
   engine was built (conversion/tensorrt.py: `encoder.fp16.plan`, or `encoder.int8.plan`
   when the conversion report selected it after its quality gate), else `onnxruntime_onnx`;
@@ -15,8 +17,8 @@
   ONNX graph stay on the CPU. `--device cpu` builds the same repository on CPU instances
   (how it is tested on hosts without a GPU).
 
-Both are written from the same tensor specs, so the ensemble wiring cannot drift between
-them. Each model gets dynamic batching, warm-up requests and a numbered version folder.
+Every target is written from the same tensor specs, so the ensemble wiring cannot drift
+between them. Each model gets dynamic batching, warm-up requests and a numbered version folder.
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ class ServingConfig:
             contract.TOKENIZER_MODEL: 1,
             contract.ENCODER_MODEL: 1,
             contract.RANKER_MODEL: 1,
+            contract.SEARCHER_MODEL: 1,
             contract.RECOMMENDER_MODEL: 1,
         }
     )
+    # The searcher runs the encoder's and the ranker's sessions with their own threads.
     ort_threads: dict[str, int] = field(
         default_factory=lambda: {
             contract.ENCODER_MODEL: 1,
@@ -243,8 +247,9 @@ def ensemble_config(
     name: str = contract.ENSEMBLE_MODEL,
     inputs: tuple[contract.TensorSpec, ...] = contract.ENSEMBLE_INPUTS,
 ) -> mc.ModelConfig:
-    """An ensemble over tokenizer → encoder → ranker: `search` (the ranker retrieves its
-    own candidates) or `rerank` (the caller's CANDIDATE_IDS go to the ranker)."""
+    """`search` (the ranker retrieves its own candidates) or `rerank` (the caller's
+    CANDIDATE_IDS go to the ranker): one step, the searcher, on the CPU target; tokenizer →
+    encoder → ranker on the GPU targets."""
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
     for spec in inputs:
         optional = spec in contract.OPTIONAL_INPUTS or spec in contract.MODEL_VALIDATED_INPUTS
@@ -261,6 +266,10 @@ def ensemble_config(
         for spec in outputs:
             s.output_map[spec.name] = spec.name
 
+    if serving.target == "cpu":
+        searcher_inputs = [s for s in contract.SEARCHER_INPUTS if s in inputs]
+        step(contract.SEARCHER_MODEL, searcher_inputs, contract.SEARCHER_OUTPUTS)
+        return config
     tokenizer_inputs = [s for s in contract.TOKENIZER_INPUTS if s in inputs]
     step(contract.TOKENIZER_MODEL, tokenizer_inputs, contract.TOKENIZER_OUTPUTS)
     step(contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS)
@@ -356,7 +365,7 @@ def encoder_gpu_config(
 def check_inputs(paths: contract.ArtifactPaths, encoder_onnx: Path) -> bool:
     """Fail early, naming the step to run, when an input file is missing; return whether the
     ranker serves the sequential shopper vector (training weighed it for search)."""
-    for needed in (encoder_onnx, paths.ranker_onnx, paths.dense_index):
+    for needed in (encoder_onnx, paths.ranker_onnx, paths.relevance_onnx, paths.dense_index):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} missing: run `make convert` first")
     for needed in (paths.lexical_index, paths.item_tables, paths.retrieval_config):
@@ -396,14 +405,14 @@ def write_tokenizer(repo: Path, paths: contract.ArtifactPaths, serving: ServingC
 def write_encoder(
     repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig, encoder_onnx: Path, dim: int
 ) -> dict:
-    """The `encoder` model for the target, warmed up with the tokenizer's own ids for the
+    """The `encoder` model of a GPU target, warmed up with the tokenizer's own ids for the
     sample query; returns what the build record adds about it (the TensorRT plan, if any)."""
     sample, sample_mask = QueryTokenizer(tokenizer_file(paths.encoder)).encode(
         [contract.SAMPLE_QUERY]
     )[0]
     record: dict = {}
     source: str | None = "encoder"
-    if serving.target in ("cpu", "gpu-embedded"):
+    if serving.target == "gpu-embedded":
         cfg = _base(
             contract.ENCODER_MODEL,
             serving,
@@ -412,16 +421,10 @@ def write_encoder(
             {contract.QUERY_EMBEDDING.name: (dim,)},
         )
         cfg.backend = "python"
-        if serving.target == "cpu":
-            cfg.parameters[contract.PARAM_ONNX_FILE].string_value = contract.ENCODER_ONNX_FILE
-            threads = serving.ort_threads[contract.ENCODER_MODEL]
-            cfg.parameters[contract.PARAM_THREADS].string_value = str(threads)
-            files = {contract.ENCODER_ONNX_FILE: encoder_onnx}
-        else:
-            cfg.parameters[contract.PARAM_RUNTIME].string_value = contract.TORCH_RUNTIME
-            cfg.parameters[contract.PARAM_ENCODER_DIR].string_value = GPU_ENCODER_DIR
-            cfg.parameters[contract.PARAM_DTYPE].string_value = serving.dtype
-            files = {GPU_ENCODER_DIR: paths.encoder}
+        cfg.parameters[contract.PARAM_RUNTIME].string_value = contract.TORCH_RUNTIME
+        cfg.parameters[contract.PARAM_ENCODER_DIR].string_value = GPU_ENCODER_DIR
+        cfg.parameters[contract.PARAM_DTYPE].string_value = serving.dtype
+        files = {GPU_ENCODER_DIR: paths.encoder}
     else:
         engine = served_plan(paths)
         profile = read_plan_profile(engine) if engine is not None else None
@@ -468,6 +471,7 @@ def ranker_files(
     dense_meta = meta_path(Path(contract.DENSE_INDEX_FILE)).name
     files = {
         contract.RANKER_ONNX_FILE: paths.ranker_onnx,
+        contract.RELEVANCE_ONNX_FILE: paths.relevance_onnx,
         contract.DENSE_INDEX_FILE: paths.dense_index,
         dense_meta: meta_path(paths.dense_index),
         contract.LEXICAL_INDEX_FILE: paths.lexical_index,
@@ -531,6 +535,70 @@ def write_ranker(
     return model_dir
 
 
+def write_searcher(
+    repo: Path,
+    paths: contract.ArtifactPaths,
+    serving: ServingConfig,
+    encoder_onnx: Path,
+    sequential_in_search: bool,
+) -> Path:
+    """The CPU target's `searcher` model: the ranker's files, the tokenizer and the encoder's
+    ONNX graph in one version folder, and the search admission gate."""
+    cfg = _base(
+        contract.SEARCHER_MODEL,
+        serving,
+        contract.SEARCHER_INPUTS,
+        contract.SEARCHER_OUTPUTS,
+        {},
+        optional=contract.SEARCHER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    threads = serving.ort_threads
+    cfg.parameters[contract.PARAM_THREADS].string_value = str(threads[contract.RANKER_MODEL])
+    encoder_threads = str(threads[contract.ENCODER_MODEL])
+    cfg.parameters[contract.PARAM_ENCODER_THREADS].string_value = encoder_threads
+    _admission(cfg, serving)
+    _warmup(
+        cfg,
+        {
+            contract.QUERY.name: (contract.QUERY, (1,), "query"),
+            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
+        },
+    )
+    files = {
+        **ranker_files(paths, serving.target, sequential_in_search),
+        contract.TOKENIZER_FILE: tokenizer_file(paths.encoder),
+        contract.ENCODER_ONNX_FILE: encoder_onnx,
+    }
+    model_dir = _write_model(repo, cfg, serving.version, files, python_source="searcher")
+    _write_warmup(
+        model_dir,
+        {
+            "query": _bytes_tensor(contract.SAMPLE_QUERY.encode()),
+            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
+        },
+    )
+    return model_dir
+
+
+def target_models(target: str) -> tuple[str, ...]:
+    """The search models a target serves (beside the ensembles and the recommender)."""
+    if target == "cpu":
+        return (contract.SEARCHER_MODEL,)
+    return (contract.TOKENIZER_MODEL, contract.ENCODER_MODEL, contract.RANKER_MODEL)
+
+
+def remove_other_models(repo: Path, target: str, recommend: bool) -> None:
+    """Delete the model folders of `repo` that a `target` build does not write (another
+    target's layout, a recommender training no longer serves): Triton would load them."""
+    kept = {*target_models(target), *((contract.RECOMMENDER_MODEL,) if recommend else ())}
+    known = {*target_models("cpu"), *target_models("gpu"), contract.RECOMMENDER_MODEL}
+    for name in known - kept:
+        shutil.rmtree(repo / name, ignore_errors=True)
+    if not recommend:
+        shutil.rmtree(repo / contract.RECOMMEND_MODEL, ignore_errors=True)
+
+
 def write_ensembles(repo: Path, serving: ServingConfig) -> None:
     """`search` and `rerank` (each needs an empty version folder)."""
     _write_model(repo, ensemble_config(serving), serving.version, {})
@@ -553,13 +621,18 @@ def build(
     repo = Path(repo) if repo is not None else paths.repository(serving.target)
     repo.mkdir(parents=True, exist_ok=True)
     dim = embedding_dim(encoder_onnx)
-    write_tokenizer(repo, paths, serving)
-    encoder_record = write_encoder(repo, paths, serving, encoder_onnx, dim)
-    write_catalog(paths)
-    write_ranker(repo, paths, serving, dim, sequential_in_search)
-    write_ensembles(repo, serving)
     # Recommend mode, when training had event logs to learn it from.
     recommend = paths.sequential_onnx.exists() and paths.item_vectors.exists()
+    remove_other_models(repo, serving.target, recommend)
+    write_catalog(paths)
+    encoder_record: dict = {}
+    if serving.target == "cpu":
+        write_searcher(repo, paths, serving, encoder_onnx, sequential_in_search)
+    else:
+        write_tokenizer(repo, paths, serving)
+        encoder_record = write_encoder(repo, paths, serving, encoder_onnx, dim)
+        write_ranker(repo, paths, serving, dim, sequential_in_search)
+    write_ensembles(repo, serving)
     if recommend:
         write_recommender(repo, paths, serving)
     record = {

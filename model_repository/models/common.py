@@ -111,6 +111,82 @@ def answer_batch(
     return responses
 
 
+def answer_admitted(
+    requests: list, gate: AdmissionGate, answer: Callable[[list], list], metrics: Any
+) -> None:
+    """Answer a dynamic batch at an ensemble's only step: each request admitted or refused,
+    the admitted ones answered by one `answer` call, their slots freed whatever happens.
+
+    Every response goes through the request's response sender (so `execute` returns None):
+    a refusal leaves at once, not with the batch's answers, so a refused request costs its
+    client no more than its wait in the queue (what a separate admitting step gave).
+    """
+    tickets = gate.admit_many(len(requests))
+    admitted = [i for i, t in enumerate(tickets) if t is not None]
+    for i, ticket in enumerate(tickets):
+        if ticket is None:
+            _send(requests[i], gate.refusal())
+    if len(admitted) < len(requests):
+        metrics.refused(reason="in_flight").increment(len(requests) - len(admitted))
+    try:
+        answered = answer([requests[i] for i in admitted])
+    except Exception as exc:  # the server's fault: each admitted request is told, none hangs
+        answered = [internal(f"{type(exc).__name__}: {exc}")] * len(admitted)
+    finally:  # answered or failed, the requests are no longer in flight
+        for i in admitted:
+            gate.release(tickets[i])
+    for i, response in zip(admitted, answered, strict=True):
+        _send(requests[i], response)
+
+
+def _send(request: Any, response: Any) -> None:
+    request.get_response_sender().send(
+        response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    )
+
+
+class RankedBatch:
+    """Search and re-rank requests answered by `ranker.rank` (a `CandidateRanker`, or the
+    searcher's `SearchPipeline`): each request's tensors read once and validated on its
+    own, every good row ranked in one call, the batch's metrics summed before they are
+    sent (`core.ranking.batch_counts`)."""
+
+    def __init__(self, model: str, ranker: Any, metrics: Any) -> None:
+        self.model = model
+        self.ranker = ranker
+        self.metrics = metrics
+        self.ignored = {"unknown": 0, "duplicate": 0}  # this batch's ignored re-rank ids
+
+    def answer(self, arrays: list[dict[str, Any]]) -> list:
+        """Responses to the requests' tensors by name (`request_arrays`)."""
+        # Counted afresh per batch: a batch that fails before `_observe` leaves nothing behind.
+        self.ignored = {"unknown": 0, "duplicate": 0}
+        return answer_batch(arrays, self._parse, self.ranker.rank, self._invalid, self._observe)
+
+    def _parse(self, arrays: dict[str, Any]) -> list:
+        # Imported here: the GPU targets' tokenizer stub imports this module, not faiss & co.
+        from shoprank.core.ranking import parse_request
+
+        parsed = parse_request(arrays, self.ranker.catalog)
+        self.ignored["unknown"] += parsed.unknown_ids
+        self.ignored["duplicate"] += parsed.duplicate_ids
+        return parsed.rows
+
+    def _invalid(self, exc: InvalidInput) -> None:
+        self.metrics.invalid_request(self.model, exc.reason)
+
+    def _observe(self, rows: list, answers: list) -> None:
+        from shoprank.core.ranking import batch_counts
+
+        self.metrics.ranked_batch(batch_counts(rows, answers), self.ranker.last_timings)
+        unknown, duplicate = self.ignored["unknown"], self.ignored["duplicate"]
+        if unknown or duplicate:
+            self.metrics.ignored_ids(unknown, duplicate)
+            pb_utils.Logger.log_verbose(
+                f"rerank: {unknown} unknown and {duplicate} duplicate candidate ids ignored"
+            )
+
+
 class AdmissionGate:
     """`shoprank.core.admission` for the model that takes an ensemble's requests first (the
     tokenizer of `search` and `rerank`, the recommender of `recommend`): one table per

@@ -10,12 +10,15 @@ still answered.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from shoprank import contract
 from shoprank.core.filters import row_filters
 from shoprank.core.recommender import Recommender, RecommendRequest
 from shoprank.core.requests import row_flags, row_values, validate_top_k
 from shoprank.model_repository.models.common import (
     AdmissionGate,
+    answer_admitted,
     answer_batch,
     input_array,
     optional_array,
@@ -35,37 +38,24 @@ class TritonPythonModel:
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
-        responses: list = [None] * len(requests)
-        admitted: list[int] = []
-        tickets: list[int] = []
-        for i in range(len(requests)):
-            ticket = self.admission.admit()
-            if ticket is None:
-                self.metrics.refused(reason="in_flight").increment(1)
-                responses[i] = self.admission.refusal()
-            else:
-                admitted.append(i)
-                tickets.append(ticket)
-        try:
-            answered = answer_batch(
-                [requests[i] for i in admitted],
-                self._parse,
-                self.recommender.recommend,
-                lambda exc: self.metrics.invalid_request(contract.RECOMMENDER_MODEL, exc.reason),
-                self._observe,
-            )
-        finally:  # answered or failed, the requests are no longer in flight
-            for ticket in tickets:
-                self.admission.release(ticket)
-        for i, response in zip(admitted, answered, strict=True):
-            responses[i] = response
-        return responses
+        # Every response through its request's sender: execute returns None.
+        answer_admitted(requests, self.admission, self._answer, self.metrics)
+
+    def _answer(self, requests) -> list:
+        return answer_batch(
+            requests,
+            self._parse,
+            self.recommender.recommend,
+            lambda exc: self.metrics.invalid_request(contract.RECOMMENDER_MODEL, exc.reason),
+            self._observe,
+        )
 
     def _observe(self, rows: list[RecommendRequest], answers) -> None:
-        for row, answer in zip(rows, answers, strict=True):
-            history = "present" if len(row.history) else "empty"
-            self.metrics.rows(mode=contract.RECOMMEND_MODEL, history=history).increment(1)
-            self.metrics.results(mode=contract.RECOMMEND_MODEL).increment(len(answer.product_ids))
+        counts: Counter[tuple[str, str]] = Counter()
+        for row in rows:
+            counts[(contract.RECOMMEND_MODEL, "present" if len(row.history) else "empty")] += 1
+        returned = sum(len(a.product_ids) for a in answers)
+        self.metrics.answered(dict(counts), {contract.RECOMMEND_MODEL: returned})
 
     def _parse(self, request) -> list[RecommendRequest]:
         """The request's rows, validated; InvalidInput refuses the whole request."""

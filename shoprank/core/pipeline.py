@@ -1,16 +1,17 @@
-"""The served pipeline (tokenize → encode → retrieve and rank) run in-process.
+"""The served pipeline (tokenize → encode → retrieve and rank).
 
-Same files, same functions and same session settings as the Triton models, without the
-server: the reference the integration tests hold Triton's answers against, the "ONNX
-Runtime in process" row of the benchmark, and what `training.evaluate` measures as the
-served pipeline.
+`SearchPipeline` is what the CPU target's Triton `searcher` model runs. `InProcessPipeline`
+loads the same files with the same session settings without the server: the reference the
+integration tests hold Triton's answers against, the "ONNX Runtime in process" row of the
+benchmark, and what `training.evaluate` measures as the served pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from shoprank.core.filters import Filters
 from shoprank.core.ranking import CandidateRanker, Request
 from shoprank.core.recommender import Recommender, RecommendRequest
 from shoprank.core.requests import decode_query, pad_rows, validate_top_k
+from shoprank.core.scoring import Ranked
 from shoprank.core.sessions import cpu_session, encoder_feeds
 from shoprank.core.tokenizer import QueryTokenizer
 
@@ -48,16 +50,70 @@ def query_feeds(tokenizer: QueryTokenizer, queries: Sequence[str | bytes]) -> di
     return encoder_feeds(pad_rows([e[0] for e in encoded]), pad_rows([e[1] for e in encoded]))
 
 
+class SearchPipeline:
+    """Tokenizer, encoder and ranker over one model version folder: the work of the CPU
+    target's Triton `searcher` model, and of this process's searches."""
+
+    def __init__(self, tokenizer: QueryTokenizer, encoder, ranker: CandidateRanker) -> None:
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.ranker = ranker
+        # The last `rank` call's seconds per stage (encode, then the ranker's stages).
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def load(
+        cls, folder: Path, encoder_threads: int = 1, ranker_threads: int = 1
+    ) -> SearchPipeline:
+        """From a `searcher` version folder (the ranker's files, the tokenizer and the
+        encoder's ONNX graph); a missing file is named."""
+        folder = Path(folder)
+        for name in (contract.TOKENIZER_FILE, contract.ENCODER_ONNX_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} is missing: rebuild the repository")
+        return cls(
+            QueryTokenizer(folder / contract.TOKENIZER_FILE),
+            cpu_session(folder / contract.ENCODER_ONNX_FILE, encoder_threads),
+            CandidateRanker.load(folder, ranker_threads),
+        )
+
+    @property
+    def catalog(self):
+        return self.ranker.catalog
+
+    def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
+        """Query embeddings (B, D): one tokenizer pass and one encoder call."""
+        feeds = query_feeds(self.tokenizer, queries)
+        return self.encoder.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)[0]
+
+    def rank(self, requests: Sequence[Request]) -> list[Ranked]:
+        """`CandidateRanker.rank`, after one encoder call for the rows without an embedding
+        (while the ranker's thread runs what needs none: `CandidateRanker.prefetch`)."""
+        start = time.perf_counter()
+        prefetched = self.ranker.prefetch(requests)  # BM25 and shopper vectors meanwhile
+        todo = [i for i, r in enumerate(requests) if r.embedding is None]
+        if todo:
+            embeddings = self.encode([requests[i].query for i in todo])
+            requests = list(requests)
+            for i, embedding in zip(todo, embeddings, strict=True):
+                requests[i] = replace(requests[i], embedding=embedding)
+        encoded = time.perf_counter() - start
+        answers = self.ranker.rank(requests, prefetched)
+        self.last_timings = {"encode": encoded, **self.ranker.last_timings}
+        return answers
+
+
 class InProcessPipeline:
-    """Loads a generated model repository's files and answers searches in this process."""
+    """Loads a generated CPU model repository's files and answers searches in this process."""
 
     def __init__(self, repository: Path, version: int = 1, threads: int = 1) -> None:
         v = str(version)
-        tokenizer_dir = repository / contract.TOKENIZER_MODEL / v
-        encoder_dir = repository / contract.ENCODER_MODEL / v
-        self.tokenizer = QueryTokenizer(tokenizer_dir / contract.TOKENIZER_FILE)
-        self.encoder = cpu_session(encoder_dir / contract.ENCODER_ONNX_FILE, threads)
-        self.ranker = CandidateRanker.load(repository / contract.RANKER_MODEL / v, threads)
+        self.search_pipeline = SearchPipeline.load(
+            repository / contract.SEARCHER_MODEL / v, threads, threads
+        )
+        self.tokenizer = self.search_pipeline.tokenizer
+        self.encoder = self.search_pipeline.encoder
+        self.ranker = self.search_pipeline.ranker
         recommender_dir = repository / contract.RECOMMENDER_MODEL / v
         self.recommender = (
             Recommender.load(recommender_dir, threads) if recommender_dir.is_dir() else None
@@ -68,9 +124,8 @@ class InProcessPipeline:
         return self.ranker.catalog
 
     def encode(self, queries: Sequence[str | bytes]) -> np.ndarray:
-        """Query embeddings (B, D) exactly as the served tokenizer + encoder compute them."""
-        feeds = query_feeds(self.tokenizer, queries)
-        return self.encoder.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)[0]
+        """Query embeddings (B, D) exactly as the served searcher computes them."""
+        return self.search_pipeline.encode(queries)
 
     def search_many(
         self,
@@ -83,12 +138,10 @@ class InProcessPipeline:
     ) -> list[Answer]:
         """Top-k for a batch of (query, history[, candidate ids][, filters]) requests."""
         k = validate_top_k(k)
-        texts = [decode_query(q) for q in queries]
-        embeddings = self.encode(texts)
         requests = [
             Request(
-                query=text,
-                embedding=embeddings[i],
+                query=decode_query(q),
+                embedding=None,
                 history=self.catalog.rows_of(np.asarray(histories[i], dtype=np.int64)),
                 k=k,
                 candidates=None
@@ -97,9 +150,9 @@ class InProcessPipeline:
                 filters=None if filters is None else filters[i],
                 explain=explain,
             )
-            for i, text in enumerate(texts)
+            for i, q in enumerate(queries)
         ]
-        return [_answer(r) for r in self.ranker.rank(requests)]
+        return [_answer(r) for r in self.search_pipeline.rank(requests)]
 
     def search(
         self,

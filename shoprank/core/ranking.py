@@ -1,14 +1,16 @@
 """Two-stage ranking: candidates from dense ANN and BM25, re-ranked by the fusion ranker.
 
-    ranker = CandidateRanker.load(folder)            # what the Triton `ranker` model holds
+    ranker = CandidateRanker.load(folder)            # what the searcher (or `ranker`) holds
     answers = ranker.rank(requests)                  # one call per dynamic batch
 
 For each request: candidates are the union of the dense index's `dense_k` nearest products
 to the query embedding and BM25's `lexical_k` best matches for the query text (search),
-or the ids the caller sent (re-rank). Every candidate gets the features the fusion
-ranker scores (dense and history vectors from the dense index, lexical features, item and
-shopper↔item features), one ONNX call scores the whole batch, and `fusion.combine`
-applies the re-rank depth before the top k is returned.
+or the ids the caller sent (re-rank). Every candidate gets the fusion ranker's relevance
+(cosine and lexical features; one ONNX call for the batch); only the candidates inside
+each row's re-rank depth get the shopper's features (history vectors, item and
+shopper↔item features) and the full score (a second call), and `scoring.combine` ranks
+the rest by relevance below them. BM25 and the shopper vectors need no query embedding:
+they run on the ranker's thread while the queries are encoded (`CandidateRanker.prefetch`).
 
 The same functions build the candidates and features during training and offline
 evaluation, so what is trained, measured and served cannot drift apart.
@@ -19,8 +21,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,18 @@ import numpy as np
 from shoprank import contract
 from shoprank.core.ann import DenseIndex
 from shoprank.core.catalog import CatalogIndex
-from shoprank.core.features import ItemTables, user_item_features
+from shoprank.core.features import (
+    ITEM_FEATURES,
+    USER_ITEM_FEATURES,
+    ItemTables,
+    user_item_features,
+)
 from shoprank.core.filters import Facets, Filters, row_filters
 from shoprank.core.lexical import LEXICAL_FEATURES, LexicalIndex, search_dir, tokenize
 from shoprank.core.requests import (
     InvalidInput,
-    decode_query,
     pad_rows,
+    query_row,
     required,
     row_flags,
     row_values,
@@ -96,27 +103,15 @@ def union_candidates(*lists: np.ndarray) -> np.ndarray:
     return rows[np.sort(first)]
 
 
-def retrieve(
-    dense: DenseIndex,
-    lexical: LexicalIndex,
-    query_embeddings: np.ndarray,
-    query_tokens: Sequence[Sequence[str]],
-    config: RetrievalConfig,
-    pool: Executor | None = None,
-) -> list[np.ndarray]:
-    """Per query: the union of its dense and BM25 candidates (catalog rows).
+@dataclass
+class Prefetched:
+    """What ranking a batch needs that does not wait for its query embeddings: each row's
+    query tokens and, computed on the ranker's thread (`pending`), BM25's candidates of the
+    rows that search and the shopper vectors (W, d) of the rows with a history (None when
+    the search signal does not use them)."""
 
-    With a `pool`, the BM25 searches run on it while the dense search runs here. faiss and
-    tantivy both release the GIL, so on an idle 2-core host the two overlap.
-    """
-
-    def lexical_rows() -> list[np.ndarray]:
-        return [lexical.search(tokens, config.lexical_k)[0] for tokens in query_tokens]
-
-    pending = pool.submit(lexical_rows) if pool is not None else None
-    dense_rows, _ = dense.search(query_embeddings, config.dense_k)
-    found = pending.result() if pending is not None else lexical_rows()
-    return [union_candidates(dense_rows[i], rows) for i, rows in enumerate(found)]
+    tokens: list[list[str]]
+    pending: Future  # -> (list[np.ndarray], np.ndarray | None)
 
 
 # A filter that allows at most this many products is met by an exact scan over them; a
@@ -155,6 +150,31 @@ class Features:
     rows: np.ndarray  # (B, C) candidate catalog rows, 0-padded
     valid: np.ndarray  # (B, C) bool
 
+    def columns(self, cols: np.ndarray, valid: np.ndarray) -> Features:
+        """The candidates at `cols` (B, m) of each row (`valid` marks real ones)."""
+
+        def take(a: np.ndarray) -> np.ndarray:
+            index = cols.reshape(*cols.shape, *([1] * (a.ndim - 2)))
+            return np.take_along_axis(a, index, axis=1)
+
+        return replace(
+            self,
+            candidates=take(self.candidates),
+            lexical=take(self.lexical),
+            item_features=take(self.item_features),
+            user_item=take(self.user_item),
+            rows=np.take_along_axis(self.rows, cols, axis=1),
+            valid=valid,
+        )
+
+    def relevance_feeds(self) -> dict[str, np.ndarray]:
+        """ONNX feeds of the relevance graph (RELEVANCE_ONNX_FILE)."""
+        return {
+            contract.ONNX_RANKER_QUERY: self.query,
+            contract.ONNX_RANKER_CANDIDATES: self.candidates,
+            contract.ONNX_RANKER_LEXICAL: self.lexical,
+        }
+
     def feeds(self) -> dict[str, np.ndarray]:
         """ONNX feeds of the ranker graph."""
         return {
@@ -178,33 +198,72 @@ def gather_features(
     candidates: Sequence[np.ndarray],
 ) -> Features:
     """Pad a batch and gather every feature of every candidate (see `Features`)."""
+    relevance = relevance_features(vectors, lexical, query_embeddings, query_tokens, candidates)
+    return with_behaviour(relevance, vectors, tables, histories)
+
+
+def relevance_features(
+    vectors,  # callable: rows (n,) -> (n, D) float32
+    lexical: LexicalIndex,
+    query_embeddings: np.ndarray,
+    query_tokens: Sequence[Sequence[str]],
+    candidates: Sequence[np.ndarray],
+) -> Features:
+    """What the relevance R needs (query and candidate vectors, lexical features) for a
+    padded batch; the behaviour inputs stay empty (`with_behaviour` fills them)."""
     b = len(candidates)
     rows = pad_rows([np.asarray(c, np.int64) for c in candidates], pad=0)
     valid = pad_rows([np.ones(len(c), bool) for c in candidates], pad=False).astype(bool)
-    hist = pad_rows([np.asarray(h, np.int64) for h in histories], pad=0)
-    hist_mask = pad_rows([np.ones(len(h), np.float32) for h in histories], pad=0.0)
     dim = query_embeddings.shape[1]
     # Only real rows are decoded: padding stays zero, and the ranker scores each candidate
     # apart from the others, so what padding holds never reaches a real candidate's score.
     cand_vec = np.zeros((b, rows.shape[1], dim), np.float32)
     cand_vec[valid] = vectors(rows[valid])
-    present = hist_mask > 0
-    hist_vec = np.zeros((b, hist.shape[1], dim), np.float32)
-    hist_vec[present] = vectors(hist[present])
     lex = np.zeros((b, rows.shape[1], len(LEXICAL_FEATURES)), np.float32)
     for i, (tokens, cand) in enumerate(zip(query_tokens, candidates, strict=True)):
         lexical.features_into(lex[i, : len(cand)], tokens, cand)
     return Features(
         query=np.ascontiguousarray(query_embeddings, dtype=np.float32),
-        history=np.ascontiguousarray(hist_vec, dtype=np.float32),
-        history_mask=hist_mask.astype(np.float32),
-        candidates=np.ascontiguousarray(cand_vec, dtype=np.float32),
+        history=np.zeros((b, 1, dim), np.float32),
+        history_mask=np.zeros((b, 1), np.float32),
+        candidates=cand_vec,
         lexical=lex,
-        item_features=tables.item_features[rows].astype(np.float32),
-        user_item=user_item_features(tables, hist, hist_mask, rows),
+        item_features=np.zeros((b, rows.shape[1], len(ITEM_FEATURES)), np.float32),
+        user_item=np.zeros((b, rows.shape[1], len(USER_ITEM_FEATURES)), np.float32),
         rows=rows,
         valid=valid,
     )
+
+
+def with_behaviour(
+    features: Features, vectors, tables: ItemTables, histories: Sequence[np.ndarray]
+) -> Features:
+    """`features` with the shopper's inputs filled in: history vectors, item features and
+    shopper↔item features of its candidates."""
+    b, dim = len(histories), features.query.shape[1]
+    hist = pad_rows([np.asarray(h, np.int64) for h in histories], pad=0)
+    hist_mask = pad_rows([np.ones(len(h), np.float32) for h in histories], pad=0.0)
+    present = hist_mask > 0
+    hist_vec = np.zeros((b, hist.shape[1], dim), np.float32)
+    hist_vec[present] = vectors(hist[present])
+    return replace(
+        features,
+        history=hist_vec,
+        history_mask=hist_mask.astype(np.float32),
+        item_features=tables.item_features[features.rows].astype(np.float32),
+        user_item=user_item_features(tables, hist, hist_mask, features.rows),
+    )
+
+
+def depth_columns(within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns (B, m), valid (B, m)): each row's candidates inside its re-rank depth
+    (`within` (B, C)), in candidate order, padded with column 0 (valid False)."""
+    counts = within.sum(axis=1)
+    m = int(counts.max()) if within.size else 0
+    # A stable sort puts each row's kept columns first, in their order.
+    order = np.argsort(~within, axis=1, kind="stable")[:, :m]
+    valid = np.arange(m)[None, :] < counts[:, None]
+    return np.where(valid, order, 0), valid
 
 
 @dataclass
@@ -212,7 +271,7 @@ class Request:
     """One ranking request after validation: text, embedding, history rows, k, candidates."""
 
     query: str
-    embedding: np.ndarray  # (D,)
+    embedding: np.ndarray | None  # (D,); None: not encoded yet (`pipeline.SearchPipeline`)
     history: np.ndarray  # catalog rows, most recent last
     k: int
     candidates: np.ndarray | None = None  # catalog rows to re-rank; None: retrieve
@@ -230,11 +289,14 @@ class ParsedRequest:
 
 
 def parse_request(arrays: Mapping[str, np.ndarray], catalog: CatalogIndex) -> ParsedRequest:
-    """The rows of one `ranker` request, from its input tensors by name (absent optional
-    inputs are simply not there). Raises InvalidInput, naming what is wrong, to refuse the
-    whole request."""
+    """The rows of one `ranker` or `searcher` request, from its input tensors by name
+    (absent optional inputs are simply not there; the searcher's rows have no
+    QUERY_EMBEDDING yet). Raises InvalidInput, naming what is wrong, to refuse the whole
+    request."""
     queries = required(arrays, contract.QUERY.name).reshape(-1)
-    embeddings = required(arrays, contract.QUERY_EMBEDDING.name)
+    if queries.size == 0:
+        raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
+    embeddings = arrays.get(contract.QUERY_EMBEDDING.name)
     top_k = required(arrays, contract.TOP_K.name).reshape(-1)
     b = len(queries)
     if top_k.size != b:
@@ -254,8 +316,10 @@ def parse_request(arrays: Mapping[str, np.ndarray], catalog: CatalogIndex) -> Pa
             parsed.duplicate_ids += duplicates
         parsed.rows.append(
             Request(
-                query=decode_query(queries[row]),
-                embedding=np.asarray(embeddings[row], np.float32).reshape(-1),
+                query=query_row(queries[row], row, b),
+                embedding=None
+                if embeddings is None
+                else np.asarray(embeddings[row], np.float32).reshape(-1),
                 history=catalog.rows_of(histories[row]),
                 k=validate_top_k(top_k[row]),
                 candidates=rows,
@@ -301,7 +365,7 @@ class Scored:
 
     relevance: np.ndarray
     scores: np.ndarray  # served: relevance + behaviour inside the re-rank depth
-    within_depth: np.ndarray | None  # computed when explaining or with the sequential signal
+    within_depth: np.ndarray  # inside the row's re-rank depth
     sequential: np.ndarray | None  # the sequential shopper vector's part; None: off
     parts: np.ndarray | None  # (..., parts) score parts; None unless a request explains
 
@@ -324,6 +388,7 @@ class CandidateRanker:
     def __init__(
         self,
         session,
+        relevance_session,
         dense: DenseIndex,
         lexical: LexicalIndex,
         tables: ItemTables,
@@ -336,7 +401,8 @@ class CandidateRanker:
             raise ValueError(
                 f"{len(shoppers.items)} item vectors for {len(catalog.product_ids)} products"
             )
-        self.session = session
+        self.session = session  # the ranker graph: relevance, full score, score parts
+        self.relevance_session = relevance_session  # its relevance alone
         self.shoppers = shoppers  # the sequential search signal, when the config weighs it
         self.dense = dense
         self.lexical = lexical
@@ -344,8 +410,9 @@ class CandidateRanker:
         self.catalog = catalog
         self.config = config
         self.facets = Facets.of(catalog)
-        # One thread for BM25 beside the dense search (`retrieve`); None: one after the other.
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bm25") if parallel else None
+        # One thread for BM25 and the shopper vectors beside the encoder or the dense search
+        # (`prefetch`); None: one after the other.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if parallel else None
         # What the last `rank` call spent per stage (seconds), for the serving metrics.
         self.last_timings: dict[str, float] = {}
 
@@ -356,6 +423,7 @@ class CandidateRanker:
         folder = Path(folder)
         for name in (
             contract.RANKER_ONNX_FILE,
+            contract.RELEVANCE_ONNX_FILE,
             *(() if dense is not None else (contract.DENSE_INDEX_FILE,)),
             contract.LEXICAL_INDEX_FILE,
             search_dir(Path(contract.LEXICAL_INDEX_FILE)).name,
@@ -371,6 +439,7 @@ class CandidateRanker:
         )
         return cls(
             cpu_session(folder / contract.RANKER_ONNX_FILE, threads),
+            cpu_session(folder / contract.RELEVANCE_ONNX_FILE, threads),
             dense if dense is not None else DenseIndex.load(folder / contract.DENSE_INDEX_FILE),
             LexicalIndex.load(folder / contract.LEXICAL_INDEX_FILE),
             ItemTables.load(folder / contract.ITEM_TABLES_FILE),
@@ -380,21 +449,48 @@ class CandidateRanker:
         )
 
     def sequential_scores(
-        self, requests: Sequence[Request], rows: np.ndarray, within: np.ndarray | None
+        self,
+        requests: Sequence[Request],
+        rows: np.ndarray,
+        within: np.ndarray,
+        users: np.ndarray | None = None,
     ) -> np.ndarray | None:
-        """(B, C) `sequential_part` of each candidate within its row's re-rank depth (`within`)
-        for rows with a history, 0 elsewhere; None when the signal is off. Like the rest of
-        behaviour, it reorders only the depth's most relevant candidates."""
-        if self.shoppers is None or within is None:
+        """(B, C) `sequential_part` of each candidate `rows` (B, C) marked `within` its row's
+        re-rank depth, for rows with a history, 0 elsewhere; None when the signal is off.
+        Like the rest of behaviour, it reorders only the depth's most relevant candidates."""
+        if self.shoppers is None:
             return None
         out = np.zeros(rows.shape, np.float32)
         warm = [i for i, r in enumerate(requests) if len(r.history)]
         if warm:
-            raw = self.shoppers.scores_at([requests[i].history for i in warm], rows[warm])
+            histories = [requests[i].history for i in warm]
+            raw = self.shoppers.scores_at(histories, rows[warm], users)
             out[warm] = np.where(within[warm], sequential_part(raw, self.config), 0.0)
         return out
 
-    def rank(self, requests: Sequence[Request]) -> list[Ranked]:
+    def prefetch(self, requests: Sequence[Request]) -> Prefetched:
+        """Start the batch's work that needs no query embedding: BM25 and the shopper
+        vectors run on the ranker's thread (both release the GIL) while the caller encodes
+        the queries, or, when `rank` is called without it, while the dense search runs."""
+        tokens = [tokenize(r.query) for r in requests]
+        searching = [tokens[i] for i, r in enumerate(requests) if r.candidates is None]
+        uses_users = self.shoppers is not None and bool(self.shoppers.blend.sequential)
+        histories = [r.history for r in requests if len(r.history)] if uses_users else []
+
+        def work() -> tuple[list[np.ndarray], np.ndarray | None]:
+            k = self.config.lexical_k
+            found = [self.lexical.search(t, k)[0] for t in searching]
+            return found, self.shoppers.users(histories) if histories else None
+
+        if self.pool is not None:
+            return Prefetched(tokens, self.pool.submit(work))
+        done: Future = Future()
+        done.set_result(work())
+        return Prefetched(tokens, done)
+
+    def rank(
+        self, requests: Sequence[Request], prefetched: Prefetched | None = None
+    ) -> list[Ranked]:
         """Answers in request order; one retrieval pass and one ONNX call for the batch."""
         if not requests:
             return []
@@ -407,24 +503,19 @@ class CandidateRanker:
             timings[stage] = now - clock
             clock = now
 
-        tokens = [tokenize(r.query) for r in requests]
+        prefetched = prefetched or self.prefetch(requests)
+        tokens = prefetched.tokens
         embeddings = np.stack([r.embedding for r in requests]).astype(np.float32)
-        candidates = self.candidates(requests, tokens, embeddings)
+        candidates = self.candidates(requests, embeddings, prefetched)
         lap("retrieve")
-        features = gather_features(
-            self.dense.vectors,
-            self.lexical,
-            self.tables,
-            embeddings,
-            tokens,
-            [r.history for r in requests],
-            candidates,
+        features = relevance_features(
+            self.dense.vectors, self.lexical, embeddings, tokens, candidates
         )
         lap("features")
-        scored = self.score(requests, features)
+        scored, behaviour = self.score(requests, features, prefetched.pending.result()[1])
         lap("score")
         out = [
-            self.answer(r, candidates[i], scored.row(i), features, i)
+            self.answer(r, candidates[i], scored.row(i), behaviour, i)
             for i, r in enumerate(requests)
         ]
         lap("select")
@@ -432,7 +523,7 @@ class CandidateRanker:
         return out
 
     def candidates(
-        self, requests: Sequence[Request], tokens: list[list[str]], embeddings: np.ndarray
+        self, requests: Sequence[Request], embeddings: np.ndarray, prefetched: Prefetched
     ) -> list[np.ndarray]:
         """Catalog rows to score per request: the caller's (re-rank) or retrieved (search),
         then filtered; a filtered search short of its k widens the dense search."""
@@ -441,16 +532,11 @@ class CandidateRanker:
             r.candidates if r.candidates is not None else np.zeros(0, np.int64) for r in requests
         ]
         if to_retrieve:
-            found = retrieve(
-                self.dense,
-                self.lexical,
-                embeddings[to_retrieve],
-                [tokens[i] for i in to_retrieve],
-                self.config,
-                self.pool,
-            )
-            for i, rows in zip(to_retrieve, found, strict=True):
-                candidates[i] = rows
+            dense_query = embeddings[to_retrieve]
+            dense_rows, _ = self.dense.search(dense_query, self.config.dense_k)
+            lexical_rows, _ = prefetched.pending.result()
+            for j, (i, rows) in enumerate(zip(to_retrieve, lexical_rows, strict=True)):
+                candidates[i] = union_candidates(dense_rows[j], rows)
         for i, r in enumerate(requests):
             allowed = self.facets.allowed(r.filters) if r.filters is not None else None
             if allowed is None:
@@ -462,26 +548,49 @@ class CandidateRanker:
             candidates[i] = passed
         return candidates
 
-    def score(self, requests: Sequence[Request], features: Features) -> Scored:
-        """One ONNX call for the batch; the served score after the re-rank depth."""
-        explain = any(r.explain for r in requests)
-        names = [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES]
-        relevance, full, *parts = self.session.run(
-            names + ([contract.ONNX_RANKER_PARTS] if explain else []), features.feeds()
-        )
+    def score(
+        self, requests: Sequence[Request], features: Features, users: np.ndarray | None = None
+    ) -> tuple[Scored, Features]:
+        """The served scores, and the features the behaviour was scored on.
+
+        Relevance for every candidate (one ONNX call on `relevance_features`), then the
+        shopper's inputs and the full score only for the candidates inside each row's
+        re-rank depth (a second call): the rest are ranked by relevance alone (`combine`).
+        A batch with a request that explains scores every candidate in one call, as its
+        answers list the parts of results below the depth too. `users`: the shopper vectors
+        of the rows with a history (`prefetch`), computed here when not given.
+        """
+        histories = [r.history for r in requests]
         depths = row_depths(
-            np.array([len(r.history) for r in requests]),
-            self.config.depth,
-            self.config.cold_start_depth,
+            np.array([len(h) for h in histories]), self.config.depth, self.config.cold_start_depth
         )
-        within = (
-            in_depth(relevance, depths, features.valid)
-            if explain or self.shoppers is not None
-            else None
-        )
-        sequential = self.sequential_scores(requests, features.rows, within)
+        if any(r.explain for r in requests):
+            behaviour = with_behaviour(features, self.dense.vectors, self.tables, histories)
+            names = [contract.ONNX_RANKER_RELEVANCE, contract.ONNX_RANKER_SCORES]
+            relevance, full, parts = self.session.run(
+                [*names, contract.ONNX_RANKER_PARTS], behaviour.feeds()
+            )
+            within = in_depth(relevance, depths, features.valid)
+            sequential = self.sequential_scores(requests, features.rows, within, users)
+            scores = combine(relevance, full, depths, features.valid, sequential)
+            return Scored(relevance, scores, within, sequential, parts), behaviour
+        (relevance,) = self.relevance_session.run(None, features.relevance_feeds())
+        within = in_depth(relevance, depths, features.valid)
+        full, sequential = relevance.copy(), None
+        cols, kept = depth_columns(within)
+        if cols.shape[1]:
+            behaviour = with_behaviour(
+                features.columns(cols, kept), self.dense.vectors, self.tables, histories
+            )
+            (top,) = self.session.run([contract.ONNX_RANKER_SCORES], behaviour.feeds())
+            b, c = np.nonzero(kept)
+            full[b, cols[b, c]] = top[b, c]
+            part = self.sequential_scores(requests, behaviour.rows, kept, users)
+            if part is not None:
+                sequential = np.zeros_like(relevance)
+                sequential[b, cols[b, c]] = part[b, c]
         scores = combine(relevance, full, depths, features.valid, sequential)
-        return Scored(relevance, scores, within, sequential, parts[0] if parts else None)
+        return Scored(relevance, scores, within, sequential, None), features
 
     def answer(
         self, r: Request, candidates: np.ndarray, scored: Scored, features: Features, i: int

@@ -51,6 +51,15 @@ def decode_query(raw: bytes | str | np.bytes_) -> str:
     return text
 
 
+def query_row(value: object, row: int, rows: int) -> str:
+    """One QUERY row validated (`decode_query`); the error names the row of a batched request."""
+    try:
+        return decode_query(value)
+    except InvalidInput as exc:
+        message = f"{exc} (row {row})" if rows > 1 else str(exc)
+        raise InvalidInput(message, exc.reason) from None
+
+
 def required(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """Input `name` of a request's tensors by name; a request without it is refused naming
     it (contract.MODEL_VALIDATED_INPUTS: Triton lets it through)."""

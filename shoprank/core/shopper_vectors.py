@@ -111,13 +111,17 @@ class ShopperVectors:
         return user
 
     def dots(
-        self, histories: list[np.ndarray], rows: np.ndarray | None = None
+        self,
+        histories: list[np.ndarray],
+        rows: np.ndarray | None = None,
+        users: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """⟨u, e_i⟩ of every product (B, N), or of candidate rows (B, C) (-1 padding: any
-        value); None when the blend does not weigh the sequential model (nothing run)."""
+        value); None when the blend does not weigh the sequential model (nothing run).
+        `users`: the histories' shopper vectors, when already computed."""
         if not self.blend.sequential:
             return None
-        users = self.users(histories)
+        users = self.users(histories) if users is None else users
         if rows is None:
             return users @ self.items.T
         return np.einsum("bd,bcd->bc", users, self.items[np.maximum(rows, 0)])
@@ -132,9 +136,11 @@ class ShopperVectors:
             return self.covisits.scores(histories)
         return self.covisits.scores_at(histories, rows)
 
-    def scores_at(self, histories: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    def scores_at(
+        self, histories: list[np.ndarray], rows: np.ndarray, users: np.ndarray | None = None
+    ) -> np.ndarray:
         """The served next-product score (no tie-break) of candidate rows (B, C) for
-        non-empty histories: the search signal."""
+        non-empty histories: the search signal (`users`: as in `dots`)."""
         return next_item_scores(
-            self.blend, self.dots(histories, rows), self.covisit_scores(histories, rows)
+            self.blend, self.dots(histories, rows, users), self.covisit_scores(histories, rows)
         ).astype(np.float32)

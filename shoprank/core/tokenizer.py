@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from shoprank import contract
-from shoprank.core.requests import InvalidInput, decode_query, pad_rows
+from shoprank.core.requests import InvalidInput, pad_rows, query_row
 from shoprank.core.sessions import encoder_feeds
 
 
@@ -78,7 +78,7 @@ def tokenize_requests(
         try:
             if values.size == 0:
                 raise InvalidInput(f"{contract.QUERY.name} is missing", "query_empty")
-            rows = [_row_text(value, j, values.size) for j, value in enumerate(values)]
+            rows = [query_row(value, j, values.size) for j, value in enumerate(values)]
         except InvalidInput as exc:
             out.append(exc)
             continue
@@ -90,15 +90,6 @@ def tokenize_requests(
         chunk = encoded[first : first + count]
         out[i] = (pad_rows([ids for ids, _ in chunk]), pad_rows([m for _, m in chunk]))
     return out  # type: ignore[return-value]  # every None was filled above
-
-
-def _row_text(value: object, row: int, rows: int) -> str:
-    """One QUERY row validated; the error names the row of a batched request."""
-    try:
-        return decode_query(value)
-    except InvalidInput as exc:
-        message = f"{exc} (row {row})" if rows > 1 else str(exc)
-        raise InvalidInput(message, exc.reason) from None
 
 
 def tokenized_feeds(
