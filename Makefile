@@ -52,7 +52,7 @@ comma := ,
 EXTRAS ?= dev$(if $(shell command -v nvidia-smi 2>/dev/null),$(comma)gpu,)
 
 .PHONY: help venv data train eval evaluate crossval convert index repo workload serve deploy rollback stop search loadtest \
-        demo summary recommend bench bench-scale bench-deploy bench-ann benchmarks-doc gpu-check test test-fast lint serve-gpu clean
+        demo summary recommend bench bench-scale profile bench-deploy bench-ann benchmarks-doc gpu-check test test-fast lint serve-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -132,6 +132,9 @@ bench: venv ## naive PyTorch/HTTP vs ONNX Runtime vs Triton, p50/p95/p99 + ratio
 
 bench-scale: venv ## Triton at 20k/200k/1M products, exact scan vs ANN: OUT/reports/scale.{csv,png}
 	$(PY) -m shoprank.bench.scale --out $(OUT) $(BENCH_ARGS)
+
+profile: venv ## py-spy on the loaded server's stubs: where their time goes, OUT/reports/profile.md
+	$(PY) -m shoprank.bench.profile --out $(OUT) --reports $(OUT)/reports $(BENCH_ARGS)
 
 bench-deploy: venv ## hot deploy + rollback under 8 Locust users: OUT/reports/deploy.{json,png}
 	$(PY) -m shoprank.bench.deploy --out $(OUT) $(BENCH_ARGS)

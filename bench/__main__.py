@@ -19,7 +19,6 @@ system could not be measured.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ from shoprank import contract
 from shoprank.bench import report
 from shoprank.bench.batching import Totals, batching_between, read_totals
 from shoprank.bench.flops import FlopFloor, encoder_floor
-from shoprank.bench.measure import Caller, MeasureConfig, measure
+from shoprank.bench.measure import Caller, MeasureConfig, load_workload, measure
 from shoprank.bench.report import Row, Target
 from shoprank.bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
 from shoprank.configargs import parse_config
@@ -91,26 +90,6 @@ def _systems(text: str) -> list[str]:
         raise ValueError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
     # Always in the canonical order: cheap in-process runs first, then the servers.
     return [s for s in SYSTEMS if s in chosen]
-
-
-def load_workload(path: Path, limit: int = 0) -> list[dict]:
-    """The {"query", "history", "top_k"} requests from `loadtest.workload`."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `make workload` first")
-    requests = json.loads(path.read_text())
-    requests = [
-        {
-            "query": str(r["query"]),
-            "history": [int(h) for h in r.get("history", [])],
-            "top_k": int(r.get("top_k", contract.DEFAULT_TOP_K)),
-        }
-        for r in requests
-    ]
-    if limit > 0:
-        requests = requests[:limit]
-    if not requests:
-        raise ValueError(f"{path} holds no requests")
-    return requests
 
 
 def machine_context(config: BenchConfig, workload_path: Path, n_requests: int) -> dict[str, str]:

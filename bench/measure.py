@@ -11,13 +11,17 @@ reproduce.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shoprank import contract
 
 Caller = Callable[[dict], Any]
 
@@ -224,3 +228,23 @@ def measure(
         window_throughputs=throughputs,
         first_error=errors[0] if errors else "",
     )
+
+
+def load_workload(path: Path, limit: int = 0) -> list[dict]:
+    """The {"query", "history", "top_k"} requests from `loadtest.workload`."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `make workload` first")
+    requests = json.loads(path.read_text())
+    requests = [
+        {
+            "query": str(r["query"]),
+            "history": [int(h) for h in r.get("history", [])],
+            "top_k": int(r.get("top_k", contract.DEFAULT_TOP_K)),
+        }
+        for r in requests
+    ]
+    if limit > 0:
+        requests = requests[:limit]
+    if not requests:
+        raise ValueError(f"{path} holds no requests")
+    return requests
