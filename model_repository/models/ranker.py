@@ -2,8 +2,8 @@
 re-ranking, or re-ranking of the caller's CANDIDATE_IDS (ensemble `rerank`), after the
 `tokenizer` and `encoder` steps (the CPU target runs all three in the `searcher`).
 
-One `CandidateRanker.rank` call per dynamic batch: one retrieval pass and one ONNX call
-score every row of every request. Requests are validated one by one
+One `CandidateRanker.rank` call per dynamic batch: one retrieval pass and the fusion
+ranker's ONNX calls score every row of every request. Requests are validated one by one
 (`core.ranking.parse_request`), so a bad one is refused with INVALID_ARGUMENT and the rest
 of its batch is still answered (`common.RankedBatch`). Each request's admission ticket,
 handed out by the tokenizer, is given back here.

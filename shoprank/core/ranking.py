@@ -491,7 +491,8 @@ class CandidateRanker:
     def rank(
         self, requests: Sequence[Request], prefetched: Prefetched | None = None
     ) -> list[Ranked]:
-        """Answers in request order; one retrieval pass and one ONNX call for the batch."""
+        """Answers in request order; one retrieval pass and one relevance call for the
+        batch, and one behaviour call for the candidates inside the re-rank depths."""
         if not requests:
             return []
         clock = time.perf_counter()
