@@ -58,7 +58,7 @@ def onnx_pipeline(
     from shoprank.core.sessions import cpu_session
 
     pipeline = InProcessPipeline(paths.repository("cpu"), threads=threads)
-    pipeline.encoder = cpu_session(encoder_onnx, threads)
+    pipeline.search_pipeline.encoder = cpu_session(encoder_onnx, threads)
     return pipeline
 
 

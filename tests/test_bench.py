@@ -29,6 +29,7 @@ from shoprank.bench.measure import (
     windows_agree,
 )
 from shoprank.bench.report import Row, add_ratios, markdown, naive_http_best_rps, targets
+from shoprank.core.pipeline import query_feeds
 
 # -- stable windows (pure) ----------------------------------------------------------------------
 
@@ -334,6 +335,22 @@ def test_naive_ranks_like_the_onnx_pipeline(naive, tiny_artifacts, search_worklo
         assert_same_ranking(
             got.product_ids, got.scores, want.product_ids, want.scores, atol=0.02, rtol=0
         )
+
+
+def test_each_onnx_row_runs_its_own_encoder(tiny_artifacts) -> None:
+    """The fp32 and int8 rows swap the encoder graph, and every search runs the swapped one."""
+    from shoprank.bench.systems import onnx_pipeline
+    from shoprank.core.sessions import cpu_session
+
+    queries = ["red leather sofa", "kids running shoes"]
+    for graph in (tiny_artifacts.encoder_onnx, tiny_artifacts.encoder_int8_onnx):
+        pipeline = onnx_pipeline(tiny_artifacts, graph)
+        want = cpu_session(graph).run(None, query_feeds(pipeline.tokenizer, queries))[0]
+        np.testing.assert_array_equal(pipeline.search_pipeline.encode(queries), want)
+        np.testing.assert_array_equal(pipeline.encode(queries), want)
+    fp32 = onnx_pipeline(tiny_artifacts, tiny_artifacts.encoder_onnx).encode(queries)
+    int8 = onnx_pipeline(tiny_artifacts, tiny_artifacts.encoder_int8_onnx).encode(queries)
+    assert not np.array_equal(fp32, int8)
 
 
 def test_fastapi_app_answers_over_real_uvicorn(naive, search_workload) -> None:

@@ -111,13 +111,20 @@ class InProcessPipeline:
         self.search_pipeline = SearchPipeline.load(
             repository / contract.SEARCHER_MODEL / v, threads, threads
         )
-        self.tokenizer = self.search_pipeline.tokenizer
-        self.encoder = self.search_pipeline.encoder
-        self.ranker = self.search_pipeline.ranker
         recommender_dir = repository / contract.RECOMMENDER_MODEL / v
         self.recommender = (
             Recommender.load(recommender_dir, threads) if recommender_dir.is_dir() else None
         )
+
+    # Read through to the searcher's pipeline, so that what a caller swaps there (the
+    # benchmark's fp32 encoder) is what every search runs.
+    @property
+    def tokenizer(self) -> QueryTokenizer:
+        return self.search_pipeline.tokenizer
+
+    @property
+    def ranker(self) -> CandidateRanker:
+        return self.search_pipeline.ranker
 
     @property
     def catalog(self):
