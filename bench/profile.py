@@ -104,9 +104,7 @@ def profile(config: ProfileConfig) -> dict[str, tuple[int, list[Hot]]]:
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     paths = contract.ArtifactPaths(config.out)
-    workload = load_workload(
-        Path(config.workload) if config.workload else paths.root / "loadtest" / "workload.json"
-    )
+    workload = load_workload(Path(config.workload) if config.workload else paths.workload)
     config.reports.mkdir(parents=True, exist_ok=True)
     found: dict[str, tuple[int, list[Hot]]] = {}
     with running_server(paths.repository("cpu")) as server:

@@ -205,6 +205,20 @@ def _bytes_tensor(*items: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
+# Warm-up inputs several models read: name → (spec, dims, file name), and each file's bytes.
+QUERY_SAMPLE = {contract.QUERY.name: (contract.QUERY, (1,), "query")}
+TOP_K_SAMPLE = {contract.TOP_K.name: (contract.TOP_K, (1,), "top_k")}
+SAMPLE_FILES = {
+    "query": _bytes_tensor(contract.SAMPLE_QUERY.encode()),
+    "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
+}
+
+
+def _sample_files(samples: dict[str, tuple]) -> dict[str, bytes]:
+    """The SAMPLE_FILES that `samples` (as `_warmup` takes them) name."""
+    return {file: SAMPLE_FILES[file] for _, _, file in samples.values()}
+
+
 def _write_model(
     repo: Path,
     config: mc.ModelConfig,
@@ -319,14 +333,14 @@ def write_recommender(repo: Path, paths: contract.ArtifactPaths, serving: Servin
     threads = serving.ort_threads[contract.RECOMMENDER_MODEL]
     cfg.parameters[contract.PARAM_THREADS].string_value = str(threads)
     _admission(cfg, serving)
-    _warmup(cfg, {contract.TOP_K.name: (contract.TOP_K, (1,), "top_k")})
+    _warmup(cfg, TOP_K_SAMPLE)
     files = {
         contract.SEQUENTIAL_ONNX_FILE: paths.sequential_onnx,
         contract.ITEM_VECTORS_FILE: paths.item_vectors,
         contract.CATALOG_FILE: paths.catalog_npz,
     }
     model_dir = _write_model(repo, cfg, serving.version, files, python_source="recommender")
-    _write_warmup(model_dir, {"top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes()})
+    _write_warmup(model_dir, _sample_files(TOP_K_SAMPLE))
     _write_model(repo, recommend_ensemble_config(serving), serving.version, {})
 
 
@@ -395,10 +409,10 @@ def write_tokenizer(repo: Path, paths: contract.ArtifactPaths, serving: ServingC
     cfg.backend = "python"
     cfg.parameters[contract.PARAM_TOKENIZER_FILE].string_value = contract.TOKENIZER_FILE
     _admission(cfg, serving)
-    _warmup(cfg, {contract.QUERY.name: (contract.QUERY, (1,), "query")})
+    _warmup(cfg, QUERY_SAMPLE)
     files = {contract.TOKENIZER_FILE: tokenizer_file(paths.encoder)}
     model_dir = _write_model(repo, cfg, serving.version, files, python_source="tokenizer")
-    _write_warmup(model_dir, {"query": _bytes_tensor(contract.SAMPLE_QUERY.encode())})
+    _write_warmup(model_dir, _sample_files(QUERY_SAMPLE))
     return model_dir
 
 
@@ -512,26 +526,15 @@ def write_ranker(
         cfg.parameters[contract.PARAM_RUNTIME].string_value = contract.TORCH_RUNTIME
         cfg.parameters[contract.PARAM_ITEM_INDEX].string_value = paths.item_index.name
         cfg.parameters[contract.PARAM_DTYPE].string_value = serving.dtype
-    _warmup(
-        cfg,
-        {
-            contract.QUERY.name: (contract.QUERY, (1,), "query"),
-            contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "embedding"),
-            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
-        },
-    )
+    embedding = {contract.QUERY_EMBEDDING.name: (contract.QUERY_EMBEDDING, (dim,), "embedding")}
+    samples = {**QUERY_SAMPLE, **embedding, **TOP_K_SAMPLE}
+    _warmup(cfg, samples)
     files = ranker_files(paths, serving.target, sequential_in_search)
     model_dir = _write_model(repo, cfg, serving.version, files, python_source="ranker")
     query = np.zeros(dim, dtype=np.float32)
     query[0] = 1.0
-    _write_warmup(
-        model_dir,
-        {
-            "query": _bytes_tensor(contract.SAMPLE_QUERY.encode()),
-            "embedding": query.tobytes(),
-            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
-        },
-    )
+    shared = _sample_files({**QUERY_SAMPLE, **TOP_K_SAMPLE})
+    _write_warmup(model_dir, {**shared, "embedding": query.tobytes()})
     return model_dir
 
 
@@ -558,26 +561,15 @@ def write_searcher(
     encoder_threads = str(threads[contract.ENCODER_MODEL])
     cfg.parameters[contract.PARAM_ENCODER_THREADS].string_value = encoder_threads
     _admission(cfg, serving)
-    _warmup(
-        cfg,
-        {
-            contract.QUERY.name: (contract.QUERY, (1,), "query"),
-            contract.TOP_K.name: (contract.TOP_K, (1,), "top_k"),
-        },
-    )
+    samples = {**QUERY_SAMPLE, **TOP_K_SAMPLE}
+    _warmup(cfg, samples)
     files = {
         **ranker_files(paths, serving.target, sequential_in_search),
         contract.TOKENIZER_FILE: tokenizer_file(paths.encoder),
         contract.ENCODER_ONNX_FILE: encoder_onnx,
     }
     model_dir = _write_model(repo, cfg, serving.version, files, python_source="searcher")
-    _write_warmup(
-        model_dir,
-        {
-            "query": _bytes_tensor(contract.SAMPLE_QUERY.encode()),
-            "top_k": np.array([contract.DEFAULT_TOP_K], np.int32).tobytes(),
-        },
-    )
+    _write_warmup(model_dir, _sample_files(samples))
     return model_dir
 
 

@@ -131,7 +131,9 @@ def answer_admitted(
     try:
         answered = answer([requests[i] for i in admitted])
     except Exception as exc:  # the server's fault: each admitted request is told, none hangs
-        answered = [internal(f"{type(exc).__name__}: {exc}")] * len(admitted)
+        message = f"{type(exc).__name__}: {exc}"
+        pb_utils.Logger.log_error(f"answering a batch failed: {message}")
+        answered = [internal(message) for _ in admitted]
     finally:  # answered or failed, the requests are no longer in flight
         for i in admitted:
             gate.release(tickets[i])
