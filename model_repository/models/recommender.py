@@ -38,8 +38,7 @@ class TritonPythonModel:
         self.metrics = ServingMetrics()
 
     def execute(self, requests):
-        # Every response through its request's sender: execute returns None.
-        answer_admitted(requests, self.admission, self._answer, self.metrics)
+        return answer_admitted(requests, self.admission, self._answer, self.metrics)
 
     def _answer(self, requests) -> list:
         return answer_batch(

@@ -38,8 +38,7 @@ class TritonPythonModel:
         self.batch = RankedBatch(contract.SEARCHER_MODEL, self.pipeline, self.metrics)
 
     def execute(self, requests):
-        # Every response through its request's sender: execute returns None.
-        answer_admitted(requests, self.admission, self._answer, self.metrics)
+        return answer_admitted(requests, self.admission, self._answer, self.metrics)
 
     def _answer(self, requests) -> list:
         return self.batch.answer([request_arrays(r) for r in requests])
