@@ -33,7 +33,7 @@ from shoprank.bench.batching import Totals, batching_between, read_totals
 from shoprank.bench.flops import FlopFloor, encoder_floor
 from shoprank.bench.measure import Caller, MeasureConfig, load_workload, measure
 from shoprank.bench.report import Row, Target
-from shoprank.bench.systems import LABELS, SYSTEMS, TRANSPORT, open_system
+from shoprank.bench.systems import LABELS, SINGLE_CALLER, SYSTEMS, TRANSPORT, open_system
 from shoprank.configargs import parse_config
 
 # Ensembles answer each request in one execution by construction: their counts say
@@ -197,7 +197,8 @@ def run_system(
     """Set one system up, measure it at its concurrencies, tear it down."""
     _log(f"{LABELS[system]} ...")
     # In-process systems have one caller (this process): their latency is the point.
-    levels = [1] if TRANSPORT[system] == "in-process" else concurrencies
+    single = TRANSPORT[system] == "in-process" or system in SINGLE_CALLER
+    levels = [1] if single else concurrencies
     try:
         with open_system(system, paths, config.url, config.ort_threads) as make_caller:
             return _measure_rows(system, make_caller, workload, levels, mconfig)

@@ -25,7 +25,20 @@ ONNX_INT8 = "onnx-int8"
 ONNX_INT8_ENCODER = "onnx-int8-encoder"
 TRITON = "triton"
 TRITON_RECOMMEND = "triton-recommend"  # the `recommend` ensemble on the same histories
-SYSTEMS = (NAIVE, ONNX_FP32, ONNX_INT8, ONNX_INT8_ENCODER, NAIVE_HTTP, TRITON, TRITON_RECOMMEND)
+# The searcher's tensors answered without work: the served rows' transport floor.
+TRITON_ECHO = "triton-echo"
+SYSTEMS = (
+    NAIVE,
+    ONNX_FP32,
+    ONNX_INT8,
+    ONNX_INT8_ENCODER,
+    NAIVE_HTTP,
+    TRITON,
+    TRITON_RECOMMEND,
+    TRITON_ECHO,
+)
+# Measured at concurrency 1 only, like the in-process rows: a floor, not a system to scale.
+SINGLE_CALLER = (TRITON_ECHO,)
 LABELS = {
     NAIVE: "naive PyTorch eager (in process)",
     ONNX_FP32: "ONNX Runtime fp32 (in process)",
@@ -34,6 +47,7 @@ LABELS = {
     NAIVE_HTTP: "naive PyTorch eager + FastAPI/uvicorn (HTTP)",
     TRITON: "shoprank Triton ensemble (gRPC)",
     TRITON_RECOMMEND: "shoprank Triton recommend ensemble (gRPC, history only)",
+    TRITON_ECHO: "Triton echo model: transport alone (gRPC, no work)",
 }
 TRANSPORT = {
     NAIVE: "in-process",
@@ -43,6 +57,7 @@ TRANSPORT = {
     NAIVE_HTTP: "http",
     TRITON: "grpc",
     TRITON_RECOMMEND: "grpc",
+    TRITON_ECHO: "grpc",
 }
 
 
@@ -90,12 +105,15 @@ class TritonFactory:
     """Factory of `TritonCaller`s for one server; `grpc_url` lets the benchmark read the
     server's statistics around each measurement."""
 
-    def __init__(self, grpc_url: str, recommend: bool = False) -> None:
+    def __init__(
+        self, grpc_url: str, recommend: bool = False, model: str = contract.ENSEMBLE_MODEL
+    ) -> None:
         self.grpc_url = grpc_url
         self.recommend = recommend
+        self.model = model
 
     def __call__(self) -> TritonCaller:
-        return TritonCaller(self.grpc_url, self.recommend)
+        return TritonCaller(self.grpc_url, self.recommend, self.model)
 
 
 class HttpCaller:
@@ -121,10 +139,12 @@ class HttpCaller:
 class TritonCaller:
     """The project's gRPC SearchClient (one channel per worker), results parsed."""
 
-    def __init__(self, url: str, recommend: bool = False) -> None:
+    def __init__(
+        self, url: str, recommend: bool = False, model: str = contract.ENSEMBLE_MODEL
+    ) -> None:
         from shoprank_client import SearchClient
 
-        self.client = SearchClient(url)
+        self.client = SearchClient(url, model=model)
         self.recommend = recommend
 
     def __call__(self, request: dict) -> object:
@@ -166,6 +186,9 @@ def open_system(
             paths.repository("cpu") / contract.SEARCHER_MODEL / "1" / contract.TOKENIZER_FILE
         )
         yield encoder_caller(tokenizer, cpu_session(paths.encoder_int8_onnx, ort_threads))
+    elif system == TRITON_ECHO:  # always its own server: the echo model is never deployed
+        with echo_server(paths) as grpc_url:
+            yield TritonFactory(grpc_url, model=contract.ECHO_MODEL)
     elif system in (TRITON, TRITON_RECOMMEND) and url:
         yield TritonFactory(url, system == TRITON_RECOMMEND)
     elif system in (TRITON, TRITON_RECOMMEND):
@@ -175,3 +198,18 @@ def open_system(
             yield TritonFactory(handle.grpc_url, system == TRITON_RECOMMEND)
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+
+
+@contextlib.contextmanager
+def echo_server(paths: contract.ArtifactPaths) -> Iterator[str]:
+    """A server of the `echo` model alone (in a temporary repository); yields its gRPC
+    address."""
+    import tempfile
+
+    from shoprank.model_repository.build import ServingConfig, write_echo
+    from shoprank.ops.tritonserver import running_server
+
+    with tempfile.TemporaryDirectory(prefix="shoprank-echo-") as tmp:
+        write_echo(Path(tmp), paths, ServingConfig())
+        with running_server(Path(tmp)) as handle:
+            yield handle.grpc_url

@@ -573,6 +573,22 @@ def write_searcher(
     return model_dir
 
 
+def write_echo(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> Path:
+    """The benchmark's `echo` model (never part of a served repository): the searcher's
+    tensors and the catalog, no admission, no warm-up."""
+    cfg = _base(
+        contract.ECHO_MODEL,
+        serving,
+        contract.SEARCHER_INPUTS,
+        contract.SEARCHER_OUTPUTS,
+        {},
+        optional=contract.SEARCHER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    files = {contract.CATALOG_FILE: paths.catalog_npz}
+    return _write_model(repo, cfg, serving.version, files, python_source="echo")
+
+
 def target_models(target: str) -> tuple[str, ...]:
     """The search models a target serves (beside the ensembles and the recommender)."""
     if target == "cpu":

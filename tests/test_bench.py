@@ -208,6 +208,7 @@ def test_ratios_and_targets() -> None:
         Row("triton", 1, _summary(4.8, 200.0), True),
         Row("triton", 8, _summary(10.0, 800.0), True),
         Row("triton-recommend", 1, _summary(5.0, 200.0), True),
+        Row("triton-echo", 1, _summary(1.0, 900.0), True),
         Row("onnx-fp32", 1, None, error="boom"),
     ]
     add_ratios(rows)
@@ -221,10 +222,13 @@ def test_ratios_and_targets() -> None:
     # One stage is not a pipeline: the encoder alone is held against the pipeline only.
     assert by["onnx-int8-encoder", 1].latency_ratio is None
     assert by["onnx-int8-encoder", 1].throughput_ratio is None
+    # Nor is the echo model a system: it is the served rows' transport alone.
+    assert by["triton-echo", 1].latency_ratio is by["triton-echo", 1].throughput_ratio is None
     found = targets(rows)
     # Triton 4.8 ≤ 1.25 × 4.0; 800 ≥ 5 × 80; pipeline 4.0 ≤ 2 × 2.5; recommend 5.0 ≤ 1.5 × 4.8
     assert [t.holds for t in found] == [True, True, True, True]
     assert "4.80 vs 4.00 ms = 1.20×" in found[0].measured
+    assert "transport alone (echo model) 1.00 ms = 0.25× in-process" in found[0].measured
     by["triton", 1].summary = _summary(5.2, 190.0)  # 1.30× the in-process pipeline
     assert targets(rows)[0].holds is False
     by["triton", 8].summary = _summary(10.0, 300.0)
@@ -427,6 +431,7 @@ def test_short_bench_run_writes_reports(
         ("triton", 2),
         ("triton-recommend", 1),
         ("triton-recommend", 2),
+        ("triton-echo", 1),
     }
     # The numbers hang together: percentiles in order (the CSV prints them all to 4
     # decimals), throughput = requests over the windows' time, and every ratio recomputed
@@ -445,7 +450,7 @@ def test_short_bench_run_writes_reports(
         assert s.throughput_rps <= max(windows) * (1 + 1e-12), r
         assert r["throughput_rps"] == f"{s.throughput_rps:.3f}"
         assert r["window_throughputs"].split() == [f"{t:.2f}" for t in m.window_throughputs]
-        if m.system == "onnx-int8-encoder":  # one stage: held against the pipeline only
+        if m.system in ("onnx-int8-encoder", "triton-echo"):  # parts: no naive ratios
             assert m.latency_ratio is None and m.throughput_ratio is None
             assert r["latency_ratio_vs_naive"] == r["throughput_ratio_vs_naive_http_best"] == ""
             continue
@@ -464,6 +469,8 @@ def test_short_bench_run_writes_reports(
             assert set(served) == {contract.SEARCHER_MODEL}, m.batching
         elif m.system == "triton-recommend":
             assert set(served) == {"recommender"}, m.batching
+        elif m.system == "triton-echo":
+            assert set(served) == {contract.ECHO_MODEL}, m.batching
         else:
             assert not served
         for b in served.values():
@@ -471,6 +478,7 @@ def test_short_bench_run_writes_reports(
     text = result.markdown.read_text()
     assert "## Targets" in text and "## Encoder FLOP floor" in text
     assert "## Dynamic batching" in text
+    assert "transport alone (echo model)" in text
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.floor is not None and result.floor.flops > 0
 
