@@ -35,6 +35,7 @@ from shoprank.bench.measure import Caller, MeasureConfig, load_workload, measure
 from shoprank.bench.report import Row, Target
 from shoprank.bench.systems import LABELS, SINGLE_CALLER, SYSTEMS, TRANSPORT, open_system
 from shoprank.configargs import parse_config
+from shoprank.data.artifacts import int8_encoder_path
 
 # Ensembles answer each request in one execution by construction: their counts say
 # nothing about the batcher.
@@ -116,6 +117,7 @@ def machine_context(config: BenchConfig, workload_path: Path, n_requests: int) -
         "load average at start": " ".join(f"{x:.2f}" for x in load)
         + (" (**busy: other work shared these cores**)" if busy else ""),
         "artifacts": str(config.out),
+        "int8 rows run": int8_encoder_path(contract.ArtifactPaths(Path(config.out))).name,
         "workload": f"{workload_path} ({n_requests} requests, cycled)",
         "method": f"warm-up {config.warmup_s:g} s, windows of {config.duration_s:g} s, "
         f"at most {config.max_windows}, stable when two agree within "

@@ -298,7 +298,7 @@ def conversion(path: Path) -> Rendered:
     rows = []
     for name, v in report.get("variants", {}).items():
         if v.get("path") is None:
-            rows.append([name, "–", "–", "–", "–", f"no: {v.get('reason', '')}"])
+            rows.append([name, "–", "–", "–", "–", "–", f"no: {v.get('reason', '')}"])
             continue
         verdict = "yes" if v.get("accepted") else f"no: {v.get('reason', '')}"
         rows.append(
@@ -308,10 +308,19 @@ def conversion(path: Path) -> Rendered:
                 num((v.get("latency") or {}).get("p50_ms")),
                 num(v.get("cosine"), 4),
                 num((v.get("quality") or {}).get(NDCG_AT_10), 4),
+                "–" if v.get("batch_drift") is None else f"{v['batch_drift']:.1e}",
                 verdict,
             ]
         )
-    header = ["encoder", "MB", "p50 ms (batch 1)", "cosine vs fp32", "NDCG@10", "accepted"]
+    header = [
+        "encoder",
+        "MB",
+        "p50 ms (batch 1)",
+        "cosine vs fp32",
+        "NDCG@10",
+        "batch drift",
+        "accepted",
+    ]
     lines = [*table(header, rows), "", f"Served: **{report.get(SELECTED_ENCODER_KEY, '?')}**."]
     dense = report.get("dense_index")
     if isinstance(dense, Mapping):

@@ -29,6 +29,7 @@ from torch import nn
 
 from shoprank import contract
 from shoprank.core.tokenizer import QueryTokenizer
+from shoprank.data.artifacts import int8_encoder_path
 
 
 def bert_flops(
@@ -179,7 +180,7 @@ def encoder_floor(
             )
         }
     feeds = {contract.ONNX_INPUT_IDS: ids.numpy(), contract.ONNX_ATTENTION_MASK: mask.numpy()}
-    for label, onnx_path in (("fp32", paths.encoder_onnx), ("int8", paths.encoder_int8_onnx)):
+    for label, onnx_path in (("fp32", paths.encoder_onnx), ("int8", int8_encoder_path(paths))):
         if onnx_path.exists():
             session = cpu_session(onnx_path, threads=ort_threads)
             measured[f"onnxruntime {label} ({ort_threads} thread)"] = median_ms(

@@ -15,6 +15,7 @@ from shoprank import contract
 from shoprank.bench.measure import Caller
 from shoprank.core.pipeline import InProcessPipeline, query_feeds
 from shoprank.core.tokenizer import QueryTokenizer
+from shoprank.data.artifacts import int8_encoder_path
 
 # (system key, label in the report, transport)
 NAIVE = "naive"
@@ -68,7 +69,8 @@ def onnx_pipeline(
 
     The repository holds only the encoder the conversion selected; the other variant is
     loaded from `<out>/onnx/` with the same session settings (`cpu_session`), so fp32 and
-    int8 differ in the encoder graph and nothing else.
+    int8 differ in the encoder graph and nothing else. The int8 rows run the served int8
+    variant (`int8_encoder_path`).
     """
     from shoprank.core.sessions import cpu_session
 
@@ -172,7 +174,7 @@ def open_system(
 
         yield pipeline_caller(NaivePipeline(paths))
     elif system in (ONNX_FP32, ONNX_INT8):
-        onnx = paths.encoder_onnx if system == ONNX_FP32 else paths.encoder_int8_onnx
+        onnx = paths.encoder_onnx if system == ONNX_FP32 else int8_encoder_path(paths)
         yield pipeline_caller(onnx_pipeline(paths, onnx, threads=ort_threads))
     elif system == NAIVE_HTTP:
         from shoprank.bench.http_server import running_http_server
@@ -185,7 +187,7 @@ def open_system(
         tokenizer = QueryTokenizer(
             paths.repository("cpu") / contract.SEARCHER_MODEL / "1" / contract.TOKENIZER_FILE
         )
-        yield encoder_caller(tokenizer, cpu_session(paths.encoder_int8_onnx, ort_threads))
+        yield encoder_caller(tokenizer, cpu_session(int8_encoder_path(paths), ort_threads))
     elif system == TRITON_ECHO:  # always its own server: the echo model is never deployed
         with echo_server(paths) as grpc_url:
             yield TritonFactory(grpc_url, model=contract.ECHO_MODEL)

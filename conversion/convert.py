@@ -59,6 +59,17 @@ class ConversionConfig(DenseIndexOptions):
     threads: int = 1
     parity_texts: int = 256
     static_qdq: bool = field(default=True, metadata={"help": "try the int8_static_qdq variant"})
+    # Dynamic int8 quantizes activations with one scale per batch: on the demo workload a
+    # batch of 8 moved MiniLM's embeddings by up to 0.03 and changed the top 10 of most
+    # queries; fp32 and static QDQ differ by float rounding (~5e-8).
+    max_batch_drift: float = field(
+        default=1e-5,
+        metadata={
+            "help": "serve only encoders whose query embedding moves at most this much with "
+            "its batch mates (inf: any)"
+        },
+    )
+    drift_texts: int = field(default=64, metadata={"help": "held-out queries the drift uses"})
     calibration_texts: int = field(
         default=256, metadata={"help": "static QDQ calibration: train queries + product texts"}
     )
@@ -162,12 +173,22 @@ class Variant:
     accepted: bool = False
     reason: str = ""
     static_qdq: dict[str, Any] | None = None  # the exclusion search behind it, if any
+    batch_drift: float | None = None  # `export.batch_drift` of the held-out queries
 
-    def judge(self, gate: QualityGate, fp32_ndcg: float) -> None:
-        """Record the gate's verdict on this variant."""
+    def judge(self, gate: QualityGate, fp32_ndcg: float, max_batch_drift: float) -> None:
+        """Record the gate's verdict on this variant; one whose queries' embeddings move
+        more than `max_batch_drift` with their batch mates is refused too."""
         self.accepted, self.reason = gate.verdict(
             self.name, self.cosine, self.quality.get(NDCG_AT_10), fp32_ndcg
         )
+        drift = self.batch_drift
+        if self.accepted and drift is not None and not drift <= max_batch_drift:
+            self.accepted = False
+            self.reason = (
+                f"{self.name}: a query's embedding moves by up to {drift:.3g} with its batch "
+                f"mates (limit {max_batch_drift:g}), so its answers would depend on the "
+                "requests it is batched with"
+            )
         if not self.accepted:
             log.warning("refused: %s", self.reason)
 
@@ -403,7 +424,8 @@ def export_fp32(inp: Inputs, config: ConversionConfig) -> Fp32Encoder:
 
 def choose_encoder(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> EncoderChoice:
     """int8 variants (and TensorRT engines where they can be built) beside fp32, each timed
-    and judged by the quality gate; the fastest accepted one is served."""
+    and judged by the quality gate and by how far a query's embedding moves with its batch
+    mates; the fastest accepted one is served."""
     paths = inp.paths
     int8.quantize_dynamic_int8(paths.encoder_onnx, paths.encoder_int8_onnx)
     int8_q = export.onnx_embeddings(
@@ -440,7 +462,10 @@ def choose_encoder(inp: Inputs, fp32: Fp32Encoder, config: ConversionConfig) -> 
             continue  # the variant could not be produced; its reason says why
         v.size_mb = file_mb(v.path)
         v.latency = measure_latency(v.path, feeds, config.latency_runs, threads=config.threads)
-        v.judge(inp.gate, fp32_ndcg)
+        v.batch_drift = export.batch_drift(
+            v.path, paths.encoder, inp.queries[: config.drift_texts], contract.MAX_QUERY_TOKENS
+        )
+        v.judge(inp.gate, fp32_ndcg, config.max_batch_drift)
     accepted = [v for v in variants if v.accepted]
     selected = min(accepted, key=lambda v: v.latency.p50_ms if v.latency else float("inf"))
     trt_report = _tensorrt_engines(

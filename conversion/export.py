@@ -37,13 +37,42 @@ class ParityError(RuntimeError):
 def tokenize(encoder_dir: Path, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
     """The encoder folder's own tokenization (as `SentenceTransformer.encode` does it), as
     int64 ONNX feeds padded to the longest text."""
+    return _feeds(_tokenizer(encoder_dir), texts, max_length)
+
+
+def _tokenizer(encoder_dir: Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(encoder_dir))
+    return AutoTokenizer.from_pretrained(str(encoder_dir))
+
+
+def _feeds(tok, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
     enc = tok(
         list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
     )
     return encoder_feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+
+
+def batch_drift(
+    onnx_path: Path, encoder_dir: Path, texts: Sequence[str], max_length: int, batch: int = 8
+) -> float:
+    """The largest change of any embedding coordinate between a text encoded alone and in
+    batches of `batch` (padded to the batch's longest, as a dynamic batch is served).
+
+    A graph that encodes each row on its own gives float rounding (~1e-7); dynamic int8
+    does not, as it quantizes activations with one scale per batch, so a query's embedding
+    and its results would depend on the requests it happens to be batched with.
+    """
+    tok = _tokenizer(encoder_dir)
+    session = cpu_session(onnx_path)
+
+    def embed(chunk: Sequence[str]) -> np.ndarray:
+        feeds = _feeds(tok, chunk, max_length)
+        return session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)[0]
+
+    alone = np.concatenate([embed([t]) for t in texts])
+    together = np.concatenate([embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+    return float(np.abs(alone - together).max())
 
 
 @dataclass

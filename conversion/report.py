@@ -18,16 +18,19 @@ def report_lines(report: dict) -> list[str]:
         f"{p['products']['min_cosine']:.6f} (products); ranker max |Δscore| "
         f"{p['ranker_max_abs_diff']:.2e}; graph fused: {report['fused']}",
         "",
-        "| variant | size MB | p50 ms (batch 1) | cosine vs fp32 | NDCG@10 | accepted |",
-        "|---|---|---|---|---|---|",
+        "| variant | size MB | p50 ms (batch 1) | cosine vs fp32 | NDCG@10 | batch drift "
+        "| accepted |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, v in report["variants"].items():
         if v.get("path") is None:
-            lines.append(f"| {name} | - | - | - | - | no: {v['reason']} |")
+            lines.append(f"| {name} | - | - | - | - | - | no: {v['reason']} |")
             continue
+        drift = v.get("batch_drift")
         lines.append(
             f"| {name} | {v['size_mb']} | {v['latency']['p50_ms']:.2f} | "
             f"{v['cosine']:.4f} | {v['quality'][NDCG_AT_10]:.4f} | "
+            f"{'-' if drift is None else f'{drift:.1e}'} | "
             f"{'yes' if v['accepted'] else 'no: ' + v['reason']} |"
         )
     lines += ["", f"Served encoder: **{report['selected_encoder']}**"]

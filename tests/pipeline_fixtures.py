@@ -37,9 +37,9 @@ def tiny_artifacts(tmp_path_factory) -> contract.ArtifactPaths:
     )
     convert(ConversionConfig(out=out, latency_runs=3))
     paths = contract.ArtifactPaths(out)
-    # The fp32 encoder, not the conversion's pick: dynamic int8 quantizes activations with
-    # one range per *batch*, so a query's embedding (and a ranking near the re-rank cut)
-    # depends on its batch-mates, and the tests compare batched answers with single ones.
+    # The fp32 encoder, not the conversion's pick: the tests compare batched answers with
+    # single ones, which only an encoder that embeds each row on its own gives (the pick is
+    # one by default, `ConversionConfig.max_batch_drift`; fp32 is one under any setting).
     # No admission limit: bursts of requests test the dynamic batcher here; shedding load is
     # tested on a repository of its own (test_production.test_overload_is_refused_...).
     serving = ServingConfig(target="cpu", max_in_flight=0)

@@ -126,6 +126,7 @@ def write_conversion_report(out: Path) -> dict:
         size_mb=22.8,
         latency=Speed(p50_ms=2.47, p95_ms=2.9, batch=1, threads=1),
         accepted=True,
+        batch_drift=3.2e-8,
     )
     refused = Variant("int8_static_qdq", None, reason="static QDQ failed: no calibration")
     report = {
@@ -316,8 +317,8 @@ def test_sections_show_the_files_figures(every_output, tmp_path):
     assert "12.5" not in relevance  # the baselines' run time is not a system
 
     conversion = block(text, "conversion")
-    assert "| int8_dynamic | 22.8 | 2.47 | 0.9921 | 0.7216 | yes |" in conversion
-    assert "| int8_static_qdq | – | – | – | – | no: static QDQ failed" in conversion
+    assert "| int8_dynamic | 22.8 | 2.47 | 0.9921 | 0.7216 | 3.2e-08 | yes |" in conversion
+    assert "| int8_static_qdq | – | – | – | – | – | no: static QDQ failed" in conversion
     assert "Dense index: flat over 300 products" in conversion
 
     bench = block(text, "bench")

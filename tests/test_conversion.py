@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from shoprank import contract
 from shoprank.conversion import export, quality
+from shoprank.conversion.convert import ConversionConfig
 from shoprank.data.metrics import NDCG_AT_10
 from shoprank.models.fusion import load_ranker
 
@@ -70,16 +71,43 @@ def test_quality_gate_refuses_collapsed_embeddings(tiny_artifacts, tmp_path):
     gate.check("fp32", export.cosine_parity(fp32, fp32).mean_cosine, 0.6, 0.6)
 
 
-def test_int8_is_smaller_and_passes_the_gate_the_conversion_used(tiny_artifacts):
+def test_int8_is_smaller_and_passes_the_quality_gate(tiny_artifacts):
     report = json.loads(tiny_artifacts.conversion_report.read_text())
     fp32, int8 = report["variants"]["fp32"], report["variants"]["int8_dynamic"]
     assert int8["size_mb"] < fp32["size_mb"]
     assert int8["cosine"] >= report["config"]["min_cosine"]  # the gate's own threshold
-    assert int8["accepted"], int8["reason"]
+    gate = quality.QualityGate(report["config"]["min_cosine"], report["config"]["max_ndcg_loss"])
+    ndcg = fp32["quality"][NDCG_AT_10]
+    assert gate.verdict("int8_dynamic", int8["cosine"], int8["quality"][NDCG_AT_10], ndcg)[0]
+
+
+def test_dynamic_int8_embeddings_depend_on_their_batch_mates(tiny_artifacts):
+    """Dynamic int8 quantizes activations with one scale per batch; fp32 and static QDQ
+    encode each row on its own. The conversion measures it and serves only the latter."""
+    texts = ["red leather sofa", "blue running shoes", "oak dining table", "kids toys"] * 4
+    texts += ["a much longer query about a large grey corner sofa with storage"]
+    drift = {
+        name: export.batch_drift(path, tiny_artifacts.encoder, texts, contract.MAX_QUERY_TOKENS)
+        for name, path in (
+            ("fp32", tiny_artifacts.encoder_onnx),
+            ("int8_dynamic", tiny_artifacts.encoder_int8_onnx),
+            ("int8_static_qdq", tiny_artifacts.encoder_qdq_onnx),
+        )
+    }
+    limit = ConversionConfig().max_batch_drift
+    assert drift["fp32"] < limit and drift["int8_static_qdq"] < limit, drift
+    assert drift["int8_dynamic"] > limit, drift
+    report = json.loads(tiny_artifacts.conversion_report.read_text())
+    variants = report["variants"]
+    assert variants["int8_dynamic"]["batch_drift"] > limit
+    assert not variants["int8_dynamic"]["accepted"]
+    assert "batch mates" in variants["int8_dynamic"]["reason"]
+    assert report["selected_encoder"] != "int8_dynamic"
 
 
 def test_every_verdict_in_the_report_is_the_gates(tiny_artifacts):
-    """Recompute each variant's verdict from its recorded measures with the configured gate."""
+    """Recompute each variant's verdict from its recorded measures: the configured quality
+    gate, then the batch-drift limit."""
     report = json.loads(tiny_artifacts.conversion_report.read_text())
     config = report["config"]
     gate = quality.QualityGate(config["min_cosine"], config["max_ndcg_loss"])
@@ -88,9 +116,11 @@ def test_every_verdict_in_the_report_is_the_gates(tiny_artifacts):
         if v.get("path") is None:
             assert not v["accepted"] and v["reason"]
             continue
-        assert (v["accepted"], v["reason"]) == gate.verdict(
-            name, v["cosine"], v["quality"][NDCG_AT_10], fp32
-        )
+        accepted, reason = gate.verdict(name, v["cosine"], v["quality"][NDCG_AT_10], fp32)
+        if accepted and v["batch_drift"] > config["max_batch_drift"]:
+            accepted, reason = False, v["reason"]
+            assert "batch mates" in reason
+        assert (v["accepted"], v["reason"]) == (accepted, reason)
     chosen = report["variants"][report["selected_encoder"]]
     fastest = min(
         (v for v in report["variants"].values() if v["accepted"]),

@@ -63,6 +63,13 @@ def selected_encoder_path(paths: contract.ArtifactPaths) -> Path:
     return paths.encoder_onnx
 
 
+def int8_encoder_path(paths: contract.ArtifactPaths) -> Path:
+    """The int8 encoder ONNX that benchmarks time: the served one when the conversion served
+    an int8 variant (what Triton runs), else the dynamic int8 graph."""
+    served = selected_encoder_path(paths)
+    return paths.encoder_int8_onnx if served == paths.encoder_onnx else served
+
+
 @dataclass(frozen=True)
 class OptimizationProfile:
     """(batch, sequence) bounds of the encoder inputs a TensorRT engine accepts, tuned at
