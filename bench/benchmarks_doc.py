@@ -35,7 +35,7 @@ from pathlib import Path
 from shoprank import contract
 from shoprank.bench import ann, scale
 from shoprank.bench.batching import parse_batching
-from shoprank.bench.systems import ONNX_INT8, ONNX_INT8_ENCODER, TRITON
+from shoprank.bench.systems import ONNX_INT8, ONNX_INT8_ENCODER, TRITON, TRITON_ECHO
 from shoprank.configargs import parse_config
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY
 from shoprank.data.metrics import (
@@ -354,6 +354,10 @@ def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:
     """The same-run p50 ratios the benchmark's targets are set on, where both rows exist."""
     pairs = (
         ("Triton ×1 / in-process int8 pipeline", (TRITON, ONNX_INT8)),
+        (
+            "the transport alone (echo model ×1) / in-process int8 pipeline",
+            (TRITON_ECHO, ONNX_INT8),
+        ),
         ("in-process int8 pipeline / int8 encoder alone", (ONNX_INT8, ONNX_INT8_ENCODER)),
     )
     out = []

@@ -26,7 +26,7 @@ from shoprank.bench.batching import Batching
 from shoprank.bench.measure import Summary
 from shoprank.bench.report import Row as BenchRow
 from shoprank.bench.report import add_ratios, write_csv
-from shoprank.bench.systems import NAIVE_HTTP, ONNX_INT8, ONNX_INT8_ENCODER, TRITON
+from shoprank.bench.systems import NAIVE_HTTP, ONNX_INT8, ONNX_INT8_ENCODER, TRITON, TRITON_ECHO
 from shoprank.conversion.convert import Variant
 from shoprank.conversion.dense import build_dense_index
 from shoprank.conversion.latency import Speed
@@ -165,6 +165,7 @@ def write_bench(out: Path) -> None:
             batching=[Batching("encoder", 900, 300), Batching("ranker", 900, 360)],
         ),
         BenchRow(TRITON, 8, None, error="server died"),
+        BenchRow(TRITON_ECHO, 1, Summary(2000, 0, 3.0, 3.5, 4.0, 3.1, 320.0, 6.0)),
     ]
     add_ratios(rows)
     write_csv(rows, out / "reports" / "bench.csv")
@@ -328,6 +329,7 @@ def test_sections_show_the_files_figures(every_output, tmp_path):
     # The targets' same-run ratios, and the batcher's evidence per model and concurrency.
     assert f"15.04 / 12.00 ms = **{15.04 / 12.0:.2f}×**" in bench
     assert "12.00 / 4.00 ms = **3.00×**" in bench
+    assert "the transport alone (echo model ×1) / in-process int8 pipeline: 3.00 / 12.00" in bench
     assert "| system | conc. | encoder | ranker |" in bench
     assert "| shoprank Triton ensemble (gRPC) | 4 | 3.00 | 2.50 |" in bench
     assert "| shoprank Triton ensemble (gRPC) | 1 | 1.00 | 1.00 |" in bench
