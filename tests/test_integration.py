@@ -556,3 +556,19 @@ def test_cpu_model_stubs_load_no_torch(ensemble_server):
     assert any("onnxruntime" in path for path in maps[contract.SEARCHER_MODEL])  # maps are read
     for model, paths in maps.items():
         assert not [p for p in paths if "/torch/" in p], f"{model} stub maps torch"
+
+
+def test_a_repository_built_by_another_version_is_refused_at_load(tiny_artifacts, tmp_path):
+    """A model whose model.py is not this package's own fails its load, naming the fix,
+    rather than serving (or hanging on its warm-up) with shared code it was not built for."""
+    import shutil
+
+    from shoprank.ops.tritonserver import TritonServerError, running_server
+
+    repo = tmp_path / "repository"
+    shutil.copytree(tiny_artifacts.repository("cpu"), repo)
+    model_py = repo / contract.SEARCHER_MODEL / "1" / "model.py"
+    model_py.write_text(model_py.read_text() + "\n# built by another version\n")
+    with pytest.raises(TritonServerError, match="rebuild it"):
+        with running_server(repo, wait_s=60, attempts=1):
+            pass

@@ -19,6 +19,20 @@ def version_dir(args: dict[str, Any]) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
 
 
+def check_source(args: dict[str, Any], source: str) -> None:
+    """Refuse to load a model whose `model.py` is not this package's `<source>.py`: the copy
+    calls shared code that may have changed since its repository was built, and a mismatch
+    need not fail loudly (a `model.py` that ignores what `answer_admitted` returns answers
+    nothing, and Triton waits on its warm-up for ever)."""
+    copy = version_dir(args) / "model.py"
+    own = Path(__file__).with_name(f"{source}.py")
+    if copy.read_bytes() != own.read_bytes():
+        raise RuntimeError(
+            f"{copy} is not {own}: the repository was built by another version of shoprank; "
+            "rebuild it (make repo)"
+        )
+
+
 def parameters(args: dict[str, Any]) -> dict[str, str]:
     """The config.pbtxt `parameters` as plain strings."""
     params = json.loads(args["model_config"]).get("parameters", {})

@@ -14,11 +14,17 @@ import numpy as np
 from shoprank import contract
 from shoprank.core.catalog import CatalogIndex
 from shoprank.core.scoring import Ranked
-from shoprank.model_repository.models.common import ranked_response, request_arrays, version_dir
+from shoprank.model_repository.models.common import (
+    check_source,
+    ranked_response,
+    request_arrays,
+    version_dir,
+)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "echo")
         self.catalog = CatalogIndex.load(version_dir(args) / contract.CATALOG_FILE)
 
     def execute(self, requests):

@@ -12,11 +12,17 @@ import triton_python_backend_utils as pb_utils
 
 from shoprank import contract
 from shoprank.core.sessions import encode_requests
-from shoprank.model_repository.models.common import input_array, parameters, version_dir
+from shoprank.model_repository.models.common import (
+    check_source,
+    input_array,
+    parameters,
+    version_dir,
+)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "encoder")
         # torch when loaded, not imported: every serving module imports torch-free (test_layers).
         from shoprank.models.gpu import TorchEncoder, device_of
 

@@ -16,6 +16,7 @@ from shoprank.core.admission import AdmissionTable, table_path
 from shoprank.core.ranking import CandidateRanker
 from shoprank.model_repository.models.common import (
     RankedBatch,
+    check_source,
     parameters,
     request_arrays,
     ticket_of,
@@ -26,6 +27,7 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "ranker")
         params = parameters(args)
         dense = None
         # The gpu-embedded target: the exact dense scan on the device.

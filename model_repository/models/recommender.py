@@ -20,6 +20,7 @@ from shoprank.model_repository.models.common import (
     AdmissionGate,
     answer_admitted,
     answer_batch,
+    check_source,
     input_array,
     optional_array,
     parameters,
@@ -30,6 +31,7 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "recommender")
         params = parameters(args)
         self.recommender = Recommender.load(
             version_dir(args), threads=int(params[contract.PARAM_THREADS])

@@ -18,6 +18,7 @@ from shoprank.model_repository.models.common import (
     AdmissionGate,
     RankedBatch,
     answer_admitted,
+    check_source,
     parameters,
     request_arrays,
     version_dir,
@@ -27,6 +28,7 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "searcher")
         params = parameters(args)
         self.pipeline = SearchPipeline.load(
             version_dir(args),

@@ -21,6 +21,7 @@ from shoprank.core.requests import InvalidInput
 from shoprank.core.tokenizer import QueryTokenizer, tokenize_requests
 from shoprank.model_repository.models.common import (
     AdmissionGate,
+    check_source,
     input_array,
     invalid,
     parameters,
@@ -31,6 +32,7 @@ from shoprank.model_repository.models.metrics import ServingMetrics
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_source(args, "tokenizer")
         params = parameters(args)
         self.tokenizer = QueryTokenizer(version_dir(args) / params[contract.PARAM_TOKENIZER_FILE])
         self.admission = AdmissionGate(args, params)
