@@ -569,6 +569,8 @@ def test_a_repository_built_by_another_version_is_refused_at_load(tiny_artifacts
     shutil.copytree(tiny_artifacts.repository("cpu"), repo)
     model_py = repo / contract.SEARCHER_MODEL / "1" / "model.py"
     model_py.write_text(model_py.read_text() + "\n# built by another version\n")
-    with pytest.raises(TritonServerError, match="rebuild it"):
-        with running_server(repo, wait_s=60, attempts=1):
-            pass
+    with (
+        pytest.raises(TritonServerError, match="rebuild it"),
+        running_server(repo, wait_s=60, attempts=1),
+    ):
+        pass
