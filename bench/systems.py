@@ -204,14 +204,20 @@ def open_system(
 
 @contextlib.contextmanager
 def echo_server(paths: contract.ArtifactPaths) -> Iterator[str]:
-    """A server of the `echo` model alone (in a temporary repository); yields its gRPC
-    address."""
+    """A server of the `echo` model alone, written by the repository stage's own command
+    into a temporary folder; yields its gRPC address."""
+    import subprocess
+    import sys
     import tempfile
 
-    from shoprank.model_repository.build import ServingConfig, write_echo
     from shoprank.ops.tritonserver import running_server
 
     with tempfile.TemporaryDirectory(prefix="shoprank-echo-") as tmp:
-        write_echo(Path(tmp), paths, ServingConfig())
+        command = [sys.executable, "-m", "shoprank.model_repository.build"]
+        subprocess.run(
+            [*command, "--out", str(paths.root), "--echo-to", tmp],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         with running_server(Path(tmp)) as handle:
             yield handle.grpc_url

@@ -661,6 +661,10 @@ class BuildConfig(ServingConfig):
     """The repository builder's command line: the artifacts folder and every serving knob."""
 
     out: Path = field(default=contract.DEFAULT_ARTIFACTS, metadata={"help": "artifacts folder"})
+    echo_to: str = field(
+        default="",
+        metadata={"help": "benchmark only: write just the echo model into this folder"},
+    )
 
     def serving(self) -> ServingConfig:
         return ServingConfig(**{f.name: getattr(self, f.name) for f in fields(ServingConfig)})
@@ -669,6 +673,12 @@ class BuildConfig(ServingConfig):
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m shoprank.model_repository.build --out DIR --target TARGET`."""
     config = parse_config(BuildConfig, argv, description=__doc__ or "")
+    if config.echo_to:
+        model = write_echo(
+            Path(config.echo_to), contract.ArtifactPaths(config.out), config.serving()
+        )
+        print(f"wrote the echo model: {model}")
+        return
     repo = build(contract.ArtifactPaths(config.out), config.serving())
     print(f"wrote {config.target} repository: {repo}")
 
