@@ -199,10 +199,11 @@ def targets(rows: Sequence[Row]) -> list[Target]:
 
 def _with_transport(target: Target, echo: Row | None, in_process: Row | None) -> Target:
     """`target` with the echo model's p50 (the transport alone) beside its measurement."""
-    if target.holds is None or echo is None or echo.summary is None or in_process is None:
+    alone = echo.summary if echo is not None else None
+    base = in_process.summary if in_process is not None else None
+    if target.holds is None or alone is None or base is None:
         return target
-    assert in_process.summary is not None  # measured: the target holds or not
-    e, b = echo.summary.p50_ms, in_process.summary.p50_ms
+    e, b = alone.p50_ms, base.p50_ms
     floor = f"; transport alone (echo model) {e:.2f} ms = {e / b:.2f}× in-process"
     return replace(target, measured=target.measured + floor)
 

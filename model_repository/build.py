@@ -538,6 +538,20 @@ def write_ranker(
     return model_dir
 
 
+def _searcher_tensors(name: str, serving: ServingConfig) -> mc.ModelConfig:
+    """A Python-backend model `name` with the searcher's inputs (all optional) and outputs."""
+    cfg = _base(
+        name,
+        serving,
+        contract.SEARCHER_INPUTS,
+        contract.SEARCHER_OUTPUTS,
+        {},
+        optional=contract.SEARCHER_OPTIONAL,
+    )
+    cfg.backend = "python"
+    return cfg
+
+
 def write_searcher(
     repo: Path,
     paths: contract.ArtifactPaths,
@@ -547,15 +561,7 @@ def write_searcher(
 ) -> Path:
     """The CPU target's `searcher` model: the ranker's files, the tokenizer and the encoder's
     ONNX graph in one version folder, and the search admission gate."""
-    cfg = _base(
-        contract.SEARCHER_MODEL,
-        serving,
-        contract.SEARCHER_INPUTS,
-        contract.SEARCHER_OUTPUTS,
-        {},
-        optional=contract.SEARCHER_OPTIONAL,
-    )
-    cfg.backend = "python"
+    cfg = _searcher_tensors(contract.SEARCHER_MODEL, serving)
     threads = serving.ort_threads
     cfg.parameters[contract.PARAM_THREADS].string_value = str(threads[contract.RANKER_MODEL])
     encoder_threads = str(threads[contract.ENCODER_MODEL])
@@ -576,15 +582,7 @@ def write_searcher(
 def write_echo(repo: Path, paths: contract.ArtifactPaths, serving: ServingConfig) -> Path:
     """The benchmark's `echo` model (never part of a served repository): the searcher's
     tensors and the catalog, no admission, no warm-up."""
-    cfg = _base(
-        contract.ECHO_MODEL,
-        serving,
-        contract.SEARCHER_INPUTS,
-        contract.SEARCHER_OUTPUTS,
-        {},
-        optional=contract.SEARCHER_OPTIONAL,
-    )
-    cfg.backend = "python"
+    cfg = _searcher_tensors(contract.ECHO_MODEL, serving)
     files = {contract.CATALOG_FILE: paths.catalog_npz}
     return _write_model(repo, cfg, serving.version, files, python_source="echo")
 
