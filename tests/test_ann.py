@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoprank.core.ann import KINDS, DenseConfig, DenseIndex, exact_top_k, training_sample
+from shoprank.core.ann import (
+    KINDS,
+    DenseConfig,
+    DenseIndex,
+    exact_top_k,
+    omp_threads,
+    training_sample,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +88,24 @@ def test_ivf_rows_decode_bit_for_bit_as_faiss_reconstructs_them(vectors, tmp_pat
     merged.merge(shard)  # the codes decoded above no longer cover every row
     merged.finished(0.0)
     np.testing.assert_array_equal(merged.vectors(rows), want)
+
+
+def test_a_search_runs_on_the_threads_it_is_given_and_leaves_the_setting_as_it_was(
+    vectors,
+) -> None:
+    faiss = pytest.importorskip("faiss")
+    items, queries = vectors
+    index = DenseIndex.build(items, DenseConfig(kind="ivf_sq8", train_size=2000))
+    before = faiss.omp_get_max_threads()
+    with omp_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == before
+    with pytest.raises(RuntimeError), omp_threads(1):
+        raise RuntimeError("the setting is restored on the way out")
+    assert faiss.omp_get_max_threads() == before
+    # One thread finds what the whole team finds.
+    one, one_scores = index.search(queries, 20, threads=1)
+    team, team_scores = index.search(queries, 20)
+    np.testing.assert_array_equal(one, team)
+    np.testing.assert_array_equal(one_scores, team_scores)
+    assert faiss.omp_get_max_threads() == before

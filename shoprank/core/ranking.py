@@ -119,9 +119,12 @@ class Prefetched:
 WIDEN_EXACT_MAX = 100_000
 
 
-def widen(dense: DenseIndex, query: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+def widen(
+    dense: DenseIndex, query: np.ndarray, allowed: np.ndarray, k: int, threads: int | None = None
+) -> np.ndarray:
     """Up to k allowed catalog rows nearest to `query` (D,), for a filter that left
-    retrieval short of TOP_K: filtering must not shorten the answer while products match."""
+    retrieval short of TOP_K: filtering must not shorten the answer while products match
+    (`threads`: the dense search's, as in `DenseIndex.search`)."""
     rows = np.flatnonzero(allowed)
     if len(rows) == 0:
         return rows
@@ -131,7 +134,7 @@ def widen(dense: DenseIndex, query: np.ndarray, allowed: np.ndarray, k: int) -> 
         return rows[best]
     # Broad filter: search deep enough that about k allowed rows are expected.
     depth = min(dense.size, int(np.ceil(4 * k * len(allowed) / len(rows))))
-    found, _ = dense.search(query[None, :], depth)
+    found, _ = dense.search(query[None, :], depth, threads)
     found = found[0][found[0] >= 0]
     return found[allowed[found]][:k]
 
@@ -396,6 +399,7 @@ class CandidateRanker:
         config: RetrievalConfig,
         shoppers: ShopperVectors | None = None,
         parallel: bool = True,
+        threads: int | None = 1,
     ) -> None:
         if shoppers is not None and len(shoppers.items) != len(catalog.product_ids):
             raise ValueError(
@@ -413,6 +417,9 @@ class CandidateRanker:
         # One thread for BM25 and the shopper vectors beside the encoder or the dense search
         # (`prefetch`); None: one after the other.
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if parallel else None
+        # The dense search's OpenMP threads: the instance's own, like its ONNX sessions'
+        # (`ann.omp_threads`; None: faiss's setting, all cores).
+        self.threads = threads
         # What the last `rank` call spent per stage (seconds), for the serving metrics.
         self.last_timings: dict[str, float] = {}
 
@@ -446,6 +453,7 @@ class CandidateRanker:
             CatalogIndex.load(folder / contract.CATALOG_FILE),
             config,
             shoppers,
+            threads=threads,
         )
 
     def sequential_scores(
@@ -534,7 +542,7 @@ class CandidateRanker:
         ]
         if to_retrieve:
             dense_query = embeddings[to_retrieve]
-            dense_rows, _ = self.dense.search(dense_query, self.config.dense_k)
+            dense_rows, _ = self.dense.search(dense_query, self.config.dense_k, self.threads)
             lexical_rows, _ = prefetched.pending.result()
             for j, (i, rows) in enumerate(zip(to_retrieve, lexical_rows, strict=True)):
                 candidates[i] = union_candidates(dense_rows[j], rows)
@@ -544,7 +552,8 @@ class CandidateRanker:
                 continue
             passed = candidates[i][allowed[candidates[i]]]
             if r.candidates is None and len(passed) < r.k:
-                more = widen(self.dense, embeddings[i], allowed, max(self.config.dense_k, r.k))
+                k = max(self.config.dense_k, r.k)
+                more = widen(self.dense, embeddings[i], allowed, k, self.threads)
                 passed = union_candidates(passed, more)
             candidates[i] = passed
         return candidates

@@ -144,8 +144,11 @@ class TorchDenseIndex:
         return self.host.shape[1]
 
     @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (B, k) int64, scores (B, k) float32), best first."""
+    def search(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (B, k) int64, scores (B, k) float32), best first (`threads`: accepted as
+        `DenseIndex.search` takes it; the scan runs on the GPU)."""
         q = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32))
         k = max(1, min(int(k), self.size))
         scores = q.to(self.device, self.matrix.dtype) @ self.matrix.T  # (B, N)
