@@ -174,7 +174,11 @@ def _measure_rows(
             f"{', errors: ' + m.first_error if m.first_error else ''})"
             + (f"; mean batch size {batches}" if batches else "")
         )
-        rows.append(Row(system, c, s, m.stable, m.window_throughputs, batching=batching))
+        inner = getattr(make_caller, "encoder_p50_ms", None)
+        encoder = inner(m.span) if inner is not None else None
+        rows.append(
+            Row(system, c, s, m.stable, m.window_throughputs, batching=batching, encoder_ms=encoder)
+        )
     return rows
 
 

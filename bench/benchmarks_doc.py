@@ -350,6 +350,14 @@ def _p50(rows: list[dict[str, str]], system: str, concurrency: str = "1") -> flo
     return None
 
 
+def _encoder_inside(rows: list[dict[str, str]]) -> float | None:
+    """The in-process int8 row's encoder p50 inside the pipeline (None: no such column)."""
+    for r in rows:
+        if r["system"] == ONNX_INT8 and r.get("encoder_in_pipeline_p50_ms"):
+            return float(r["encoder_in_pipeline_p50_ms"])
+    return None
+
+
 def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:
     """The same-run p50 ratios the benchmark's targets are set on, where both rows exist."""
     pairs = (
@@ -365,6 +373,10 @@ def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:
         a, b = _p50(rows, top), _p50(rows, bottom)
         if a is not None and b:
             out.append(f"{name}: {a:.2f} / {b:.2f} ms = **{a / b:.2f}×**")
+    inside, alone = _encoder_inside(rows), _p50(rows, ONNX_INT8_ENCODER)
+    if inside is not None and alone:
+        name = "the int8 encoder inside the pipeline / alone"
+        out.append(f"{name}: {inside:.2f} / {alone:.2f} ms = **{inside / alone:.2f}×**")
     return ["p50 ratios in this run: " + "; ".join(out) + "."] if out else []
 
 

@@ -123,6 +123,7 @@ class Measurement:
     stable: bool
     window_throughputs: list[float] = field(default_factory=list)
     first_error: str = ""
+    span: tuple[float, float] = (0.0, 0.0)  # (start, end) of the summary's windows, `clock`
 
 
 # Long on purpose: the workers, the window loop and the summary share the request log and
@@ -227,6 +228,7 @@ def measure(
         stable=stable,
         window_throughputs=throughputs,
         first_error=errors[0] if errors else "",
+        span=(used[0].start, used[-1].end),
     )
 
 

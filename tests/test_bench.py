@@ -229,6 +229,11 @@ def test_ratios_and_targets() -> None:
     assert [t.holds for t in found] == [True, True, True, True]
     assert "4.80 vs 4.00 ms = 1.20×" in found[0].measured
     assert "transport alone (echo model) 1.00 ms = 0.25× in-process" in found[0].measured
+    assert "inside the pipeline" not in found[2].measured  # not timed: nothing said
+    by["onnx-int8", 1].encoder_ms = 1.25
+    assert "the same encoder inside the pipeline 1.25 ms = 0.50× alone" in (
+        targets(rows)[2].measured
+    )
     by["triton", 1].summary = _summary(5.2, 190.0)  # 1.30× the in-process pipeline
     assert targets(rows)[0].holds is False
     by["triton", 8].summary = _summary(10.0, 300.0)
@@ -339,6 +344,22 @@ def test_naive_ranks_like_the_onnx_pipeline(naive, tiny_artifacts, search_worklo
         assert_same_ranking(
             got.product_ids, got.scores, want.product_ids, want.scores, atol=0.02, rtol=0
         )
+
+
+def test_a_timed_session_tells_the_median_of_the_runs_inside_a_span() -> None:
+    from shoprank.bench.systems import TimedSession
+
+    class Session:
+        def run(self, names, feeds):
+            return [feeds["x"] * 2]
+
+    ticks = iter([0.0, 1.0, 2.0, 2.5, 3.0, 6.0, 7.0, 7.1])
+    timed = TimedSession(Session(), clock=lambda: next(ticks))
+    assert [timed.run(None, {"x": i})[0] for i in range(4)] == [0, 2, 4, 6]
+    assert timed.runs == [(1.0, 1.0), (2.5, 0.5), (6.0, 3.0), (7.1, pytest.approx(0.1))]
+    assert timed.p50_ms((2.0, 6.0)) == pytest.approx(1750.0)  # runs ending at 2.5 and 6.0
+    assert timed.p50_ms((0.0, 10.0)) == pytest.approx(750.0)
+    assert timed.p50_ms((8.0, 9.0)) is None
 
 
 def test_each_onnx_row_runs_its_own_encoder(tiny_artifacts) -> None:
@@ -475,7 +496,15 @@ def test_short_bench_run_writes_reports(
             assert not served
         for b in served.values():
             assert b.inferences >= m.summary.requests and 1.0 <= b.mean_batch <= m.concurrency
+    # The int8 pipeline's encoder is timed inside it: part of each search, never all of it.
+    for m, r in zip(result.rows, rows, strict=True):
+        if m.system == "onnx-int8":
+            assert 0 < m.encoder_ms < m.summary.p50_ms
+            assert r["encoder_in_pipeline_p50_ms"] == f"{m.encoder_ms:.4f}"
+        else:
+            assert m.encoder_ms is None and r["encoder_in_pipeline_p50_ms"] == ""
     text = result.markdown.read_text()
+    assert "the same encoder inside the pipeline" in text
     assert "## Targets" in text and "## Encoder FLOP floor" in text
     assert "## Dynamic batching" in text
     assert "transport alone (echo model)" in text
