@@ -9,7 +9,11 @@ Runs, on this machine and over the same workload (`<out>/loadtest/workload.json`
 3. the shoprank Triton ensemble over gRPC at each concurrency (an embedded server on free
    loopback ports unless --url is given), with each model's mean dynamic batch size from
    Triton's statistics;
-4. the encoder's FLOP floor on this machine.
+4. the systems the concurrency-1 targets compare (in-process int8 pipeline, its encoder
+   alone, the Triton search and recommend ensembles, the echo model), open together and
+   measured in interleaved rounds (`measure.interleaved_p50s`): the targets' verdicts are
+   the rounds' median ratios;
+5. the encoder's FLOP floor on this machine.
 
 Writes `<reports>/bench.md`, `bench.csv` and `bench_latency.png` and prints the table.
 Every field of BenchConfig is a flag (`python -m shoprank.bench --help`). Exit code 1 when a
@@ -18,6 +22,7 @@ system could not be measured.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -31,15 +36,36 @@ from shoprank import contract
 from shoprank.bench import report
 from shoprank.bench.batching import Totals, batching_between, read_totals
 from shoprank.bench.flops import FlopFloor, encoder_floor
-from shoprank.bench.measure import Caller, MeasureConfig, load_workload, measure
+from shoprank.bench.measure import (
+    Caller,
+    MeasureConfig,
+    interleaved_p50s,
+    load_workload,
+    measure,
+)
 from shoprank.bench.report import Row, Target
-from shoprank.bench.systems import LABELS, SINGLE_CALLER, SYSTEMS, TRANSPORT, open_system
+from shoprank.bench.systems import (
+    LABELS,
+    ONNX_INT8,
+    ONNX_INT8_ENCODER,
+    SINGLE_CALLER,
+    SYSTEMS,
+    TRANSPORT,
+    TRITON,
+    TRITON_ECHO,
+    TRITON_RECOMMEND,
+    TritonFactory,
+    open_system,
+)
 from shoprank.configargs import parse_config
 from shoprank.data.artifacts import int8_encoder_path
 
 # Ensembles answer each request in one execution by construction: their counts say
 # nothing about the batcher.
 ENSEMBLES = (contract.ENSEMBLE_MODEL, contract.RERANK_MODEL, contract.RECOMMEND_MODEL)
+# What the concurrency-1 targets compare: measured again, together, in interleaved rounds.
+INTERLEAVED = (ONNX_INT8, ONNX_INT8_ENCODER, TRITON, TRITON_RECOMMEND, TRITON_ECHO)
+INTERLEAVED_WARMUP = 50  # requests per caller before the first round
 
 
 @dataclass
@@ -59,6 +85,8 @@ class BenchConfig:
     systems: str = field(default=",".join(SYSTEMS), metadata={"help": "which systems to run"})
     flop_floor: bool = field(default=True, metadata={"help": "measure the encoder FLOP floor"})
     max_requests: int = field(default=0, metadata={"help": "use the first N requests (0: all)"})
+    rounds: int = field(default=5, metadata={"help": "×1 targets: interleaved rounds (0: off)"})
+    round_requests: int = field(default=200, metadata={"help": "requests per system per round"})
 
 
 @dataclass
@@ -215,6 +243,36 @@ def run_system(
         gc.collect()
 
 
+def run_interleaved(
+    paths: contract.ArtifactPaths, config: BenchConfig, workload: list[dict], systems: list[str]
+) -> dict[str, list[float]]:
+    """Each of the chosen INTERLEAVED systems' p50 per round (`interleaved_p50s`), all of
+    them open at once (search and recommend on one server); {} when fewer than two were
+    chosen, rounds are off, or setting one up failed (the rows' own ratios stand then)."""
+    chosen = [s for s in INTERLEAVED if s in systems]
+    if config.rounds <= 0 or len(chosen) < 2:
+        return {}
+    _log(f"interleaved rounds: {', '.join(LABELS[s] for s in chosen)} ...")
+    try:
+        with contextlib.ExitStack() as stack:
+            url, callers = config.url, {}
+            for system in chosen:
+                factory = stack.enter_context(open_system(system, paths, url, config.ort_threads))
+                if system == TRITON and isinstance(factory, TritonFactory):
+                    url = factory.grpc_url  # recommend: the same server
+                callers[system] = caller = factory()
+                stack.callback(getattr(caller, "close", lambda: None))
+                for request in workload[:INTERLEAVED_WARMUP]:
+                    caller(request)
+            p50s = interleaved_p50s(callers, workload, config.rounds, config.round_requests)
+    except Exception as exc:  # evidence beside the rows, not a must
+        _log(f"  interleaved rounds FAILED: {_error_text(exc)}")
+        return {}
+    for system, values in p50s.items():
+        _log(f"  {LABELS[system]}: p50 per round {' '.join(f'{v:.2f}' for v in values)} ms")
+    return p50s
+
+
 def run(config: BenchConfig) -> BenchResult:
     """Run the whole benchmark and write the reports."""
     paths = contract.ArtifactPaths(Path(config.out))
@@ -243,6 +301,10 @@ def run(config: BenchConfig) -> BenchResult:
     rows: list[Row] = []
     for system in systems:
         rows += run_system(system, paths, config, workload, concurrencies, mconfig)
+    rounds = run_interleaved(paths, config, workload, systems)
+    for row in rows:
+        if row.concurrency == 1 and row.summary is not None and row.system in rounds:
+            row.rounds_p50_ms = rounds[row.system]
     report.add_ratios(rows)
     found = report.targets(rows)
     context["wall time"] = f"{time.perf_counter() - started:.0f} s"

@@ -35,6 +35,7 @@ from pathlib import Path
 from shoprank import contract
 from shoprank.bench import ann, scale
 from shoprank.bench.batching import parse_batching
+from shoprank.bench.report import interleaved_note, round_ratios
 from shoprank.bench.systems import ONNX_INT8, ONNX_INT8_ENCODER, TRITON, TRITON_ECHO
 from shoprank.configargs import parse_config
 from shoprank.data.artifacts import SELECTED_ENCODER_KEY
@@ -350,6 +351,14 @@ def _p50(rows: list[dict[str, str]], system: str, concurrency: str = "1") -> flo
     return None
 
 
+def _rounds(rows: list[dict[str, str]], system: str) -> list[float]:
+    """A concurrency-1 row's p50 per interleaved round ([] when it has none)."""
+    for r in rows:
+        if r["system"] == system and r["concurrency"] == "1":
+            return [float(v) for v in (r.get("interleaved_p50_ms") or "").split()]
+    return []
+
+
 def _encoder_inside(rows: list[dict[str, str]]) -> float | None:
     """The in-process int8 row's encoder p50 inside the pipeline (None: no such column)."""
     for r in rows:
@@ -372,7 +381,9 @@ def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:
     for name, (top, bottom) in pairs:
         a, b = _p50(rows, top), _p50(rows, bottom)
         if a is not None and b:
-            out.append(f"{name}: {a:.2f} / {b:.2f} ms = **{a / b:.2f}×**")
+            paired = round_ratios(_rounds(rows, top), _rounds(rows, bottom))
+            note = f" ({interleaved_note(paired)})" if paired else ""
+            out.append(f"{name}: {a:.2f} / {b:.2f} ms = **{a / b:.2f}×**{note}")
     inside, alone = _encoder_inside(rows), _p50(rows, ONNX_INT8_ENCODER)
     if inside is not None and alone:
         name = "the int8 encoder inside the pipeline / alone"

@@ -232,6 +232,40 @@ def measure(
     )
 
 
+def interleaved_p50s(
+    callers: dict[str, Caller],
+    workload: Sequence[dict],
+    rounds: int,
+    per_round: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Each caller's p50 (ms) per round, one request at a time, the callers taking turns.
+
+    A shared machine drifts between seconds; systems measured one after the other see
+    different machines, so their ratio moves with the drift. Here every round sends the
+    same `per_round` requests through each caller in turn (the order rotating by round, so
+    no caller always follows the same one), and a ratio is taken within a round, where
+    both sides saw nearly the same machine. A failed request counts as no latency; a round
+    where a caller completed nothing gets NaN.
+    """
+    names = list(callers)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    n = len(workload)
+    for r in range(rounds):
+        requests = [workload[(r * per_round + i) % n] for i in range(per_round)]
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            latencies = []
+            for request in requests:
+                t0 = clock()
+                try:
+                    callers[name](request)
+                except Exception:  # counted as missing, as `measure` counts errors
+                    continue
+                latencies.append(clock() - t0)
+            out[name].append(percentiles_ms(latencies, (50,))[0])
+    return out
+
+
 def load_workload(path: Path, limit: int = 0) -> list[dict]:
     """The {"query", "history", "top_k"} requests from `loadtest.workload`."""
     if not path.exists():

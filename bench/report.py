@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from shoprank.bench.batching import Batching, format_batching
 from shoprank.bench.flops import FlopFloor
 from shoprank.bench.measure import Summary
@@ -67,6 +69,7 @@ CSV_COLUMNS = (
     "window_throughputs",
     "batching",
     "encoder_in_pipeline_p50_ms",
+    "interleaved_p50_ms",
     "error",
 )
 
@@ -87,6 +90,9 @@ class Row:
     batching: list[Batching] = field(default_factory=list)
     # The in-process int8 row: its encoder session's own p50 (ms) inside the pipeline.
     encoder_ms: float | None = None
+    # Concurrency-1 rows of the targets: p50 (ms) in each interleaved round, in order
+    # (`measure.interleaved_p50s`); empty when not interleaved.
+    rounds_p50_ms: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -135,15 +141,38 @@ def add_ratios(rows: Sequence[Row]) -> None:
             row.throughput_ratio = row.summary.throughput_rps / best
 
 
+def round_ratios(top: Sequence[float], bottom: Sequence[float]) -> list[float]:
+    """top ÷ bottom p50 within each interleaved round both completed (empty when the
+    rows were not interleaved together)."""
+    if len(top) != len(bottom):
+        return []
+    return [a / b for a, b in zip(top, bottom, strict=True) if b > 0 and not math.isnan(a)]
+
+
+def interleaved_note(ratios: Sequence[float]) -> str:
+    """How the rounds' ratios read in a target's measurement."""
+    return (
+        f"interleaved, {len(ratios)} rounds: median {float(np.median(ratios)):.2f}× "
+        f"({min(ratios):.2f}–{max(ratios):.2f})"
+    )
+
+
 def _p50_ratio(
     name: str, top: Row | None, bottom: Row | None, limit: float, units: str = "ms"
 ) -> Target:
-    """Target `name`: top's p50 ≤ `limit` × bottom's p50."""
+    """Target `name`: top's p50 ≤ `limit` × bottom's p50. When both rows were measured in
+    interleaved rounds, the verdict is the rounds' median ratio: each round's two sides saw
+    nearly the same machine, the rows' own windows did not."""
     if top is None or top.summary is None or bottom is None or bottom.summary is None:
         return Target(name, "not measured", None)
     a, b = top.summary.p50_ms, bottom.summary.p50_ms
     ratio = a / b if b > 0 else math.inf
-    return Target(name, f"{a:.2f} vs {b:.2f} {units} = {ratio:.2f}×", ratio <= limit)
+    measured = f"{a:.2f} vs {b:.2f} {units} = {ratio:.2f}×"
+    paired = round_ratios(top.rounds_p50_ms, bottom.rounds_p50_ms)
+    if paired:
+        ratio = float(np.median(paired))
+        measured += f"; {interleaved_note(paired)}"
+    return Target(name, measured, ratio <= limit)
 
 
 def targets(rows: Sequence[Row]) -> list[Target]:
@@ -212,7 +241,10 @@ def _with_transport(target: Target, echo: Row | None, in_process: Row | None) ->
     if target.holds is None or alone is None or base is None:
         return target
     e, b = alone.p50_ms, base.p50_ms
-    floor = f"; transport alone (echo model) {e:.2f} ms = {e / b:.2f}× in-process"
+    paired = round_ratios(echo.rounds_p50_ms, in_process.rounds_p50_ms)
+    ratio = float(np.median(paired)) if paired else e / b
+    how = " (interleaved median)" if paired else ""
+    floor = f"; transport alone (echo model) {e:.2f} ms = {ratio:.2f}× in-process{how}"
     return replace(target, measured=target.measured + floor)
 
 
@@ -390,6 +422,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
                     "window_throughputs": " ".join(f"{t:.2f}" for t in r.window_throughputs),
                     "batching": format_batching(r.batching),
                     "encoder_in_pipeline_p50_ms": _num(r.encoder_ms, ".4f").replace("–", ""),
+                    "interleaved_p50_ms": " ".join(f"{v:.4f}" for v in r.rounds_p50_ms),
                     "error": r.error,
                 }
             )

@@ -22,6 +22,7 @@ from shoprank.bench.measure import (
     BenchError,
     MeasureConfig,
     Summary,
+    interleaved_p50s,
     measure,
     percentiles_ms,
     stable_index,
@@ -191,6 +192,38 @@ def test_measure_raises_when_every_request_fails() -> None:
         _virtual_measure(lambda t: 1 / 512, call, concurrency=1, max_windows=2)
 
 
+def test_interleaved_rounds_take_turns_on_the_same_requests() -> None:
+    now = [0.0]
+    seen: list[tuple[str, str]] = []
+    cost = {"a": 0.002, "b": 0.004, "c": 0.001}
+
+    def caller(name: str):
+        def call(request: dict) -> None:
+            seen.append((name, request["query"]))
+            now[0] += cost[name]
+            if name == "c" and request["query"] == "q1":
+                raise ConnectionError("one failure: no latency, not a crash")
+
+        return call
+
+    workload = [{"query": f"q{i}", "history": [], "top_k": 10} for i in range(5)]
+    p50s = interleaved_p50s(
+        {n: caller(n) for n in cost}, workload, rounds=3, per_round=2, clock=lambda: now[0]
+    )
+    assert p50s["a"] == pytest.approx([2.0] * 3) and p50s["b"] == pytest.approx([4.0] * 3)
+    assert p50s["c"] == pytest.approx([1.0] * 3)
+    # Each round sends the same requests through every caller, the order rotating.
+    order = [name for name, _ in seen[::2]]
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    queries = [[q for n, q in seen[6 * r : 6 * r + 6]] for r in range(3)]
+    assert queries == [["q0", "q1"] * 3, ["q2", "q3"] * 3, ["q4", "q0"] * 3]
+    # A caller that completes nothing in a round reads NaN there.
+    broken = interleaved_p50s(
+        {"x": lambda r: (_ for _ in ()).throw(OSError("down"))}, workload, rounds=1, per_round=2
+    )
+    assert math.isnan(broken["x"][0])
+
+
 # -- ratios and targets (pure) ---------------------------------------------------------------------
 
 
@@ -245,6 +278,19 @@ def test_ratios_and_targets() -> None:
     text = markdown(rows, targets(rows), None, {"machine": "test"})
     assert "failed: boom" in text and "| **no** |" in text
     assert "Dynamic batching" not in text  # no served row carries statistics
+    # Interleaved rounds decide: 5.2 / 4.0 = 1.30× by the rows, but within each round the
+    # two sides saw the same machine, and their median ratio is 1.225×.
+    by["triton", 1].rounds_p50_ms = [4.8, 4.9, 5.0]
+    by["onnx-int8", 1].rounds_p50_ms = [4.0, 4.0, 4.0]
+    first = targets(rows)[0]
+    assert first.holds is True
+    assert "5.20 vs 4.00 ms = 1.30×; interleaved, 3 rounds: median 1.23× (1.20–1.25)" in (
+        first.measured
+    )
+    by["triton-echo", 1].rounds_p50_ms = [1.0, 1.2, 2.0]
+    assert "1.00 ms = 0.30× in-process (interleaved median)" in targets(rows)[0].measured
+    by["onnx-int8", 1].rounds_p50_ms = [4.0, 4.0]  # not the same rounds: the rows decide
+    assert targets(rows)[0].holds is False
     del by  # the rows without each reference: not measured, never a verdict
     bare = [r for r in rows if r.system not in ("onnx-int8-encoder", "onnx-int8")]
     assert [t.holds for t in targets(bare)][0::2] == [None, None]
@@ -433,6 +479,8 @@ def test_short_bench_run_writes_reports(
             duration_s=0.5,
             warmup_s=0.2,
             max_windows=2,
+            rounds=2,
+            round_requests=5,
         )
     )
     assert not result.failed, [r.error for r in result.rows]
@@ -503,7 +551,16 @@ def test_short_bench_run_writes_reports(
             assert r["encoder_in_pipeline_p50_ms"] == f"{m.encoder_ms:.4f}"
         else:
             assert m.encoder_ms is None and r["encoder_in_pipeline_p50_ms"] == ""
+    # The ×1 targets' systems were measured again together, in 2 interleaved rounds.
+    interleaved = {"onnx-int8", "onnx-int8-encoder", "triton", "triton-recommend", "triton-echo"}
+    for m, r in zip(result.rows, rows, strict=True):
+        if m.concurrency == 1 and m.system in interleaved:
+            assert len(m.rounds_p50_ms) == 2 and all(v > 0 for v in m.rounds_p50_ms), m
+            assert r["interleaved_p50_ms"] == " ".join(f"{v:.4f}" for v in m.rounds_p50_ms)
+        else:
+            assert m.rounds_p50_ms == [] and r["interleaved_p50_ms"] == ""
     text = result.markdown.read_text()
+    assert "interleaved, 2 rounds: median" in text
     assert "the same encoder inside the pipeline" in text
     assert "## Targets" in text and "## Encoder FLOP floor" in text
     assert "## Dynamic batching" in text

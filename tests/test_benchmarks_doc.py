@@ -149,7 +149,13 @@ def write_conversion_report(out: Path) -> dict:
 
 def write_bench(out: Path) -> None:
     rows = [
-        BenchRow(ONNX_INT8, 1, Summary(500, 0, 12.0, 14.0, 15.0, 12.2, 83.0, 6.0), encoder_ms=7.0),
+        BenchRow(
+            ONNX_INT8,
+            1,
+            Summary(500, 0, 12.0, 14.0, 15.0, 12.2, 83.0, 6.0),
+            encoder_ms=7.0,
+            rounds_p50_ms=[10.0, 10.0, 10.0],
+        ),
         BenchRow(ONNX_INT8_ENCODER, 1, Summary(900, 0, 4.0, 4.4, 5.0, 4.1, 250.0, 6.0)),
         BenchRow(NAIVE_HTTP, 1, Summary(100, 0, 80.0, 90.0, 95.0, 82.0, 12.5, 8.0)),
         BenchRow(
@@ -157,6 +163,7 @@ def write_bench(out: Path) -> None:
             1,
             Summary(400, 0, 15.04, 18.0, 21.7, 15.5, 66.3, 6.0),
             batching=[Batching("encoder", 400, 400), Batching("ranker", 400, 400)],
+            rounds_p50_ms=[13.0, 14.0, 16.0],
         ),
         BenchRow(
             TRITON,
@@ -327,7 +334,9 @@ def test_sections_show_the_files_figures(every_output, tmp_path):
     assert f"| {80.0 / 15.04:.2f} | {66.3 / 12.5:.2f} |" in bench
     assert "failed: server died" in bench
     # The targets' same-run ratios, and the batcher's evidence per model and concurrency.
-    assert f"15.04 / 12.00 ms = **{15.04 / 12.0:.2f}×**" in bench
+    assert f"15.04 / 12.00 ms = **{15.04 / 12.0:.2f}×** (interleaved, 3 rounds: " in bench
+    assert "median 1.40× (1.30–1.60))" in bench
+    assert "12.00 / 4.00 ms = **3.00×**;" in bench  # the encoder row was not interleaved
     assert "12.00 / 4.00 ms = **3.00×**" in bench
     assert "the transport alone (echo model ×1) / in-process int8 pipeline: 3.00 / 12.00" in bench
     assert "the int8 encoder inside the pipeline / alone: 7.00 / 4.00 ms = **1.75×**" in bench
