@@ -444,7 +444,10 @@ def bench(path: Path) -> Rendered:
             *_batching_lines(found),
             "",
             "Closed loop, the same held-out workload for every system; the load generator "
-            "shares the cores with the servers.",
+            "shares the cores with the servers. The concurrency-1 ratios are also measured in "
+            "interleaved rounds (the systems they compare open together, each round sending the "
+            "same requests through each in turn), so both sides of a ratio see the same "
+            "machine; `make bench`'s targets are judged on the rounds' median.",
         ],
     )
 
