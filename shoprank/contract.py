@@ -467,7 +467,7 @@ ADMIN_KEY_HEADER = "shoprank-admin-key"
 
 # Keys of the config.pbtxt `parameters` the repository builder writes and the Python-backend
 # models read (model_repository/build.py, model_repository/models/).
-PARAM_THREADS = "threads"  # ONNX Runtime intra-op threads
+PARAM_THREADS = "threads"  # an instance's threads: ONNX Runtime intra-op, faiss, BLAS
 PARAM_ENCODER_THREADS = "encoder_threads"  # the searcher's encoder session
 PARAM_TOKENIZER_FILE = "tokenizer_file"
 PARAM_RUNTIME = "runtime"  # TORCH_RUNTIME: the model runs PyTorch (gpu-embedded target)

@@ -90,3 +90,23 @@ def test_candidate_rows_drop_unknown_and_duplicate_ids_and_count_them():
     assert catalog.candidate_rows(np.array([], dtype=np.int64))[0].size == 0
     with pytest.raises(InvalidInput, match="at most"):
         catalog.candidate_rows(np.arange(contract.MAX_CANDIDATES + 1))
+
+
+def test_a_serving_instance_caps_every_blas_library_at_its_threads():
+    import threadpoolctl
+
+    from shoprank.core.sessions import limit_blas_threads
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+    limiter = limit_blas_threads(1)
+    try:
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas, "numpy brings a BLAS library"
+        assert {i["num_threads"] for i in blas} == {1}
+        # Matrix products still answer, on one thread.
+        a = np.arange(12.0).reshape(3, 4)
+        np.testing.assert_array_equal(a @ a.T, np.einsum("ij,kj->ik", a, a))
+    finally:
+        limiter.restore_original_limits()
+    after = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+    assert after == before

@@ -14,6 +14,7 @@ from __future__ import annotations
 from shoprank import contract
 from shoprank.core.admission import AdmissionTable, table_path
 from shoprank.core.ranking import CandidateRanker
+from shoprank.core.sessions import limit_blas_threads
 from shoprank.model_repository.models.common import (
     RankedBatch,
     check_source,
@@ -40,9 +41,9 @@ class TritonPythonModel:
             ]
             device = device_of(args["model_instance_kind"], args["model_instance_device_id"])
             dense = TorchDenseIndex(embeddings, device, params[contract.PARAM_DTYPE])
-        ranker = CandidateRanker.load(
-            version_dir(args), threads=int(params[contract.PARAM_THREADS]), dense=dense
-        )
+        threads = int(params[contract.PARAM_THREADS])
+        ranker = CandidateRanker.load(version_dir(args), threads=threads, dense=dense)
+        limit_blas_threads(threads)  # after loading: every BLAS library is in by then
         self.admission = AdmissionTable(table_path(), limit=0)  # releases only
         self.batch = RankedBatch(contract.RANKER_MODEL, ranker, ServingMetrics())
 

@@ -16,6 +16,7 @@ from shoprank import contract
 from shoprank.core.filters import row_filters
 from shoprank.core.recommender import Recommender, RecommendRequest
 from shoprank.core.requests import row_flags, row_values, validate_top_k
+from shoprank.core.sessions import limit_blas_threads
 from shoprank.model_repository.models.common import (
     AdmissionGate,
     answer_admitted,
@@ -33,9 +34,9 @@ class TritonPythonModel:
     def initialize(self, args):
         check_source(args, "recommender")
         params = parameters(args)
-        self.recommender = Recommender.load(
-            version_dir(args), threads=int(params[contract.PARAM_THREADS])
-        )
+        threads = int(params[contract.PARAM_THREADS])
+        self.recommender = Recommender.load(version_dir(args), threads=threads)
+        limit_blas_threads(threads)  # after loading: every BLAS library is in by then
         self.admission = AdmissionGate(args, params)
         self.metrics = ServingMetrics()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from shoprank import contract
 from shoprank.core.pipeline import SearchPipeline
+from shoprank.core.sessions import limit_blas_threads
 from shoprank.model_repository.models.common import (
     AdmissionGate,
     RankedBatch,
@@ -30,11 +31,13 @@ class TritonPythonModel:
     def initialize(self, args):
         check_source(args, "searcher")
         params = parameters(args)
+        threads = int(params[contract.PARAM_THREADS])
         self.pipeline = SearchPipeline.load(
             version_dir(args),
             encoder_threads=int(params[contract.PARAM_ENCODER_THREADS]),
-            ranker_threads=int(params[contract.PARAM_THREADS]),
+            ranker_threads=threads,
         )
+        limit_blas_threads(threads)  # after loading: every BLAS library is in by then
         self.admission = AdmissionGate(args, params)
         self.metrics = ServingMetrics()
         self.batch = RankedBatch(contract.SEARCHER_MODEL, self.pipeline, self.metrics)
