@@ -54,7 +54,6 @@ from shoprank.bench.systems import (
     TRITON,
     TRITON_ECHO,
     TRITON_RECOMMEND,
-    TritonFactory,
     open_system,
 )
 from shoprank.configargs import parse_config
@@ -258,7 +257,7 @@ def run_interleaved(
             url, callers = config.url, {}
             for system in chosen:
                 factory = stack.enter_context(open_system(system, paths, url, config.ort_threads))
-                if system == TRITON and isinstance(factory, TritonFactory):
+                if system == TRITON:
                     url = factory.grpc_url  # recommend: the same server
                 callers[system] = caller = factory()
                 stack.callback(getattr(caller, "close", lambda: None))

@@ -344,27 +344,28 @@ def conversion(path: Path) -> Rendered:
 
 
 # -- latency and throughput: reports/bench.csv ---------------------------------------------
-def _p50(rows: list[dict[str, str]], system: str, concurrency: str = "1") -> float | None:
+def _cell(rows: list[dict[str, str]], system: str, column: str) -> str:
+    """`column` of `system`'s concurrency-1 row ("" when there is no such row or column)."""
     for r in rows:
-        if r["system"] == system and r["concurrency"] == concurrency and r["p50_ms"]:
-            return float(r["p50_ms"])
-    return None
+        if r["system"] == system and r["concurrency"] == "1":
+            return r.get(column) or ""
+    return ""
+
+
+def _p50(rows: list[dict[str, str]], system: str) -> float | None:
+    value = _cell(rows, system, "p50_ms")
+    return float(value) if value else None
 
 
 def _rounds(rows: list[dict[str, str]], system: str) -> list[float]:
     """A concurrency-1 row's p50 per interleaved round ([] when it has none)."""
-    for r in rows:
-        if r["system"] == system and r["concurrency"] == "1":
-            return [float(v) for v in (r.get("interleaved_p50_ms") or "").split()]
-    return []
+    return [float(v) for v in _cell(rows, system, "interleaved_p50_ms").split()]
 
 
 def _encoder_inside(rows: list[dict[str, str]]) -> float | None:
     """The in-process int8 row's encoder p50 inside the pipeline (None: no such column)."""
-    for r in rows:
-        if r["system"] == ONNX_INT8 and r.get("encoder_in_pipeline_p50_ms"):
-            return float(r["encoder_in_pipeline_p50_ms"])
-    return None
+    value = _cell(rows, ONNX_INT8, "encoder_in_pipeline_p50_ms")
+    return float(value) if value else None
 
 
 def _bench_ratio_lines(rows: list[dict[str, str]]) -> list[str]:

@@ -157,20 +157,29 @@ def interleaved_note(ratios: Sequence[float]) -> str:
     )
 
 
+def _judged_ratio(top: Row, bottom: Row) -> tuple[float, list[float]]:
+    """(the ratio a target is judged on, the interleaved rounds' ratios): the rounds'
+    median when both rows were measured in them (each round's two sides saw nearly the
+    same machine, the rows' own windows did not), else the rows' p50 ratio. Both rows
+    must be measured."""
+    assert top.summary is not None and bottom.summary is not None
+    paired = round_ratios(top.rounds_p50_ms, bottom.rounds_p50_ms)
+    if paired:
+        return float(np.median(paired)), paired
+    b = bottom.summary.p50_ms
+    return (top.summary.p50_ms / b if b > 0 else math.inf), paired
+
+
 def _p50_ratio(
     name: str, top: Row | None, bottom: Row | None, limit: float, units: str = "ms"
 ) -> Target:
-    """Target `name`: top's p50 ≤ `limit` × bottom's p50. When both rows were measured in
-    interleaved rounds, the verdict is the rounds' median ratio: each round's two sides saw
-    nearly the same machine, the rows' own windows did not."""
+    """Target `name`: top's p50 ≤ `limit` × bottom's p50 (`_judged_ratio`)."""
     if top is None or top.summary is None or bottom is None or bottom.summary is None:
         return Target(name, "not measured", None)
     a, b = top.summary.p50_ms, bottom.summary.p50_ms
-    ratio = a / b if b > 0 else math.inf
-    measured = f"{a:.2f} vs {b:.2f} {units} = {ratio:.2f}×"
-    paired = round_ratios(top.rounds_p50_ms, bottom.rounds_p50_ms)
+    measured = f"{a:.2f} vs {b:.2f} {units} = {a / b if b > 0 else math.inf:.2f}×"
+    ratio, paired = _judged_ratio(top, bottom)
     if paired:
-        ratio = float(np.median(paired))
         measured += f"; {interleaved_note(paired)}"
     return Target(name, measured, ratio <= limit)
 
@@ -236,14 +245,13 @@ def targets(rows: Sequence[Row]) -> list[Target]:
 
 def _with_transport(target: Target, echo: Row | None, in_process: Row | None) -> Target:
     """`target` with the echo model's p50 (the transport alone) beside its measurement."""
-    alone = echo.summary if echo is not None else None
-    base = in_process.summary if in_process is not None else None
-    if target.holds is None or alone is None or base is None:
+    if target.holds is None or echo is None or echo.summary is None:
         return target
-    e, b = alone.p50_ms, base.p50_ms
-    paired = round_ratios(echo.rounds_p50_ms, in_process.rounds_p50_ms)
-    ratio = float(np.median(paired)) if paired else e / b
+    if in_process is None or in_process.summary is None:
+        return target
+    ratio, paired = _judged_ratio(echo, in_process)
     how = " (interleaved median)" if paired else ""
+    e = echo.summary.p50_ms
     floor = f"; transport alone (echo model) {e:.2f} ms = {ratio:.2f}× in-process{how}"
     return replace(target, measured=target.measured + floor)
 
